@@ -1,0 +1,207 @@
+"""The ``gnp-study`` command line.
+
+Verbs: ``run greedy`` (run or resume a study), ``plan`` (count trials and estimate cost without
+training), ``report`` (rebuild tables, figures and report.html from a study folder), ``validate``
+(check a study file), and the cluster verbs ``submit``, ``status``, ``logs``, ``stop``.
+Bad input (a study file, a data folder, a study folder) prints one message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from gnp_study.data import DataError
+    from gnp_study.protocol import ProtocolError
+    from gnp_study.runner import StudyError
+    from gnp_study.spec import SpecError
+
+    errs: list[type[BaseException]] = [SpecError, StudyError, DataError, ProtocolError]
+    try:
+        from gnp_study.results import StudyFolderError
+
+        errs.append(StudyFolderError)
+    except ImportError:  # pragma: no cover - during development of the results module
+        pass
+    return tuple(errs)
+
+
+def _load_checked(study: str | None):
+    """Load a study file and check its data folder: everything that can be checked before Ray starts."""
+    from gnp_study.data import check_data
+    from gnp_study.spec import load_spec
+
+    spec = load_spec(study)
+    check_data(spec.data.dataset, spec.data.root, spec.data.format)
+    return spec
+
+
+def _output_dir(spec, output: str | None, new: bool) -> Path:
+    out = Path(output) if output else Path("reports") / spec.name
+    if new:
+        out = out.with_name(f"{out.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    return out
+
+
+def cmd_run_greedy(args: argparse.Namespace) -> int:
+    from gnp_study.runner import run_greedy
+
+    spec = _load_checked(args.study)
+    out = _output_dir(spec, args.output, args.new)
+    print(f"[gnp-study] study {spec.name!r} -> {out}", file=sys.stderr)
+    decisions = run_greedy(spec, out, address=args.address, build_report=True)
+    print(f"[gnp-study] standard {decisions['standard']['mean']:.2f}%  "
+          f"SAM (r={decisions['sam']['r']:g}) {decisions['sam']['mean']:.2f}%  "
+          f"GNP (alpha={decisions['gnp']['alpha']:g}, r={decisions['gnp']['r']:g}) {decisions['gnp']['mean']:.2f}%")
+    for name in ("results.md", "figure2.png", "figure3.png", "report.html"):
+        print(f"  {out / name}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load_checked(args.study)
+    print(f"{args.study or 'digits'}: valid study {spec.name!r}")
+    return 0
+
+
+def _measure_epoch(spec) -> float:
+    """Seconds of one standard (alpha = 0) epoch of the study's first configuration, measured here."""
+    from gnp_study.protocol import plan
+    from gnp_study.train import train_trial
+
+    one = spec.model_copy(deep=True)
+    one.training.epochs = 1
+    if spec.stages.standard.search == "grid":
+        trial = plan("standard", one, {})[0]
+    else:
+        from gnp_study.protocol import TrialConfig
+
+        trial = TrialConfig("standard", {"alpha": 0.0, "r": 0.0}, spec.seeds[0])
+    seen: dict = {}
+    train_trial(one, trial.to_dict(), lambda m, s: seen.update(m))
+    return float(seen["epoch_time_s"])
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from gnp_study.protocol import count_trials
+
+    from gnp_study.spec import load_spec
+
+    spec = _load_checked(args.study) if args.check_data else load_spec(args.study)
+    counts = count_trials(spec)
+    ep = spec.training.epochs
+    print(f"study {spec.name!r}: {spec.model.name} on {spec.data.dataset} ({spec.data.augmentation}), "
+          f"{ep} epochs, {len(spec.seeds)} seeds")
+    if counts["standard_search"]:
+        print(f"  stage 1 search : {counts['standard_search']:5d} trials (Optuna TPE on seed {spec.seeds[0]})")
+    print(f"  stage 1 standard: {counts['standard']:5d} trials (alpha = 0)")
+    print(f"  stage 2 sam     : {counts['sam']:5d} trials (alpha = 1, r in {spec.stages.sam.r})")
+    print(f"  stage 3 gnp     : {counts['gnp']:5d} trials at most ({len(spec.stages.gnp.all_alpha())} alphas "
+          f"at the best r and at Figure-2 r {spec.stages.gnp.figure2_r})")
+    print(f"  total           : {counts['total']:5d} trials")
+    epoch_time = args.epoch_time
+    source = "given"
+    if epoch_time is None and args.measure:
+        epoch_time, source = _measure_epoch(spec), "measured here"
+    if epoch_time is not None:
+        # alpha = 0 takes one forward-backward pass per step, every other trial two (Algorithm 1).
+        one_pass = (counts["standard_search"] + counts["standard"]) * ep * epoch_time
+        two_pass = (counts["sam"] + counts["gnp"]) * ep * 2 * epoch_time
+        hours = (one_pass + two_pass) / 3600
+        gpu = spec.resources.gpus_per_trial
+        print(f"  estimate        : {hours:.1f} trial-hours at {epoch_time:g} s per standard epoch ({source}); "
+              + (f"{hours * gpu:.1f} GPU hours at {gpu:g} GPU per trial" if gpu else
+                 f"{hours * spec.resources.cpus_per_trial:.1f} CPU hours (CPU trials)"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gnp_study.report import build_outputs
+
+    paths = build_outputs(Path(args.study_dir))
+    for p in paths.values():
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``gnp-study`` with every verb."""
+    p = argparse.ArgumentParser(prog="gnp-study", description=(
+        "Run the greedy parameter study of 'Penalizing Gradient Norm for Efficiently Improving "
+        "Generalization in Deep Learning' (Zhao, Zhang & Hu, ICML 2022) as Ray Tune trials."))
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = sub.add_parser("run", help="run a study", description="Run a study.")
+    run_sub = run.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
+    g = run_sub.add_parser(
+        "greedy", help="run or resume the greedy protocol (standard -> SAM r grid -> GNP alpha grid)",
+        description=(
+            "Run the paper's greedy protocol (Section 4.1) as Ray Tune trials: stage 1 standard training "
+            "(alpha = 0), stage 2 the r grid with alpha = 1 (SAM), stage 3 the alpha grid at the best r and "
+            "at each Figure-2 r; every configuration over all seeds. Writes to the study folder: study.yaml, "
+            "trials.parquet, epochs.parquet, decisions.json, run_info.json, results.md, results.csv, "
+            "figure2.png, figure3.png, report.html, and Ray's experiment storage under ray/. Running the same "
+            "command again on the same folder resumes it."))
+    g.add_argument("study", nargs="?", default=None,
+                   help="study YAML file or the name of one in search_spaces/ (default: digits)")
+    g.add_argument("--output", "-o", default=None, help="study folder (default: reports/<study name>/)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address (auto, ray://HOST:10001, HOST:6379); default RAY_ADDRESS, "
+                        "else Ray starts locally on 127.0.0.1")
+    g.add_argument("--new", action="store_true",
+                   help="use a new study folder (<output>-<timestamp>) instead of resuming")
+    g.set_defaults(func=cmd_run_greedy)
+
+    pl = sub.add_parser("plan", help="count trials per stage and estimate the cost, without training",
+                        description="Print the trials per stage and in total, and an estimate of trial-hours "
+                                    "(GPU hours when trials use GPUs) from a given or measured epoch time. "
+                                    "Writes nothing.")
+    pl.add_argument("study", nargs="?", default=None, help="study YAML file or name (default: digits)")
+    pl.add_argument("--epoch-time", type=float, default=None, help="seconds per standard epoch of one trial")
+    pl.add_argument("--measure", action="store_true", help="measure one standard epoch here (needs the data)")
+    pl.add_argument("--check-data", action="store_true", help="also check that the data folder is there")
+    pl.set_defaults(func=cmd_plan)
+
+    v = sub.add_parser("validate", help="validate a study file and its data folder",
+                       description="Validate a study file (keys, types, ranges, names) and check its data "
+                                   "folder. Writes nothing.")
+    v.add_argument("study", nargs="?", default=None)
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("report", help="rebuild tables, figures and report.html from a study folder",
+                       description="Rebuild results.md, results.csv, figure2.png, figure3.png and report.html "
+                                   "in a study folder from its stored tables, without Ray or training.")
+    r.add_argument("study_dir", help="the study folder")
+    r.set_defaults(func=cmd_report)
+
+    try:
+        from gnp_study.jobs import add_job_commands
+    except ImportError:  # pragma: no cover - cluster verbs not installed
+        pass
+    else:
+        add_job_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gnp-study`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        print(f"gnp-study: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("gnp-study: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

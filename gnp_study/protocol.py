@@ -1,0 +1,232 @@
+"""The greedy protocol of the paper as plain functions on data (no Ray, no torch).
+
+Section 4.1 of Zhao, Zhang & Hu (2022):
+
+1. ``standard`` (alpha = 0): find the standard hyper-parameters (a grid, or an Optuna search on one seed
+   whose best configurations are then run over all seeds);
+2. ``sam`` (alpha = 1, which is SAM by Eq. 10; the paper's text says zero by mistake): grid over r;
+3. ``gnp``: grid over alpha at the best r, and at every r that has a Figure-2 panel.
+
+:func:`plan` turns a stage into :class:`TrialConfig` objects, :func:`decide` picks a stage's winner from a
+trials table. Every configuration runs over all seeds; the metric is the best test error seen during
+training; seeds aggregate to mean +- std (:func:`gnp_study.results.aggregate_seeds`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from gnp_study.results import aggregate_seeds
+from gnp_study.spec import StudySpec
+
+STAGES = ("standard", "sam", "gnp")
+
+
+class ProtocolError(RuntimeError):
+    """A stage cannot be planned or decided (e.g. every configuration diverged)."""
+
+
+def config_key(config: dict) -> str:
+    """Canonical JSON of a configuration (sorted keys, floats as given): identical across seeds."""
+    return json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial: a configuration of one stage and one seed.
+
+    Attributes:
+        stage: ``"standard"``, ``"sam"`` or ``"gnp"``.
+        config: the hyper-parameters that differ from the study's training recipe, always including
+            ``alpha`` (balance coefficient, Eq. 10) and ``r`` (perturbation radius, Algorithm 1 line 5).
+        seed: the random seed (int).
+    """
+
+    stage: str
+    config: dict = field(hash=False)
+    seed: int
+
+    @property
+    def config_key(self) -> str:
+        return config_key(self.config)
+
+    @property
+    def trial_id(self) -> str:
+        """Deterministic id: ``<stage>-<8 hex of the configuration>-s<seed>``."""
+        digest = hashlib.sha1(self.config_key.encode()).hexdigest()[:8]
+        return f"{self.stage}-{digest}-s{self.seed}"
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-ready) with ``trial_id`` and ``config_key`` added."""
+        d = asdict(self)
+        d["trial_id"] = self.trial_id
+        d["config_key"] = self.config_key
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        return cls(stage=d["stage"], config=dict(d["config"]), seed=int(d["seed"]))
+
+
+def _grid(space: dict[str, list]) -> list[dict]:
+    keys = list(space)
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
+
+
+def _over_seeds(stage: str, configs: list[dict], seeds: list[int]) -> list[TrialConfig]:
+    return [TrialConfig(stage, dict(c), s) for c in configs for s in seeds]
+
+
+def standard_configs(spec: StudySpec) -> list[dict]:
+    """The stage-1 grid: one dict per configuration (alpha = 0, r = 0 added).
+
+    Raises:
+        ProtocolError: the stage is an Optuna search (its configurations come from the search).
+    """
+    st = spec.stages.standard
+    if st.search != "grid":
+        raise ProtocolError("stage 'standard' is an Optuna search: its configurations come from the search")
+    return [dict(c, alpha=0.0, r=0.0) for c in _grid(st.space)] if st.space else [{"alpha": 0.0, "r": 0.0}]
+
+
+def gnp_r_values(spec: StudySpec, best_r: float) -> list[float]:
+    """The r values of stage 3: the best r first, then each Figure-2 r not equal to it."""
+    return [best_r] + [r for r in spec.stages.gnp.figure2_r if r != best_r]
+
+
+def plan(stage: str, spec: StudySpec, decisions: dict, standard_candidates: list[dict] | None = None
+         ) -> list[TrialConfig]:
+    """The trials of one stage.
+
+    Args:
+        stage: one of :data:`STAGES`.
+        spec: the validated study.
+        decisions: the decisions of earlier stages (``decisions.json`` content): ``sam`` needs
+            ``decisions["standard"]``, ``gnp`` needs ``standard`` and ``sam``.
+        standard_candidates: for an Optuna stage 1, the configurations the search chose to run over all
+            seeds (dicts of searched fields); ignored otherwise.
+
+    Returns:
+        The list of :class:`TrialConfig`, configurations in grid order, seeds innermost.
+
+    Raises:
+        ProtocolError: an earlier decision is missing, or the stage name is unknown.
+    """
+    seeds = list(spec.seeds)
+    if stage == "standard":
+        if spec.stages.standard.search == "optuna":
+            if not standard_candidates:
+                raise ProtocolError("an Optuna stage 1 needs the candidates found by the search")
+            configs = [dict(c, alpha=0.0, r=0.0) for c in standard_candidates]
+        else:
+            configs = standard_configs(spec)
+        return _over_seeds(stage, configs, seeds)
+    if "standard" not in decisions:
+        raise ProtocolError(f"stage {stage!r} needs the decision of stage 'standard' first")
+    base = {k: v for k, v in decisions["standard"]["config"].items() if k not in ("alpha", "r")}
+    if stage == "sam":
+        return _over_seeds(stage, [dict(base, alpha=1.0, r=r) for r in spec.stages.sam.r], seeds)
+    if stage == "gnp":
+        if "sam" not in decisions:
+            raise ProtocolError("stage 'gnp' needs the decision of stage 'sam' first")
+        rs = gnp_r_values(spec, decisions["sam"]["r"])
+        alphas = spec.stages.gnp.all_alpha()
+        return _over_seeds(stage, [dict(base, alpha=a, r=r) for r in rs for a in alphas], seeds)
+    raise ProtocolError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+
+
+def count_trials(spec: StudySpec) -> dict[str, int]:
+    """Trials per stage and in total, before anything runs (Figure-2 r assumed distinct from best r
+    unless the r grid has one value).
+
+    Returns:
+        ``{"standard": n1, "standard_search": n0, "sam": n2, "gnp": n3, "total": n}`` where
+        ``standard_search`` is the Optuna search on one seed (0 for a grid).
+    """
+    st = spec.stages.standard
+    n_seeds = len(spec.seeds)
+    if st.search == "optuna":
+        search, n1 = st.num_samples, min(st.top_k, st.num_samples) * n_seeds
+    else:
+        search, n1 = 0, len(standard_configs(spec)) * n_seeds
+    n2 = len(spec.stages.sam.r) * n_seeds
+    f2 = spec.stages.gnp.figure2_r
+    # Worst case: the best r is not a Figure-2 r (one more alpha grid); best case it is one of them.
+    n_r_max = len(set(f2)) + (0 if set(spec.stages.sam.r) <= set(f2) else 1)
+    n3 = len(spec.stages.gnp.all_alpha()) * n_seeds * max(1, n_r_max)
+    return {"standard_search": search, "standard": n1, "sam": n2, "gnp": n3, "total": search + n1 + n2 + n3}
+
+
+def _rank(agg: pd.DataFrame) -> pd.DataFrame:
+    """Order candidates: fewest diverged or failed seeds first, then lowest mean, then grid order."""
+    agg = agg.copy()
+    agg["_bad"] = agg["n_diverged"] + agg["n_failed"]
+    agg["_order"] = range(len(agg))
+    return agg.sort_values(["_bad", "mean", "_order"], na_position="last")
+
+
+def _candidates(agg: pd.DataFrame) -> list[dict]:
+    cols = ["config_key", "alpha", "r", "mean", "std", "n", "n_seeds", "n_diverged", "n_failed"]
+    out = []
+    for row in agg[cols].to_dict("records"):
+        out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+    return out
+
+
+def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | None = None) -> dict:
+    """Choose the winner of a stage from its trials.
+
+    The winner has the lowest mean best test error over seeds among the configurations with the fewest
+    diverged or failed seeds; a configuration whose seeds all diverged or failed is never chosen. In
+    stage ``gnp`` only the selectable grid (``stages.gnp.alpha``) at the best r competes (the extras B_a
+    and B_b and the other Figure-2 r values are run for the figures).
+
+    Args:
+        stage: one of :data:`STAGES`.
+        trials: the trials table (``trials.parquet`` schema); rows of other stages are ignored.
+        spec: the study.
+        decisions: earlier decisions (``gnp`` needs ``decisions["sam"]["r"]``).
+
+    Returns:
+        A JSON-ready dict: ``config`` (the winning configuration), ``config_key``, ``mean``, ``std``, ``n``,
+        ``n_seeds``, ``candidates`` (every competing configuration, ranked), plus ``r`` for ``sam`` and
+        ``alpha`` and ``r`` for ``gnp``.
+
+    Raises:
+        ProtocolError: no trial of the stage, or every configuration diverged or failed.
+    """
+    df = trials[trials["stage"] == stage]
+    if stage == "gnp":
+        best_r = (decisions or {})["sam"]["r"]
+        df = df[(df["r"] == best_r) & df["alpha"].isin(spec.stages.gnp.alpha)]
+    if df.empty:
+        raise ProtocolError(f"stage {stage!r} has no trials to decide from")
+    agg = _rank(aggregate_seeds(df))
+    eligible = agg[agg["n"] > 0]
+    if eligible.empty:
+        raise ProtocolError(f"every configuration of stage {stage!r} diverged or failed "
+                            f"({int(agg['n_seeds'].sum())} trials): nothing to choose; lower the learning "
+                            f"rate or check the failed trials' errors in trials.parquet")
+    best = eligible.iloc[0]
+    config = json.loads(best["config_key"])
+    out = {
+        "config": config,
+        "config_key": best["config_key"],
+        "mean": float(best["mean"]),
+        "std": float(best["std"]),
+        "n": int(best["n"]),
+        "n_seeds": int(best["n_seeds"]),
+        "candidates": _candidates(agg),
+    }
+    if stage == "sam":
+        out["r"] = float(config["r"])
+    if stage == "gnp":
+        out["alpha"] = float(config["alpha"])
+        out["r"] = float(config["r"])
+    return out

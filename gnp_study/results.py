@@ -1,0 +1,566 @@
+"""Tidy result tables: seeds aggregated to mean +- std, the paper's results table, the study folder reader.
+
+Works on plain pandas data (the ``trials.parquet`` / ``epochs.parquet`` schemas of the study folder, see
+``notes/contracts.md``); it imports neither Ray nor torch, so everything here is testable without starting
+either.
+
+Public API:
+    aggregate_seeds(trials) -> DataFrame                 one row per (stage, configuration): mean +- std
+    results_table(trials, decisions, paper=None)          the Standard / SAM / GNP table (paper Table 1)
+    gnp_vs_sam_percent(standard, sam, gnp) -> float       the paper's "70% more than SAM's improvement"
+    format_mean_std(mean, std, n, n_seeds, ...) -> str    "5.20 ± 0.10 (2/3)"
+    load_study(study_dir) -> Study                        read a study folder (raises StudyFolderError)
+    write_tables(study_dir) -> {"results.md": Path, "results.csv": Path}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+#: Trial statuses as written to ``trials.parquet``.
+STATUSES = ("completed", "diverged", "failed")
+
+#: Columns that identify one configuration of one stage (all seeds of it share them).
+CONFIG_COLUMNS = ["stage", "config_key", "alpha", "r"]
+
+#: The three schemes of the paper's Table 1, in order: (stage name in the study folder, display name).
+SCHEMES = (("standard", "Standard"), ("sam", "SAM"), ("gnp", "GNP"))
+
+#: Columns of ``trials.parquet`` that the outputs need (a subset of the contract's columns).
+TRIALS_REQUIRED = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "status", "best_test_error"]
+
+#: Columns of ``epochs.parquet`` that the outputs need.
+EPOCHS_REQUIRED = ["trial_id", "stage", "alpha", "r", "seed", "epoch", "test_error", "grad_norm"]
+
+#: File names inside a study folder (``notes/contracts.md``).
+STUDY_YAML = "study.yaml"
+DECISIONS_JSON = "decisions.json"
+TRIALS_PARQUET = "trials.parquet"
+EPOCHS_PARQUET = "epochs.parquet"
+RUN_INFO_JSON = "run_info.json"
+PAPER_REFERENCE_CSV = "paper_reference.csv"
+RESULTS_MD = "results.md"
+RESULTS_CSV = "results.csv"
+
+#: Keys of a configuration that are not "common training hyper-parameters" (they name the scheme).
+_SCHEME_KEYS = ("alpha", "r", "seed")
+
+
+def aggregate_seeds(trials: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate per-trial best test errors over seeds, one row per (stage, configuration).
+
+    Args:
+        trials: one row per trial with at least the columns ``stage``, ``config_key``, ``alpha``, ``r``,
+            ``seed``, ``status`` and ``best_test_error`` (percent).
+
+    Returns:
+        DataFrame with the columns of :data:`CONFIG_COLUMNS` plus ``mean`` and ``std`` (percent; over the
+        trials whose status is ``"completed"``; std uses ddof=1 and is 0.0 for a single completed seed,
+        both NaN when no seed completed), ``n`` (completed seeds), ``n_seeds`` (all trials),
+        ``n_diverged`` and ``n_failed``. Diverged and failed trials are counted, never averaged in
+        silently: the paper's metric (best test error during training, Section 4.1) is only defined for
+        a run that trained to the end.
+
+    Raises:
+        KeyError: a required column is missing.
+    """
+    required = CONFIG_COLUMNS + ["seed", "status", "best_test_error"]
+    missing = [c for c in required if c not in trials.columns]
+    if missing:
+        raise KeyError(f"trials table lacks column(s) {missing}; it has {list(trials.columns)}")
+    if trials.empty:
+        return pd.DataFrame(columns=CONFIG_COLUMNS + ["mean", "std", "n", "n_seeds", "n_diverged", "n_failed"])
+    df = trials.copy()
+    ok = df["status"] == "completed"
+    df["_ok_error"] = df["best_test_error"].where(ok)
+    grouped = df.groupby(CONFIG_COLUMNS, sort=False, dropna=False)
+    out = grouped.agg(
+        mean=("_ok_error", "mean"),
+        std=("_ok_error", "std"),
+        n=("_ok_error", "count"),
+        n_seeds=("seed", "size"),
+        n_diverged=("status", lambda s: int((s == "diverged").sum())),
+        n_failed=("status", lambda s: int((s == "failed").sum())),
+    ).reset_index()
+    out.loc[(out["n"] == 1), "std"] = 0.0
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The results table (paper Table 1)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def format_mean_std(
+    mean: float,
+    std: float,
+    n: int,
+    n_seeds: int,
+    n_diverged: int = 0,
+    n_failed: int = 0,
+    decimals: int = 2,
+) -> str:
+    """Format one aggregated cell as the paper prints it, e.g. ``"5.20 ± 0.10"``.
+
+    Args:
+        mean, std: percent test error over the completed seeds (std NaN is shown as 0, one seed).
+        n: completed seeds; n_seeds: all seeds of the configuration.
+        n_diverged, n_failed: how many of the n_seeds diverged / failed (used when none completed).
+        decimals: digits after the point (the paper uses 2).
+
+    Returns:
+        ``"m ± s"``; with ``" (n/n_seeds)"`` appended when some seeds did not complete; ``"diverged
+        (0/3)"``, ``"failed (0/3)"`` or ``"no completed seed (0/3)"`` when none did; ``"not run"`` when the
+        configuration has no trials (n_seeds == 0).
+    """
+    n, n_seeds = int(n), int(n_seeds)
+    if n_seeds == 0:
+        return "not run"
+    if n == 0 or mean is None or not math.isfinite(float(mean)):
+        if n_diverged == n_seeds:
+            word = "diverged"
+        elif n_failed == n_seeds:
+            word = "failed"
+        else:
+            word = "no completed seed"
+        return f"{word} ({n}/{n_seeds})"
+    s = 0.0 if std is None or not math.isfinite(float(std)) else float(std)
+    text = f"{float(mean):.{decimals}f} ± {s:.{decimals}f}"
+    if n < n_seeds:
+        text += f" ({n}/{n_seeds})"
+    return text
+
+
+def gnp_vs_sam_percent(standard: float, sam: float, gnp: float) -> float:
+    """How much larger GNP's improvement over Standard is than SAM's, in percent (paper Section 4.1).
+
+    The paper (Section 4.1, WideResNet-28-10 on Cifar10 with cutout, Table 1): Standard 2.81, SAM 2.43,
+    GNP 2.16, i.e. improvements 0.65 and 0.38, "0.65 = (1 + 71%) x 0.38". So this returns
+    ``100 * ((standard - gnp) / (standard - sam) - 1)``; 71.05 for those numbers.
+
+    Args:
+        standard, sam, gnp: mean test errors (percent) of the three schemes.
+
+    Returns:
+        The percentage (float; negative when GNP improves less than SAM). NaN when any input is NaN or
+        when SAM does not improve on Standard (standard - sam <= 0): the ratio then has no meaning (the
+        paper's VGG16 cutout case, where SAM is worse than Standard).
+    """
+    values = [standard, sam, gnp]
+    if any(v is None or not math.isfinite(float(v)) for v in values):
+        return float("nan")
+    imp_sam = float(standard) - float(sam)
+    imp_gnp = float(standard) - float(gnp)
+    if imp_sam <= 0:
+        return float("nan")
+    return 100.0 * (imp_gnp / imp_sam - 1.0)
+
+
+def _configuration_text(stage: str, decision: dict[str, Any]) -> str:
+    """Human-readable configuration of a stage's decision: "lr=0.1, weight_decay=0.0005" / "r=0.05" /
+    "r=0.05, alpha=0.8"."""
+    if not decision:
+        return "not decided"
+    if stage == "standard":
+        cfg = decision.get("config")
+        if not isinstance(cfg, dict):
+            try:
+                cfg = json.loads(decision.get("config_key", "{}"))
+            except (TypeError, ValueError):
+                cfg = {}
+        parts = [f"{k}={_fmt_value(v)}" for k, v in cfg.items() if k not in _SCHEME_KEYS]
+        return ", ".join(parts) if parts else "defaults"
+    if stage == "sam":
+        return f"r={_fmt_value(decision.get('r'))}"
+    return f"r={_fmt_value(decision.get('r'))}, alpha={_fmt_value(decision.get('alpha'))}"
+
+
+def _fmt_value(v: Any) -> str:
+    """Short text for a hyper-parameter value (floats without trailing noise)."""
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _paper_rows(paper: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Map paper reference rows (scheme, mean, std) onto stage names; "Ours" is GNP."""
+    missing = [c for c in ("scheme", "mean", "std") if c not in paper.columns]
+    if missing:
+        raise KeyError(f"paper reference lacks column(s) {missing}; it has {list(paper.columns)}")
+    aliases = {"standard": "standard", "sgd": "standard", "sam": "sam", "gnp": "gnp", "ours": "gnp"}
+    out: dict[str, tuple[float, float]] = {}
+    for _, row in paper.iterrows():
+        key = aliases.get(str(row["scheme"]).strip().lower())
+        if key is None:
+            raise ValueError(
+                f"paper reference scheme {row['scheme']!r} is not one of Standard, SAM, GNP (or Ours)"
+            )
+        out[key] = (float(row["mean"]), float(row["std"]))
+    return out
+
+
+def results_table(
+    trials: pd.DataFrame,
+    decisions: dict[str, Any],
+    paper: pd.DataFrame | None = None,
+    decimals: int = 2,
+) -> pd.DataFrame:
+    """The paper's results table (Table 1): one row each for Standard, SAM and GNP.
+
+    Each row aggregates, over seeds, the trials of the configuration that the stage's decision chose
+    (``decisions[stage]["config_key"]``), with :func:`aggregate_seeds` (mean and ddof=1 std of the
+    per-trial best test error over completed seeds). When the decision's trials are absent from
+    ``trials`` the decision's own mean/std/n/n_seeds are used instead.
+
+    Args:
+        trials: ``trials.parquet`` rows (contract columns; at least those of :func:`aggregate_seeds`).
+        decisions: ``decisions.json`` content; stages not decided yet give a "not run" row.
+        paper: optional reference rows with columns ``scheme`` (Standard / SAM / GNP or Ours), ``mean``,
+            ``std`` (percent); adds the ``paper_*`` columns.
+        decimals: digits for the text column.
+
+    Returns:
+        DataFrame with exactly 3 rows (Standard, SAM, GNP) and the columns ``scheme``, ``stage``,
+        ``configuration``, ``config_key``, ``mean``, ``std`` (percent), ``n``, ``n_seeds``,
+        ``n_diverged``, ``n_failed``, ``test_error`` (text: "mean ± std", with "(n/n_seeds)" when some
+        seeds diverged or failed), ``improvement`` (Standard's mean minus this row's mean, percentage
+        points; NaN on the Standard row), ``gnp_vs_sam_pct`` (on the GNP row only: how much larger GNP's
+        improvement is than SAM's, in percent, :func:`gnp_vs_sam_percent`; NaN elsewhere). With ``paper``:
+        also ``paper_mean``, ``paper_std``, ``paper_test_error``, ``paper_improvement``,
+        ``paper_gnp_vs_sam_pct``. ``df.attrs["gnp_vs_sam_pct"]`` (and ``"paper_gnp_vs_sam_pct"``) hold
+        the derived figure too.
+
+    Raises:
+        KeyError: ``trials`` or ``paper`` lacks a required column.
+        ValueError: ``paper`` names an unknown scheme.
+    """
+    agg = aggregate_seeds(trials)
+    rows = []
+    for stage, name in SCHEMES:
+        decision = decisions.get(stage) or {}
+        key = decision.get("config_key")
+        sel = agg[(agg["stage"] == stage) & (agg["config_key"] == key)] if key is not None else agg.iloc[0:0]
+        if len(sel) > 0:
+            a = sel.iloc[0]
+            stats = {
+                "mean": float(a["mean"]),
+                "std": float(a["std"]),
+                "n": int(a["n"]),
+                "n_seeds": int(a["n_seeds"]),
+                "n_diverged": int(a["n_diverged"]),
+                "n_failed": int(a["n_failed"]),
+            }
+        elif decision:
+            cands = [c for c in decision.get("candidates", []) if c.get("config_key") == key]
+            cand = cands[0] if cands else {}
+            stats = {
+                "mean": float(decision.get("mean", float("nan"))),
+                "std": float(decision.get("std", float("nan"))),
+                "n": int(decision.get("n", 0)),
+                "n_seeds": int(decision.get("n_seeds", 0)),
+                "n_diverged": int(cand.get("n_diverged", 0)),
+                "n_failed": int(cand.get("n_failed", 0)),
+            }
+        else:
+            stats = {"mean": float("nan"), "std": float("nan"), "n": 0, "n_seeds": 0, "n_diverged": 0,
+                     "n_failed": 0}
+        rows.append(
+            {
+                "scheme": name,
+                "stage": stage,
+                "configuration": _configuration_text(stage, decision),
+                "config_key": key if key is not None else "",
+                **stats,
+                "test_error": format_mean_std(decimals=decimals, **stats),
+            }
+        )
+    df = pd.DataFrame(rows)
+    std_mean = df.loc[0, "mean"]
+    df["improvement"] = std_mean - df["mean"]
+    df.loc[0, "improvement"] = float("nan")
+    pct = gnp_vs_sam_percent(*df["mean"].tolist())
+    df["gnp_vs_sam_pct"] = [float("nan"), float("nan"), pct]
+    df.attrs["gnp_vs_sam_pct"] = pct
+    if paper is not None:
+        ref = _paper_rows(paper)
+        df["paper_mean"] = [ref.get(s, (float("nan"),) * 2)[0] for s, _ in SCHEMES]
+        df["paper_std"] = [ref.get(s, (float("nan"),) * 2)[1] for s, _ in SCHEMES]
+        df["paper_test_error"] = [
+            f"{m:.{decimals}f} ± {s:.{decimals}f}" if math.isfinite(m) else "" for m, s in
+            zip(df["paper_mean"], df["paper_std"])
+        ]
+        df["paper_improvement"] = df.loc[0, "paper_mean"] - df["paper_mean"]
+        df.loc[0, "paper_improvement"] = float("nan")
+        ppct = gnp_vs_sam_percent(*df["paper_mean"].tolist())
+        df["paper_gnp_vs_sam_pct"] = [float("nan"), float("nan"), ppct]
+        df.attrs["paper_gnp_vs_sam_pct"] = ppct
+    return df
+
+
+def derived_figure_text(table: pd.DataFrame, prefix: str = "") -> str:
+    """One sentence stating the paper's derived figure for a :func:`results_table` result.
+
+    Args:
+        table: the output of :func:`results_table`.
+        prefix: ``""`` for the measured numbers, ``"paper_"`` for the paper's reference numbers.
+
+    Returns:
+        e.g. "GNP's improvement over Standard (0.65 points) is 71% larger than SAM's (0.38 points)."; or why
+        the figure is undefined (a scheme missing, or SAM not better than Standard).
+    """
+    mean_col = f"{prefix}mean"
+    means = table[mean_col].tolist()
+    names = table["scheme"].tolist()
+    missing = [n for n, m in zip(names, means) if not math.isfinite(float(m))]
+    if missing:
+        return f"Derived figure undefined: no mean for {', '.join(missing)}."
+    imp_sam = means[0] - means[1]
+    imp_gnp = means[0] - means[2]
+    pct = gnp_vs_sam_percent(*means)
+    if not math.isfinite(pct):
+        return (
+            f"Derived figure undefined: SAM does not improve on Standard ({imp_sam:+.2f} points), "
+            f"GNP's improvement is {imp_gnp:+.2f} points."
+        )
+    word = "larger" if pct >= 0 else "smaller"
+    return (
+        f"GNP's improvement over Standard ({imp_gnp:.2f} points) is {abs(pct):.0f}% {word} than SAM's "
+        f"({imp_sam:.2f} points): {imp_gnp:.2f} = (1 {'+' if pct >= 0 else '-'} {abs(pct):.0f}%) x {imp_sam:.2f}."
+    )
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The human-facing columns of a :func:`results_table` result, with readable headers (for Markdown and
+    HTML). Improvements are shown with 2 decimals, percentages rounded; blanks where undefined."""
+
+    def pts(v: float) -> str:
+        return "" if not math.isfinite(float(v)) else f"{float(v):+.2f}"
+
+    def pct(v: float) -> str:
+        return "" if not math.isfinite(float(v)) else f"{float(v):.0f}%"
+
+    out = pd.DataFrame(
+        {
+            "Scheme": table["scheme"],
+            "Configuration": table["configuration"],
+            "Test error % (mean ± std)": table["test_error"],
+            "Seeds completed": [f"{int(a)}/{int(b)}" for a, b in zip(table["n"], table["n_seeds"])],
+            "Diverged": table["n_diverged"].astype(int),
+            "Failed": table["n_failed"].astype(int),
+            "Improvement over Standard (points)": [pts(v) for v in table["improvement"]],
+            "GNP vs SAM improvement": [pct(v) for v in table["gnp_vs_sam_pct"]],
+        }
+    )
+    if "paper_mean" in table.columns:
+        out["Paper test error %"] = table["paper_test_error"]
+        out["Paper improvement (points)"] = [pts(v) for v in table["paper_improvement"]]
+        out["Paper GNP vs SAM"] = [pct(v) for v in table["paper_gnp_vs_sam_pct"]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The study folder
+# ----------------------------------------------------------------------------------------------------------
+
+
+class StudyFolderError(ValueError):
+    """A study folder is missing, incomplete or holds a file that cannot be read; the message names the
+    folder and the file."""
+
+
+@dataclass
+class Study:
+    """Everything a study folder holds that the outputs are built from (``notes/contracts.md``).
+
+    Attributes:
+        path: the study folder.
+        spec: the resolved study spec (``study.yaml``, parsed with ``yaml.safe_load``).
+        decisions: ``decisions.json`` (``{}`` when absent: no stage decided yet).
+        trials: ``trials.parquet``, one row per trial.
+        epochs: ``epochs.parquet``, one row per (trial, epoch) (empty with the contract's columns when
+            absent).
+        run_info: ``run_info.json`` (``{}`` when absent).
+        paper: ``paper_reference.csv`` (columns scheme, mean, std) or None.
+        missing: names of the optional files that were absent.
+    """
+
+    path: Path
+    spec: dict[str, Any]
+    decisions: dict[str, Any]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    run_info: dict[str, Any] = field(default_factory=dict)
+    paper: pd.DataFrame | None = None
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The study's name (spec ``name``, else the folder name)."""
+        return str(self.spec.get("name") or self.path.name)
+
+    def stage_spec(self, stage: str) -> dict[str, Any]:
+        """``spec["stages"][stage]`` or ``{}``."""
+        stages = self.spec.get("stages") or {}
+        return stages.get(stage) or {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyFolderError(f"{path}: cannot read JSON ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise StudyFolderError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_parquet(path: Path, required: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
+        raise StudyFolderError(f"{path}: cannot read Parquet ({type(exc).__name__}: {exc})") from exc
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise StudyFolderError(f"{path}: lacks column(s) {missing}; it has {list(df.columns)}")
+    return df
+
+
+def load_study(study_dir: str | Path) -> Study:
+    """Read a study folder into a :class:`Study`.
+
+    Required: the folder, ``study.yaml`` (a YAML mapping) and ``trials.parquet`` (with the columns of
+    :data:`TRIALS_REQUIRED`). Optional (empty when absent, listed in ``Study.missing``):
+    ``decisions.json``, ``epochs.parquet`` (columns :data:`EPOCHS_REQUIRED`), ``run_info.json``,
+    ``paper_reference.csv`` (columns scheme, mean, std).
+
+    Args:
+        study_dir: the study folder (``reports/<study name>/`` by default).
+
+    Returns:
+        The :class:`Study`.
+
+    Raises:
+        StudyFolderError: the folder does not exist or holds no study; a required file is missing; any
+            present file is corrupt (unparsable) or lacks required columns. The message names the file.
+    """
+    root = Path(study_dir)
+    if not root.is_dir():
+        raise StudyFolderError(f"{root}: no such study folder")
+    spec_path, trials_path = root / STUDY_YAML, root / TRIALS_PARQUET
+    if not spec_path.exists() and not trials_path.exists():
+        raise StudyFolderError(
+            f"{root} holds no study: neither {STUDY_YAML} nor {TRIALS_PARQUET} is there "
+            f"(run `gnp-study run greedy` with --output {root} first)"
+        )
+    if not spec_path.exists():
+        raise StudyFolderError(f"{spec_path}: missing; the study folder has no resolved spec")
+    try:
+        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise StudyFolderError(f"{spec_path}: cannot read YAML ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(spec, dict):
+        raise StudyFolderError(f"{spec_path}: expected a YAML mapping, found {type(spec).__name__}")
+    if not trials_path.exists():
+        raise StudyFolderError(f"{trials_path}: missing; no stage of this study has recorded trials yet")
+    trials = _read_parquet(trials_path, TRIALS_REQUIRED)
+
+    missing: list[str] = []
+    decisions_path = root / DECISIONS_JSON
+    if decisions_path.exists():
+        decisions = _read_json(decisions_path)
+    else:
+        decisions = {}
+        missing.append(DECISIONS_JSON)
+    epochs_path = root / EPOCHS_PARQUET
+    if epochs_path.exists():
+        epochs = _read_parquet(epochs_path, EPOCHS_REQUIRED)
+    else:
+        epochs = pd.DataFrame(columns=EPOCHS_REQUIRED)
+        missing.append(EPOCHS_PARQUET)
+    info_path = root / RUN_INFO_JSON
+    if info_path.exists():
+        run_info = _read_json(info_path)
+    else:
+        run_info = {}
+        missing.append(RUN_INFO_JSON)
+    paper = None
+    paper_path = root / PAPER_REFERENCE_CSV
+    if paper_path.exists():
+        try:
+            paper = pd.read_csv(paper_path)
+            _paper_rows(paper)
+        except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+            raise StudyFolderError(f"{paper_path}: unusable paper reference ({exc})") from exc
+    return Study(root, spec, decisions, trials, epochs, run_info, paper, missing)
+
+
+def study_results_table(study: Study) -> pd.DataFrame:
+    """:func:`results_table` of a loaded :class:`Study` (with its paper reference when present)."""
+    return results_table(study.trials, study.decisions, study.paper)
+
+
+def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
+    """The Markdown text of ``results.md``: heading, the results table, the derived figure, notes.
+
+    Args:
+        study: the loaded study.
+        table: its :func:`results_table` (computed when None).
+
+    Returns:
+        Markdown text (GitHub pipe tables, via ``DataFrame.to_markdown``, which needs ``tabulate``).
+    """
+    table = study_results_table(study) if table is None else table
+    data = study.spec.get("data") or {}
+    model = (study.spec.get("model") or {}).get("name", "?")
+    lines = [
+        f"# Results: {study.name}",
+        "",
+        f"Data set: {data.get('dataset', '?')} · model: {model} · metric: best test error during training "
+        f"(percent), mean ± std over seeds (pandas ddof=1), completed seeds only.",
+        "",
+        display_table(table).to_markdown(index=False, disable_numparse=True),
+        "",
+        f"- Measured: {derived_figure_text(table)}",
+    ]
+    if "paper_mean" in table.columns:
+        lines.append(f"- Paper: {derived_figure_text(table, 'paper_')}")
+    if (table["n"] < table["n_seeds"]).any():
+        lines.append("- (n/N): only n of the N seeds completed; the others diverged or failed and are not "
+                     "averaged in.")
+    undecided = [s for s, _ in SCHEMES if s not in study.decisions]
+    if undecided:
+        lines.append(f"- Not decided yet: {', '.join(undecided)} (stage not run or not finished).")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(study_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.md`` and ``results.csv`` into a study folder from its stored tables.
+
+    Args:
+        study_dir: the study folder.
+
+    Returns:
+        ``{"results.md": path, "results.csv": path}``. The CSV holds every column of
+        :func:`results_table` (numbers unrounded); the Markdown holds :func:`display_table` and the
+        derived figure in words.
+
+    Raises:
+        StudyFolderError: see :func:`load_study`.
+    """
+    study = load_study(study_dir)
+    return write_study_tables(study)
+
+
+def write_study_tables(study: Study, table: pd.DataFrame | None = None) -> dict[str, Path]:
+    table = study_results_table(study) if table is None else table
+    md_path, csv_path = study.path / RESULTS_MD, study.path / RESULTS_CSV
+    md_path.write_text(results_markdown(study, table), encoding="utf-8")
+    table.to_csv(csv_path, index=False)
+    return {RESULTS_MD: md_path, RESULTS_CSV: csv_path}

@@ -1,0 +1,494 @@
+"""Ray Tune adapter: run the greedy protocol's stages as Tune experiments in one study folder.
+
+The only module (with ``jobs``) that imports Ray. Each stage is one Tune experiment under
+``<study>/ray/<stage>``; the trials of a stage are one ``tune.grid_search`` axis over
+:class:`~gnp_study.protocol.TrialConfig` dicts (the seed is part of each), so every (configuration, seed)
+pair is exactly one Tune trial. Trials report every epoch with ``tune.report`` and checkpoint with
+``tune.Checkpoint``; a crashed trial is retried from its last checkpoint (``FailureConfig``); an
+interrupted stage is resumed with ``Tuner.restore``; finished stages are kept in the study folder's
+tables and decisions and never run again.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from gnp_study import protocol
+from gnp_study.protocol import STAGES, TrialConfig
+from gnp_study.spec import StudySpec, parse_spec
+
+TRIAL_COLUMNS = ["trial_id", "stage", "config_key", "config", "alpha", "r", "seed", "status",
+                 "best_test_error", "final_test_error", "epochs_run", "diverged_epoch", "error",
+                 "wall_time_s", "node", "cpus", "gpus"]
+EPOCH_COLUMNS = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "epoch", "train_loss",
+                 "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr",
+                 "epoch_time_s"]
+
+
+class StudyError(RuntimeError):
+    """A study cannot start or continue; the message says why and what to do (CLI exit status 2)."""
+
+
+# --------------------------------------------------------------------------------------------- storage
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=float)))
+
+
+def write_parquet(path: Path, df: pd.DataFrame) -> None:
+    """Write a Parquet table atomically."""
+    _atomic_write(path, lambda p: df.to_parquet(p, index=False))
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Read a study table; an absent file is an empty table with ``columns``.
+
+    Raises:
+        StudyError: the file exists but is not a readable Parquet table.
+    """
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise StudyError(f"{path} is not a readable Parquet table ({type(e).__name__}: {e}); restore it from "
+                         f"a backup or start a new study folder") from None
+
+
+# ----------------------------------------------------------------------------------------- the trainable
+def _trainable(config: dict, spec_dict: dict) -> None:
+    """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample."""
+    import ray
+    import torch
+    from ray import tune
+
+    from gnp_study.train import train_trial
+
+    spec = parse_spec(spec_dict, check_names=False)
+    if "trial" in config:
+        trial = config["trial"]
+    else:  # Optuna search sample of stage 1: searched fields at flat keys, one seed
+        overrides = {k: config[k] for k in spec.stages.standard.space}
+        if "batch_size" in overrides:
+            overrides["batch_size"] = int(round(overrides["batch_size"]))
+        trial = TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
+    state = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=True)
+    node = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict, st: dict | None) -> None:
+        metrics = dict(metrics, trial_id=trial["trial_id"], node=node)
+        if st is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(st, Path(tmp) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train_trial(spec, trial, report, state)
+
+
+# ------------------------------------------------------------------------------------------- progress
+class _Progress:
+    """Builds the Tune callback that prints: stage, trials done / total, diverged, best so far."""
+
+    def __init__(self, stage: str, total: int, stream=sys.stderr):
+        from ray.tune import Callback
+
+        progress = self
+
+        class _CB(Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                progress.finished(trial.last_result or {}, failed=False)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                progress.finished(trial.last_result or {}, failed=True)
+
+        self.callback = _CB()
+        self.stage, self.total, self.stream = stage, total, stream
+        self.done = self.diverged = self.failed = 0
+        self.best = math.inf
+        self.t0 = time.time()
+        self._print()
+
+    def finished(self, result: dict, failed: bool) -> None:
+        self.done += 1
+        self.failed += int(failed)
+        self.diverged += int(result.get("status") == "diverged")
+        b = result.get("best_test_error", math.nan)
+        if not failed and result.get("status") == "completed" and b == b:
+            self.best = min(self.best, b)
+        self._print()
+
+    def _print(self) -> None:
+        best = f"{self.best:.2f}%" if math.isfinite(self.best) else "-"
+        line = (f"[gnp-study] stage {self.stage}: {self.done}/{self.total} trials done, "
+                f"{self.diverged} diverged, {self.failed} failed, best test error {best}, "
+                f"{time.time() - self.t0:.0f}s")
+        end = "\r" if self.stream.isatty() and self.done < self.total else "\n"
+        print(line, end=end, file=self.stream, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ Ray set-up
+def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
+    """Connect to a Ray cluster, or start Ray locally bound to 127.0.0.1.
+
+    Args:
+        address: ``"auto"``, ``"ray://host:10001"``, ``"host:6379"``; default ``RAY_ADDRESS`` from the
+            environment, else a local Ray is started (its ports on loopback only).
+        num_cpus: CPUs of a local Ray (default: all).
+
+    Returns:
+        ``ray.cluster_resources()`` (dict, e.g. ``{"CPU": 2.0, "GPU": 1.0, ...}``).
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        else:
+            ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False, logging_level="WARNING")
+    return ray.cluster_resources()
+
+
+def check_resources(spec: StudySpec, resources: dict) -> None:
+    """Fail before any trial when one trial asks for more than the cluster has.
+
+    Raises:
+        StudyError: ``resources.gpus_per_trial`` > 0 and the cluster has fewer GPUs (a trial would stay
+            PENDING for ever), or more CPUs per trial than the cluster has.
+    """
+    r = spec.resources
+    have_gpu, have_cpu = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if r.gpus_per_trial > 0 and have_gpu < r.gpus_per_trial:
+        raise StudyError(f"resources.gpus_per_trial is {r.gpus_per_trial} but the Ray cluster has "
+                         f"{have_gpu:g} GPU(s); set resources.gpus_per_trial: 0 to train on CPUs, or run "
+                         f"on a cluster with GPUs (--address)")
+    if r.cpus_per_trial > have_cpu:
+        raise StudyError(f"resources.cpus_per_trial is {r.cpus_per_trial} but the Ray cluster has "
+                         f"{have_cpu:g} CPU(s); lower resources.cpus_per_trial")
+
+
+# ------------------------------------------------------------------------------------------ one stage
+def _tuner(name: str, param_space: dict, spec: StudySpec, storage: Path, callbacks: list, search_alg=None):
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, spec_dict=spec.resolved()),
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+    )
+    exp_path = storage / name
+    if tune.Tuner.can_restore(str(exp_path)):
+        return tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=False, param_space=param_space)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            num_samples=spec.stages.standard.num_samples if search_alg is not None else 1,
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            metric="best_test_error" if search_alg is not None else None,
+            mode="min" if search_alg is not None else None,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+            callbacks=callbacks,
+        ),
+    )
+
+
+def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Turn a Tune ResultGrid into the trials and epochs tables of the study folder schema."""
+    trial_rows, epoch_frames = [], []
+    for res in results:
+        cfg = res.config
+        if "trial" in cfg:
+            trial = cfg["trial"]
+        else:
+            overrides = {k: cfg[k] for k in spec.stages.standard.space}
+            trial = TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
+        df = res.metrics_dataframe
+        if df is not None and "epoch" in df.columns and len(df):
+            df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
+        else:
+            df = pd.DataFrame(columns=["epoch"])
+        last = df.iloc[-1].to_dict() if len(df) else {}
+        status = last.get("status", "failed")
+        error = ""
+        if res.error is not None:
+            status, error = "failed", f"{type(res.error).__name__}: {res.error}"[-2000:]
+        elif status == "running":
+            status, error = "failed", "the trial ended before its last epoch"
+        ep = pd.DataFrame({
+            "trial_id": trial["trial_id"], "stage": stage, "config_key": trial["config_key"],
+            "alpha": float(trial["config"]["alpha"]), "r": float(trial["config"]["r"]), "seed": int(trial["seed"]),
+            **{c: df[c].astype(float).to_numpy() if c in df else math.nan for c in EPOCH_COLUMNS[6:]},
+        }, index=range(len(df)))
+        ep["epoch"] = ep["epoch"].astype(int)
+        epoch_frames.append(ep[EPOCH_COLUMNS])
+        best = float(ep["best_test_error"].min()) if len(ep) and ep["best_test_error"].notna().any() else math.nan
+        final = ep["test_error"].dropna()
+        trial_rows.append({
+            "trial_id": trial["trial_id"], "stage": stage, "config_key": trial["config_key"],
+            "config": json.dumps(trial["config"], sort_keys=True), "alpha": float(trial["config"]["alpha"]),
+            "r": float(trial["config"]["r"]), "seed": int(trial["seed"]), "status": status,
+            "best_test_error": best, "final_test_error": float(final.iloc[-1]) if len(final) else math.nan,
+            "epochs_run": int(ep["epoch"].max()) if len(ep) else 0,
+            "diverged_epoch": float(last["epoch"]) if status == "diverged" else math.nan,
+            "error": error, "wall_time_s": float(ep["epoch_time_s"].sum()) if len(ep) else 0.0,
+            "node": str(last.get("node", "")), "cpus": spec.resources.cpus_per_trial,
+            "gpus": spec.resources.gpus_per_trial,
+        })
+    trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS)
+    epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)
+    return trials, epochs
+
+
+def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, study_dir: Path,
+              name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or resume) the trials of one stage as one Tune experiment.
+
+    Args:
+        stage: stage name written into the tables.
+        trial_configs: the trials (from :func:`gnp_study.protocol.plan`).
+        spec: the study.
+        study_dir: the study folder (Tune storage is ``study_dir/ray``).
+        name: experiment name (default: ``stage``).
+
+    Returns:
+        ``(trials, epochs)`` tables (study-folder schema) for exactly these trials.
+    """
+    from ray import tune
+
+    storage = (study_dir / "ray").resolve()
+    progress = _Progress(stage, len(trial_configs))
+    space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
+    results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
+    return _collect(results, stage, spec)
+
+
+def run_optuna_search(spec: StudySpec, study_dir: Path) -> tuple[list[dict], pd.DataFrame]:
+    """Stage 1 as an Optuna TPE search on the first seed (Ray Tune's ``OptunaSearch``).
+
+    Returns:
+        ``(candidates, search_trials)``: the ``top_k`` configurations (dicts of searched fields) with the
+        lowest best test error, and the search's trials table.
+
+    Raises:
+        StudyError: no search sample trained to the end.
+    """
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    st = spec.stages.standard
+    space = {}
+    for key, rng in st.space.items():
+        if isinstance(rng, list):
+            space[key] = tune.choice(rng)
+        elif rng.integer:
+            space[key] = (tune.lograndint if rng.log else tune.randint)(int(rng.low), int(rng.high) + 1)
+        else:
+            space[key] = (tune.loguniform if rng.log else tune.uniform)(rng.low, rng.high)
+    storage = (study_dir / "ray").resolve()
+    progress = _Progress("standard (Optuna search, seed %d)" % spec.seeds[0], st.num_samples)
+    searcher = OptunaSearch(metric="best_test_error", mode="min", seed=spec.seeds[0])
+    results = _tuner("standard_search", space, spec, storage, [progress.callback], search_alg=searcher).fit()
+    trials, _ = _collect(results, "standard_search", spec)
+    ok = trials[trials["status"] == "completed"].sort_values("best_test_error", kind="stable")
+    if ok.empty:
+        raise StudyError("every sample of the Optuna search of stage 1 diverged or failed; narrow "
+                         "stages.standard.space")
+    cands = []
+    for c in ok["config"]:
+        d = {k: v for k, v in json.loads(c).items() if k not in ("alpha", "r")}
+        if d not in cands:
+            cands.append(d)
+    return cands[: st.top_k], trials
+
+
+# --------------------------------------------------------------------------------------------- study
+def _versions() -> dict:
+    import ray
+    import torch
+    import torchvision
+
+    from gnp_study import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "ray": ray.__version__, "gnp_study": __version__}
+
+
+def _hardware(resources: dict) -> dict:
+    import ray
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "gpus": gpus, "ray_nodes": len([n for n in ray.nodes() if n["Alive"]]),
+            "cluster_cpus": resources.get("CPU", 0.0), "cluster_gpus": resources.get("GPU", 0.0)}
+
+
+def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
+    """Refuse to resume a study folder whose stored spec differs from ``spec``.
+
+    Raises:
+        StudyError: with a short unified diff of the stored and the new resolved spec.
+    """
+    stored = study_dir / "study.yaml"
+    if not stored.exists():
+        return
+    try:
+        old = yaml.safe_load(stored.read_text())
+    except yaml.YAMLError as e:
+        raise StudyError(f"{stored} is not readable YAML ({e}); use a new study folder (--output or --new)")
+    new = spec.resolved()
+    if old != new:
+        diff = difflib.unified_diff(yaml.safe_dump(old, sort_keys=True).splitlines(),
+                                    yaml.safe_dump(new, sort_keys=True).splitlines(),
+                                    "stored study.yaml", "given study", lineterm="", n=1)
+        lines = [l for l in diff][:40]
+        raise StudyError(f"{study_dir} holds a study with a different spec; refusing to resume it with this "
+                         f"one. What changed:\n" + "\n".join(lines) +
+                         "\nRun with --new for a fresh study folder, or --output DIR.")
+
+
+def lock_study(study_dir: Path):
+    """Take the study folder's lock (a ``filelock.FileLock`` on ``.lock``), released at process exit.
+
+    Raises:
+        StudyError: another driver holds it.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(study_dir / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = (study_dir / ".driver").read_text().strip() if (study_dir / ".driver").exists() else "?"
+        raise StudyError(f"another gnp-study driver ({owner}) is running on {study_dir}; wait for it to "
+                         f"finish, or stop it, before running this study again") from None
+    (study_dir / ".driver").write_text(f"pid {os.getpid()} on {platform.node()}\n")
+    return lock
+
+
+def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = None,
+               build_report: bool = True) -> dict:
+    """Run (or resume) the whole greedy protocol of a study in ``study_dir``.
+
+    Args:
+        spec: the validated study.
+        study_dir: the study folder (created if absent). If it already holds this study, finished stages
+            are kept and an interrupted stage is resumed from Tune's experiment state and checkpoints.
+        address: Ray cluster address (see :func:`connect`).
+        build_report: build tables, figures and ``report.html`` at the end.
+
+    Returns:
+        The decisions of the three stages (the content of ``decisions.json``).
+
+    Raises:
+        StudyError: the folder holds another study, another driver holds it, the cluster lacks the
+            resources a trial needs, or every configuration of a stage diverged or failed.
+    """
+    study_dir = Path(study_dir)
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        probe = study_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise StudyError(f"cannot write to the study folder {study_dir}: {e.strerror}; choose another "
+                         f"with --output") from None
+    lock = lock_study(study_dir)
+    try:
+        check_study_folder(spec, study_dir)
+        trials_path, epochs_path = study_dir / "trials.parquet", study_dir / "epochs.parquet"
+        trials = read_table(trials_path, TRIAL_COLUMNS)
+        epochs = read_table(epochs_path, EPOCH_COLUMNS)
+        decisions_path = study_dir / "decisions.json"
+        decisions = json.loads(decisions_path.read_text()) if decisions_path.exists() else {}
+        info_path = study_dir / "run_info.json"
+        info = json.loads(info_path.read_text()) if info_path.exists() else {
+            "started": _dt.datetime.now().isoformat(timespec="seconds"), "stages": {}, "wall_time_s": 0.0}
+        resources = connect(address)
+        check_resources(spec, resources)
+        (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
+        info.update(versions=_versions(), hardware=_hardware(resources), finished=None,
+                    ray_address=address or os.environ.get("RAY_ADDRESS"))
+        write_json(info_path, info)
+        for stage in STAGES:
+            if stage in decisions:
+                continue
+            t0 = time.time()
+            # Rows of an interrupted stage (if any made it to disk) are rebuilt from Tune's experiment.
+            trials = trials[trials["stage"] != stage]
+            epochs = epochs[epochs["stage"] != stage]
+            candidates = None
+            if stage == "standard" and spec.stages.standard.search == "optuna":
+                candidates, search = run_optuna_search(spec, study_dir)
+                write_parquet(study_dir / "search_trials.parquet", search)
+            plan = protocol.plan(stage, spec, decisions, candidates)
+            t_new, e_new = run_stage(stage, plan, spec, study_dir)
+            trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
+            epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new
+            write_parquet(trials_path, trials)
+            write_parquet(epochs_path, epochs)
+            try:
+                decisions[stage] = protocol.decide(stage, trials, spec, decisions)
+            except protocol.ProtocolError as e:
+                raise StudyError(str(e)) from None
+            write_json(decisions_path, decisions)
+            wall = time.time() - t0
+            cpu_h = float((t_new["wall_time_s"] * t_new["cpus"]).sum()) / 3600
+            gpu_h = float((t_new["wall_time_s"] * t_new["gpus"]).sum()) / 3600
+            info["stages"][stage] = {"wall_time_s": wall, "cpu_hours": cpu_h, "gpu_hours": gpu_h,
+                                     "n_trials": len(t_new)}
+            info["wall_time_s"] = float(info.get("wall_time_s", 0.0)) + wall
+            write_json(info_path, info)
+        info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+        write_json(info_path, info)
+        if spec.paper is not None:
+            _write_paper_reference(spec, study_dir)
+        if build_report:
+            from gnp_study.report import build_outputs
+
+            build_outputs(study_dir)
+        return decisions
+    finally:
+        lock.release()
+
+
+def _write_paper_reference(spec: StudySpec, study_dir: Path) -> None:
+    from gnp_study.paper import paper_reference
+
+    ref = paper_reference(spec.paper.model, spec.paper.dataset, spec.paper.augmentation)
+    if ref is not None and len(ref):
+        ref.to_csv(study_dir / "paper_reference.csv", index=False)

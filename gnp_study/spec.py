@@ -1,0 +1,396 @@
+"""Study specification: one YAML file in ``search_spaces/``, validated before any trial starts.
+
+A study names the data set, the model, the training recipe (base optimizer and its settings), the three
+greedy stages of the paper (Section 4.1: standard search, the r grid with alpha = 1, the alpha grid), the
+seeds and the resources per trial. :func:`load_spec` turns a YAML file into a :class:`StudySpec` or raises
+:class:`SpecError` with one message that names the offending key and what is accepted.
+
+Validation is done by pydantic (``extra="forbid"`` catches typos); the registries of models and data sets
+are consulted so that an unknown name fails here, not inside a trial.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: The paper's extra alpha sets (Section 4.1, parameter study).
+B_A = (-0.1, -0.2, -0.5)
+B_B = (1.1, 1.2, 1.3, 1.5, 2.0)
+#: The paper's basic alpha grid 0.1 .. 0.9 and r grid (Section 4.1, after Foret et al. 2021).
+BASIC_ALPHA = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+PAPER_R = (0.01, 0.02, 0.05, 0.1, 0.2)
+
+#: Training fields that the standard stage (stage 1) may search over.
+SEARCHABLE = ("lr", "weight_decay", "momentum", "batch_size", "label_smoothing", "warmup_epochs")
+
+#: Where the packaged search spaces live (a copy of the project's ``search_spaces/``).
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+class SpecError(ValueError):
+    """A study file is missing, unreadable or invalid; the message names the key or file at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _finite(v: float, what: str) -> float:
+    if not math.isfinite(v):
+        raise ValueError(f"{what} must be a finite number, got {v}")
+    return v
+
+
+class DataSpec(_Strict):
+    """Data set and augmentation (``gnp_study.data`` registry names)."""
+
+    dataset: str = Field(description="registry name, e.g. digits, cifar10, cifar100, imagenet")
+    root: str | None = Field(None, description="local folder with the data set files (None for digits)")
+    format: Literal["auto", "python", "imagefolder"] = "auto"
+    augmentation: str = "none"
+    train_subset: int | None = Field(None, gt=0, description="class-balanced subset of the training set")
+    test_subset: int | None = Field(None, gt=0)
+    subset_seed: int = 0
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per trial")
+    loader: Literal["torch", "device"] = Field(
+        "torch", description="torch DataLoader, or the whole data set on the trial's device (gpu_data)")
+
+
+class ModelSpec(_Strict):
+    """Model by registry name (``gnp_study.models``) with extra constructor arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSpec(_Strict):
+    """The standard training recipe; stage 1 may override the fields named in ``SEARCHABLE``."""
+
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    base_optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    lr_milestones: list[float] = Field(default_factory=lambda: [0.3, 0.6, 0.8],
+                                       description="step schedule: fractions of training")
+    lr_gamma: float = Field(0.2, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the final gradient to this global norm")
+    normalize_g1: bool = Field(False, description="mix (1-alpha) g1/|g1| + alpha g2 (authors' code)")
+    perturb_weight_decay: bool = Field(False, description="L2 weight decay inside the perturbation")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+
+    @field_validator("lr", "weight_decay", "grad_clip", "label_smoothing")
+    @classmethod
+    def _is_finite(cls, v, info):
+        return v if v is None else _finite(v, info.field_name)
+
+
+class DivergenceSpec(_Strict):
+    """When a trial counts as diverged (checked after every epoch)."""
+
+    max_loss: float = Field(1e4, gt=0, description="train loss above this ends the trial as diverged")
+    max_grad_norm: float = Field(1e6, gt=0, description="mean norm(g1) above this ends it as diverged")
+
+
+class OptunaRange(_Strict):
+    """A continuous or integer range for the Optuna search of stage 1."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"needs finite low < high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class StandardStage(_Strict):
+    """Stage 1 (alpha = 0): grid or Optuna TPE search over training fields."""
+
+    search: Literal["grid", "optuna"] = "grid"
+    space: dict[str, list[float] | OptunaRange] = Field(default_factory=dict)
+    num_samples: int = Field(8, gt=0, description="Optuna: configurations tried on one seed")
+    top_k: int = Field(2, gt=0, description="Optuna: best configurations then run over all seeds")
+
+    @model_validator(mode="after")
+    def _check_space(self):
+        for key, values in self.space.items():
+            if key not in SEARCHABLE:
+                raise ValueError(f"space key '{key}' is not searchable; accepted: {', '.join(SEARCHABLE)}")
+            if self.search == "grid" and not isinstance(values, list):
+                raise ValueError(f"space.{key}: a grid search needs a list of values")
+            if isinstance(values, list):
+                if not values:
+                    raise ValueError(f"space.{key}: empty grid")
+                if len(set(values)) != len(values):
+                    raise ValueError(f"space.{key}: duplicate values in {values}")
+                for v in values:
+                    _finite(v, f"space.{key}")
+        if self.search == "optuna" and not self.space:
+            raise ValueError("an optuna search needs a non-empty space")
+        return self
+
+
+def _unique_finite(values: list[float], name: str, positive: bool = False) -> list[float]:
+    if not values:
+        raise ValueError(f"{name}: empty grid")
+    for v in values:
+        _finite(v, name)
+        if positive and v <= 0:
+            raise ValueError(f"{name}: values must be > 0, got {v}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name}: duplicate values in {values}")
+    return values
+
+
+class SamStage(_Strict):
+    """Stage 2 (alpha = 1, SAM): the grid of perturbation radii r."""
+
+    r: list[float] = Field(default_factory=lambda: list(PAPER_R))
+
+    @field_validator("r")
+    @classmethod
+    def _r(cls, v):
+        return _unique_finite(v, "r", positive=True)
+
+
+class GnpStage(_Strict):
+    """Stage 3: the alpha grid at the best r and at each Figure-2 r."""
+
+    alpha: list[float] = Field(default_factory=lambda: list(BASIC_ALPHA),
+                               description="the grid the GNP row is chosen from")
+    alpha_extra: list[float] = Field(default_factory=list,
+                                     description="run for the figures only, never chosen (B_a, B_b)")
+    figure2_r: list[float] = Field(default_factory=list, description="r values with a Figure-2 panel")
+    figure3_alpha: list[float] | None = Field(
+        None, description="alphas drawn in Figure 3 (default: B_b values in the grid plus 0.8)")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v):
+        return _unique_finite(v, "alpha")
+
+    @field_validator("alpha_extra")
+    @classmethod
+    def _extra(cls, v):
+        return _unique_finite(v, "alpha_extra") if v else v
+
+    @field_validator("figure2_r")
+    @classmethod
+    def _f2(cls, v):
+        return _unique_finite(v, "figure2_r", positive=True) if v else v
+
+    @model_validator(mode="after")
+    def _no_overlap(self):
+        both = set(self.alpha) & set(self.alpha_extra)
+        if both:
+            raise ValueError(f"alpha and alpha_extra share {sorted(both)}")
+        return self
+
+    def all_alpha(self) -> list[float]:
+        """Every alpha run in stage 3: the selectable grid, then the extras (list of floats)."""
+        return list(self.alpha) + list(self.alpha_extra)
+
+
+class Stages(_Strict):
+    standard: StandardStage = Field(default_factory=StandardStage)
+    sam: SamStage = Field(default_factory=SamStage)
+    gnp: GnpStage = Field(default_factory=GnpStage)
+
+
+class Resources(_Strict):
+    """Resources each trial asks Ray for; a GPU fraction lets several trials share one GPU."""
+
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, gt=0)
+
+
+class PaperRef(_Strict):
+    """The paper experiment a study reproduces (its numbers go beside the measured ones)."""
+
+    model: str
+    dataset: str
+    augmentation: str
+
+
+class StudySpec(_Strict):
+    """A whole study: what to train, the three greedy stages, seeds and resources.
+
+    Source: the greedy protocol of Zhao, Zhang & Hu (2022), Section 4.1; stage 2 uses alpha = 1 (SAM,
+    Eq. 10) where the paper's text says zero by mistake.
+    """
+
+    name: str
+    description: str = ""
+    data: DataSpec
+    model: ModelSpec
+    training: TrainingSpec
+    stages: Stages = Field(default_factory=Stages)
+    seeds: list[int]
+    resources: Resources = Field(default_factory=Resources)
+    divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
+    max_failures: int = Field(2, ge=0, description="retries of a crashed trial from its last checkpoint")
+    checkpoint_every: int = Field(1, gt=0, description="epochs between trial checkpoints")
+    paper: PaperRef | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"name must be letters, digits, '_', '-', '.', got {v!r}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("at least one seed is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate seeds in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self):
+        missing = [r for r in self.stages.gnp.figure2_r if r not in self.stages.sam.r]
+        if missing:
+            raise ValueError(f"stages.gnp.figure2_r {missing} must be values of stages.sam.r "
+                             f"{self.stages.sam.r} (Figure 2 marks the SAM point at each r)")
+        return self
+
+    def figure3_alpha(self) -> list[float]:
+        """Alphas of Figure 3: the configured list, else every B_b value run plus 0.8 when run."""
+        g = self.stages.gnp
+        if g.figure3_alpha is not None:
+            return list(g.figure3_alpha)
+        run = g.all_alpha()
+        return [a for a in run if a in B_B] + ([0.8] if 0.8 in run else [])
+
+    def resolved(self) -> dict:
+        """The spec with every default filled in, as plain YAML-ready data (dict)."""
+        d = self.model_dump(mode="json")
+        d["stages"]["gnp"]["figure3_alpha"] = self.figure3_alpha()
+        return d
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        inp = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
+        lines.append(f"{loc}: {msg}{shown}")
+    return f"invalid study {source}:\n  " + "\n  ".join(lines)
+
+
+def _check_registries(spec: StudySpec, source: str) -> None:
+    from gnp_study import data, models
+
+    if spec.model.name not in models.MODELS:
+        raise SpecError(f"invalid study {source}: model.name: unknown model {spec.model.name!r}; "
+                        f"accepted: {', '.join(sorted(models.MODELS))}")
+    if spec.data.dataset not in data.DATASETS:
+        raise SpecError(f"invalid study {source}: data.dataset: unknown data set {spec.data.dataset!r}; "
+                        f"accepted: {', '.join(sorted(data.DATASETS))}")
+    if spec.data.augmentation not in data.AUGMENTATIONS:
+        raise SpecError(f"invalid study {source}: data.augmentation: unknown augmentation "
+                        f"{spec.data.augmentation!r}; accepted: {', '.join(data.AUGMENTATIONS)}")
+
+
+def parse_spec(raw: Any, source: str = "<dict>", *, check_names: bool = True) -> StudySpec:
+    """Validate already-parsed YAML data into a :class:`StudySpec`.
+
+    Args:
+        raw: the mapping read from a study file.
+        source: a name for messages (usually the file path).
+        check_names: also check model, data set and augmentation names against the registries.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        SpecError: not a mapping, a key unknown or of the wrong type, a value out of range, or an
+            unknown registry name; the message names each offending key and what is accepted.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError(f"invalid study {source}: the file must hold a YAML mapping, got {type(raw).__name__}")
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err, source)) from None
+    if check_names:
+        _check_registries(spec, source)
+    return spec
+
+
+def find_study(name_or_path: str | Path | None) -> Path:
+    """Resolve a study argument to a file: a path, or the name of a shipped search space.
+
+    Args:
+        name_or_path: ``None`` (the embedded default ``digits``), a path to a YAML file, or a bare name
+            such as ``cifar10_quick`` looked up in ``search_spaces/``.
+
+    Returns:
+        The path of the YAML file.
+
+    Raises:
+        SpecError: no such file.
+    """
+    if name_or_path is None:
+        name_or_path = "digits"
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (SEARCH_SPACES / f"{p.name}", SEARCH_SPACES / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    raise SpecError(f"study file {str(name_or_path)!r} not found (give a path to a YAML file, or one of the "
+                    f"names in {SEARCH_SPACES}: {', '.join(sorted(q.stem for q in SEARCH_SPACES.glob('*.yaml')))})")
+
+
+def load_spec(path: str | Path | None, *, check_names: bool = True) -> StudySpec:
+    """Read and validate a study YAML file.
+
+    Args:
+        path: the YAML file, a shipped study name, or ``None`` for the default digits study.
+        check_names: check registry names too (see :func:`parse_spec`).
+
+    Returns:
+        The validated :class:`StudySpec`.
+
+    Raises:
+        SpecError: missing file, YAML syntax error (with line and column), or invalid content.
+    """
+    p = find_study(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read study file {p}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"YAML syntax error in {p}{where}: {problem}") from None
+    return parse_spec(raw, str(p), check_names=check_names)

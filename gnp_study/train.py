@@ -1,0 +1,268 @@
+"""One trial: train a model with the GNP optimizer and report metrics after every epoch.
+
+This is the only place that trains. It knows nothing of Ray: :func:`train_trial` takes a ``report``
+callable (the runner passes one that calls ``ray.tune.report``) and an optional state to resume from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gnp_study.spec import StudySpec
+
+#: Environment variable used by the tests to inject failures into trials (see :func:`_maybe_fail`).
+FAULT_ENV = "GNP_STUDY_FAULT"
+
+_BASE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+class TrialDiverged(Exception):
+    """Raised inside a trial when the loss or norm(g1) is non-finite or past the study's bound."""
+
+
+@dataclass
+class TrialResult:
+    """What a finished trial returns: ``status`` ("completed"/"diverged"), epochs run, best error (%)."""
+
+    status: str
+    epochs_run: int
+    best_test_error: float
+    final_test_error: float
+    diverged_epoch: int | None
+
+
+def _effective(spec: StudySpec, config: dict) -> dict:
+    """The training recipe with the trial's overrides applied (plain dict)."""
+    t = spec.training.model_dump()
+    for k, v in config.items():
+        if k not in ("alpha", "r"):
+            t[k] = v
+    t["batch_size"] = int(t["batch_size"])
+    t["warmup_epochs"] = int(t["warmup_epochs"])
+    return t
+
+
+def _lr_lambda(t: dict, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimizer step ``s`` (linear warm-up, then schedule)."""
+    total = max(1, t["epochs"] * steps_per_epoch)
+    warm = t["warmup_epochs"] * steps_per_epoch
+
+    def f(s: int) -> float:
+        if s < warm:
+            return (s + 1) / warm
+        if t["lr_schedule"] == "constant":
+            return 1.0
+        frac = (s - warm) / max(1, total - warm)
+        if t["lr_schedule"] == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+        return t["lr_gamma"] ** sum(frac >= m for m in t["lr_milestones"])
+
+    return f
+
+
+def _maybe_fail(trial: dict, epoch: int, resumed: bool) -> None:
+    """Test hook: ``GNP_STUDY_FAULT="<kind>@<epoch>[:<key>=<value>]"`` fails a trial at an epoch.
+
+    ``raise`` raises once (not after a resume from a checkpoint), ``raise_always`` every attempt, ``kill``
+    kills the worker process once (SIGKILL). The optional filter matches ``seed``, ``alpha`` or ``stage``.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    head, _, filt = spec.partition(":")
+    kind, _, at = head.partition("@")
+    if int(at) != epoch:
+        return
+    if filt:
+        key, _, value = filt.partition("=")
+        have = trial["stage"] if key == "stage" else (trial["seed"] if key == "seed" else trial["config"].get(key))
+        if str(have) != value and not (isinstance(have, float) and float(value) == have):
+            return
+    if kind == "raise" and not resumed:
+        raise RuntimeError(f"injected failure at epoch {epoch}")
+    if kind == "raise_always":
+        raise RuntimeError(f"injected failure at epoch {epoch} (every attempt)")
+    if kind == "kill" and not resumed:
+        os.kill(os.getpid(), 9)
+
+
+def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator):
+    from torch.utils.data import DataLoader
+
+    train = DataLoader(data.train, batch_size=t["batch_size"], shuffle=True, generator=generator,
+                       num_workers=spec.data.num_workers, drop_last=False)
+    test = DataLoader(data.test, batch_size=max(256, t["batch_size"]), shuffle=False,
+                      num_workers=spec.data.num_workers)
+    return train, test
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy and error (percent) of ``model`` on ``loader``; model left in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        wrong += (out.argmax(1) != y).sum()
+        n += y.numel()
+    return float(loss_sum) / max(1, n), 100.0 * float(wrong) / max(1, n)
+
+
+def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | None], None],
+                resume_state: dict | None = None, device: str | torch.device | None = None) -> TrialResult:
+    """Train one trial and report its metrics after every epoch.
+
+    Args:
+        spec: the validated study.
+        trial: ``TrialConfig.to_dict()``: ``stage``, ``config`` (with ``alpha`` and ``r``), ``seed``,
+            ``trial_id``, ``config_key``.
+        report: called after every epoch as ``report(metrics, state)``; ``metrics`` is a flat dict
+            (``epoch`` 1-based, ``train_loss``, ``train_error`` %, ``test_loss``, ``test_error`` %,
+            ``best_test_error`` %, ``grad_norm`` mean norm(g1), ``lr``, ``epoch_time_s``, ``status``
+            "running"/"completed"/"diverged", ``diverged_epoch``, ``node``), ``state`` is a checkpoint
+            (dict of tensors and plain data for ``torch.save``) or ``None`` on epochs without one.
+        resume_state: a state previously passed to ``report``: training continues after its epoch with
+            the same model, optimizer, schedule and random-number state (bit for bit on CPU).
+        device: torch device; default CUDA when the trial was given a GPU, else CPU.
+
+    Returns:
+        :class:`TrialResult`. A diverging trial (loss or mean norm(g1) non-finite or beyond
+        ``spec.divergence``) returns with status ``"diverged"`` at that epoch instead of raising.
+
+    Raises:
+        Whatever the model or data raise (the runner retries such a trial from its last checkpoint).
+    """
+    from gnp_study.data import build_datasets
+    from gnp_study.models import build_model
+    from gnp_study.optim import GNP
+
+    cfg = trial["config"]
+    t = _effective(spec, cfg)
+    if device is None:
+        device = "cuda" if (torch.cuda.is_available() and spec.resources.gpus_per_trial > 0) else "cpu"
+    device = torch.device(device)
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    torch.manual_seed(trial["seed"])
+
+    d = spec.data
+    data = build_datasets(d.dataset, root=d.root, augmentation=d.augmentation, train_subset=d.train_subset,
+                          test_subset=d.test_subset, subset_seed=d.subset_seed, format=d.format)
+    model = build_model(spec.model.name, data.num_classes, in_channels=data.in_channels,
+                        image_size=data.image_size, **spec.model.kwargs).to(device)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    base = _BASE_OPTIMIZERS[t["base_optimizer"]]
+    base_kwargs = {"lr": t["lr"], "weight_decay": t["weight_decay"]}
+    if t["base_optimizer"] == "sgd":
+        base_kwargs.update(momentum=t["momentum"], nesterov=t["nesterov"] and t["momentum"] > 0)
+    opt = GNP(model.parameters(), base, alpha=cfg["alpha"], r=cfg["r"], model=model,
+              normalize_g1=t["normalize_g1"], perturb_weight_decay=t["perturb_weight_decay"],
+              max_grad_norm=t["grad_clip"], **base_kwargs)
+    gen = torch.Generator().manual_seed(trial["seed"])
+    train_loader, test_loader = _loaders(spec, t, data, gen)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t, len(train_loader)))
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
+
+    start_epoch, best = 0, math.inf
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        opt.load_state_dict(resume_state["optimizer"])
+        sched.load_state_dict(resume_state["scheduler"])
+        gen.set_state(resume_state["generator"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        start_epoch, best = resume_state["epoch"], resume_state["best_test_error"]
+        if start_epoch >= t["epochs"]:
+            # Finished before the driver went down: report the final epoch again, train nothing.
+            report(dict(resume_state["metrics"]), None)
+            m = resume_state["metrics"]
+            return TrialResult("completed", start_epoch, m["best_test_error"], m["test_error"], None)
+    node = socket.gethostname()
+    last_test = math.nan
+    for epoch in range(start_epoch + 1, t["epochs"] + 1):
+        t0 = time.perf_counter()
+        _maybe_fail(trial, epoch, resumed=resume_state is not None)
+        model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        norm_sum = torch.zeros((), device=device, dtype=torch.float64)
+        wrong = torch.zeros((), device=device, dtype=torch.long)
+        n = steps = 0
+        for x, y in train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if t["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if data.batch_transform is not None:
+                x, y = data.batch_transform(x, y)
+            out_holder = {}
+
+            def closure():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
+                    out = model(x)
+                    loss = criterion(out.float(), y)
+                loss.backward()
+                out_holder.setdefault("out", out.detach())
+                return loss
+
+            loss = opt.step(closure)
+            sched.step()
+            loss_sum += loss.detach().double() * y.shape[0]
+            norm_sum += opt.last_grad_norm.detach().double()
+            hard = y if y.ndim == 1 else y.argmax(1)
+            wrong += (out_holder["out"].argmax(1) != hard).sum()
+            n += y.shape[0]
+            steps += 1
+        train_loss = float(loss_sum) / max(1, n)
+        grad_norm = float(norm_sum) / max(1, steps)
+        diverged = (not math.isfinite(train_loss) or not math.isfinite(grad_norm)
+                    or train_loss > spec.divergence.max_loss or grad_norm > spec.divergence.max_grad_norm)
+        if diverged:
+            test_loss, test_error = math.nan, math.nan
+        else:
+            test_loss, test_error = evaluate(model, test_loader, device, t["precision"])
+            best = min(best, test_error)
+            last_test = test_error
+        done = diverged or epoch == t["epochs"]
+        status = "diverged" if diverged else ("completed" if done else "running")
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_error": 100.0 * float(wrong) / max(1, n),
+            "test_loss": test_loss,
+            "test_error": test_error,
+            "best_test_error": best if math.isfinite(best) else math.nan,
+            "grad_norm": grad_norm,
+            "lr": opt.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - t0,
+            "status": status,
+            "diverged_epoch": epoch if diverged else math.nan,
+            "node": node,
+        }
+        state = None
+        if not diverged and (done or epoch % spec.checkpoint_every == 0):
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "best_test_error": best,
+                "metrics": metrics,
+            }
+        report(metrics, state)
+        if diverged:
+            return TrialResult("diverged", epoch, metrics["best_test_error"], last_test, epoch)
+    return TrialResult("completed", t["epochs"], best if math.isfinite(best) else math.nan, last_test, None)
