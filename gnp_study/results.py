@@ -11,6 +11,7 @@ Public API:
     format_mean_std(mean, std, n, n_seeds, ...) -> str    "5.20 ± 0.10 (2/3)"
     load_study(study_dir) -> Study                        read a study folder (raises StudyFolderError)
     write_tables(study_dir) -> {"results.md": Path, "results.csv": Path}
+    write_study_tables(study, table=None) -> same, for a loaded Study
 """
 
 from __future__ import annotations
@@ -190,11 +191,14 @@ def _fmt_value(v: Any) -> str:
 
 
 def _paper_rows(paper: pd.DataFrame) -> dict[str, tuple[float, float]]:
-    """Map paper reference rows (scheme, mean, std) onto stage names; "Ours" is GNP."""
+    """Map paper reference rows (scheme, mean, std) onto stage names. Accepted schemes (any case):
+    Standard / SGD, SAM, GNP / Ours / "GNP (ours)". Raises KeyError (missing column), ValueError (other
+    scheme)."""
     missing = [c for c in ("scheme", "mean", "std") if c not in paper.columns]
     if missing:
         raise KeyError(f"paper reference lacks column(s) {missing}; it has {list(paper.columns)}")
-    aliases = {"standard": "standard", "sgd": "standard", "sam": "sam", "gnp": "gnp", "ours": "gnp"}
+    aliases = {"standard": "standard", "sgd": "standard", "sam": "sam", "gnp": "gnp", "ours": "gnp",
+               "gnp (ours)": "gnp", "ours (gnp)": "gnp"}
     out: dict[str, tuple[float, float]] = {}
     for _, row in paper.iterrows():
         key = aliases.get(str(row["scheme"]).strip().lower())
@@ -351,10 +355,10 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "Scheme": table["scheme"],
             "Configuration": table["configuration"],
             "Test error % (mean ± std)": table["test_error"],
-            "Seeds completed": [f"{int(a)}/{int(b)}" for a, b in zip(table["n"], table["n_seeds"])],
+            "Seeds done": [f"{int(a)}/{int(b)}" for a, b in zip(table["n"], table["n_seeds"])],
             "Diverged": table["n_diverged"].astype(int),
             "Failed": table["n_failed"].astype(int),
-            "Improvement over Standard (points)": [pts(v) for v in table["improvement"]],
+            "Improvement vs Standard (points)": [pts(v) for v in table["improvement"]],
             "GNP vs SAM improvement": [pct(v) for v in table["gnp_vs_sam_pct"]],
         }
     )
@@ -559,6 +563,8 @@ def write_tables(study_dir: str | Path) -> dict[str, Path]:
 
 
 def write_study_tables(study: Study, table: pd.DataFrame | None = None) -> dict[str, Path]:
+    """:func:`write_tables` for an already loaded :class:`Study` (and optionally its computed
+    :func:`results_table`); same return value."""
     table = study_results_table(study) if table is None else table
     md_path, csv_path = study.path / RESULTS_MD, study.path / RESULTS_CSV
     md_path.write_text(results_markdown(study, table), encoding="utf-8")

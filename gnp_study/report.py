@@ -1,0 +1,714 @@
+"""Figures 2-3 and the self-contained HTML report of a study folder, rebuilt from its stored tables.
+
+Everything here works on a loaded :class:`gnp_study.results.Study` (plain pandas / dicts): no Ray, no torch,
+no training. Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas (no pyplot
+state, safe in headless processes).
+
+Public API:
+    figure2(study) -> Figure        test error against alpha, one panel per Figure-2 r (paper Figure 2)
+    save_figure2(study, path) -> Path
+    figure3(study) -> Figure        norm(g1) and test error against epoch for the Figure-3 alphas (Figure 3)
+    save_figure3(study, path) -> Path
+    render_report(study_dir, out=None) -> Path      report.html, one file, figures embedded
+    build_outputs(study_dir) -> dict[str, Path]     results.md/csv, figure2.png, figure3.png, report.html
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display is ever needed (a no-op when already Agg)
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+
+from gnp_study.results import (  # noqa: E402
+    SCHEMES,
+    Study,
+    write_study_tables,
+    aggregate_seeds,
+    derived_figure_text,
+    display_table,
+    load_study,
+    study_results_table,
+)
+
+#: Resolution of the saved PNGs (dots per inch); pixel size = figure size in inches x FIG_DPI.
+FIG_DPI = 100
+#: Size of one Figure-2 panel, inches (width, height); the figure is n_panels x this wide.
+FIG2_PANEL_SIZE = (5.2, 4.4)
+#: Extra height of Figure 2 for the shared legend, inches.
+FIG2_LEGEND_HEIGHT = 0.7
+#: Size of Figure 3, inches (two panels side by side).
+FIG3_SIZE = (12.0, 4.8)
+#: The paper's colours (Figure 2: standard green, SAM orange; Figure 3: B_b purple, alpha=0.8 red).
+COLORS = {"gnp": "tab:blue", "standard": "tab:green", "sam": "tab:orange", "diverged": "tab:red",
+          "failed": "dimgray", "chosen": "0.45"}
+#: The paper's extra alpha set B_b (Section 4.1, parameter study), used when the spec has no
+#: figure3_alpha.
+B_B_DEFAULT = (1.1, 1.2, 1.3, 1.5, 2.0)
+#: Output file names inside a study folder (notes/contracts.md).
+FIGURE2_PNG, FIGURE3_PNG, REPORT_HTML = "figure2.png", "figure3.png", "report.html"
+#: Height (axes fraction) where all-seeds-diverged alphas are marked in Figure 2.
+DIVERGED_Y = 0.95
+
+_TEMPLATES = Path(__file__).parent / "templates"
+_FIG2_LEGEND_ORDER = ("Standard (alpha = 0)", "SAM (alpha = 1)", "GNP (basic alpha set)", "GNP (extra sets B_a, B_b)",
+                      "± 1 std over seeds", "chosen alpha (GNP row)", "diverged (all seeds)",
+                      "no completed seed (failed)")
+
+
+def _as_study(study: Study | str | Path) -> Study:
+    return study if isinstance(study, Study) else load_study(study)
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _select(df: pd.DataFrame, stage: str, r: float | None = None, alpha: float | None = None) -> pd.DataFrame:
+    """Rows of one stage, optionally at one r and one alpha (float-tolerant)."""
+    mask = df["stage"] == stage
+    if r is not None:
+        mask &= np.isclose(df["r"].astype(float), float(r), rtol=1e-9, atol=1e-12)
+    if alpha is not None:
+        mask &= np.isclose(df["alpha"].astype(float), float(alpha), rtol=1e-9, atol=1e-12)
+    return df[mask]
+
+
+def _chosen_standard(study: Study) -> pd.Series | None:
+    """The aggregated row of the chosen standard configuration, or None when not decided/not in trials."""
+    key = (study.decisions.get("standard") or {}).get("config_key")
+    if key is None:
+        return None
+    agg = aggregate_seeds(study.trials[(study.trials["stage"] == "standard") & (study.trials["config_key"] == key)])
+    return agg.iloc[0] if len(agg) else None
+
+
+def _sam_at(study: Study, r: float) -> pd.Series | None:
+    """The aggregated SAM (alpha = 1) configuration at radius r from the sam stage, or None."""
+    agg = aggregate_seeds(_select(study.trials, "sam", r=r))
+    if agg.empty:
+        return None
+    key = (study.decisions.get("sam") or {}).get("config_key")
+    if key in set(agg["config_key"]):
+        return agg[agg["config_key"] == key].iloc[0]
+    return agg.sort_values(["n", "mean"], ascending=[False, True]).iloc[0]
+
+
+def figure2_radii(study: Study) -> tuple[list[float], str]:
+    """The r values of Figure 2's panels and a note on where they came from.
+
+    Returns ``spec.stages.gnp.figure2_r`` when given; else the chosen r of the gnp (or sam) decision; else
+    every r of the gnp stage's trials. The note is "" in the first case.
+    """
+    radii = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
+    if radii:
+        return radii, ""
+    for stage in ("gnp", "sam"):
+        r = (study.decisions.get(stage) or {}).get("r")
+        if r is not None:
+            return [float(r)], f"no figure2_r in the spec: showing the chosen r of the {stage} stage"
+    rs = sorted(set(_select(study.trials, "gnp")["r"].astype(float)))
+    return rs, "no figure2_r in the spec: showing every r of the gnp stage"
+
+
+def figure2(study: Study | str | Path) -> Figure:
+    """Paper Figure 2: best test error against alpha, one panel per r in ``stages.gnp.figure2_r``.
+
+    Each panel shows, at its r: the gnp stage's configurations (mean over completed seeds with error bars
+    of one std, a band along the curve; the basic alpha set filled, the extra sets B_a / B_b hollow), the
+    chosen Standard configuration at alpha = 0 (green) and the sam stage's trials at that r at alpha = 1
+    (orange). An alpha whose seeds all diverged is drawn as a red "x" at the top of the axes (legend
+    "diverged (all seeds)"), one whose seeds all failed as a grey "x"; partly completed points are
+    labelled "n/n_seeds". The chosen alpha is marked by a dotted vertical line on the chosen r's panel.
+    Missing parts (a stage not run, no trials at an r) are drawn as far as they exist and named in the
+    panel title; a panel with nothing to draw says so in its middle.
+
+    Args:
+        study: a loaded :class:`Study` or its folder.
+
+    Returns:
+        The Figure; its axes ``fig.axes[:n_panels]`` correspond to the panels in r order, its pixel size
+        at :data:`FIG_DPI` is ``(n_panels * 5.2 * 100, (4.4 + 0.7) * 100)``.
+
+    Raises:
+        StudyFolderError: when given a folder that holds no readable study.
+    """
+    study = _as_study(study)
+    radii, radii_note = figure2_radii(study)
+    n_panels = max(len(radii), 1)
+    width, height = FIG2_PANEL_SIZE
+    fig = Figure(figsize=(width * n_panels, height + FIG2_LEGEND_HEIGHT), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    extra = {round(float(a), 9) for a in (study.stage_spec("gnp").get("alpha_extra") or [])}
+    std_row = _chosen_standard(study)
+    gnp_dec = study.decisions.get("gnp") or {}
+    handles: dict[str, Any] = {}
+    fig_notes = []
+    if radii_note:
+        fig_notes.append(radii_note)
+    if not radii:
+        ax = axes[0]
+        ax.text(0.5, 0.5, "no gnp trials and no figure2_r:\nnothing to plot yet", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_title("Figure 2: no data")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, r in zip(axes, radii):
+        notes = _figure2_panel(ax, study, r, std_row, extra, gnp_dec, handles)
+        title = f"r = {r:g}"
+        if notes:
+            title += "\n(" + "; ".join(notes) + ")"
+        ax.set_title(title, fontsize=10)
+    if handles:
+        order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
+        handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
+        fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
+                   ncols=min(len(handles), 4), fontsize=9, frameon=False)
+    data = study.spec.get("data") or {}
+    model = (study.spec.get("model") or {}).get("name", "?")
+    sup = f"{study.name}: best test error vs alpha ({data.get('dataset', '?')}, {model}), mean ± std over seeds"
+    if fig_notes:
+        sup += "\n" + "; ".join(fig_notes)
+    fig.suptitle(sup, fontsize=11)
+    return fig
+
+
+def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dict, handles: dict) -> list[str]:
+    """Draw one Figure-2 panel at radius r; returns notes on what is missing."""
+    notes: list[str] = []
+    gnp = aggregate_seeds(_select(study.trials, "gnp", r=r))
+    gnp = gnp.assign(alpha=gnp["alpha"].astype(float)).sort_values("alpha") if len(gnp) else gnp
+    sam_row = _sam_at(study, r)
+    if std_row is None:
+        notes.append("standard not decided yet" if "standard" not in study.decisions else "no standard trials")
+    if sam_row is None:
+        notes.append("sam stage not run" if not len(_select(study.trials, "sam")) else f"no SAM trial at r={r:g}")
+    if gnp.empty:
+        notes.append("gnp stage not run" if not len(_select(study.trials, "gnp")) else f"no GNP trials at r={r:g}")
+
+    # Points along alpha: (alpha, mean, std, n, n_seeds, n_diverged, n_failed, kind)
+    points = []
+    if std_row is not None:
+        points.append((0.0, std_row, "standard"))
+    for _, row in gnp.iterrows():
+        points.append((float(row["alpha"]), row, "extra" if round(float(row["alpha"]), 9) in extra else "gnp"))
+    if sam_row is not None:
+        points.append((1.0, sam_row, "sam"))
+    points.sort(key=lambda p: p[0])
+
+    ok = [(a, float(row["mean"]), float(row["std"]) if math.isfinite(float(row["std"])) else 0.0)
+          for a, row, _ in points if int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
+    if not points:
+        ax.text(0.5, 0.5, f"no trials at r = {r:g} yet", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return notes
+    has_marks = any(int(row["n"]) == 0 for _, row, _ in points)
+    if ok:
+        xa = np.array([p[0] for p in ok])
+        ya = np.array([p[1] for p in ok])
+        sa = np.array([p[2] for p in ok])
+        if any(kind in ("gnp", "extra") and int(row["n"]) > 0 for _, row, kind in points):
+            # the curve over alpha (Standard and SAM are its alpha = 0 and 1 points); not drawn from the
+            # two baselines alone, which would suggest values never measured in between
+            ax.fill_between(xa, ya - sa, ya + sa, color=COLORS["gnp"], alpha=0.15, linewidth=0)
+            ax.plot(xa, ya, color=COLORS["gnp"], linewidth=1.2, zorder=2)
+            handles.setdefault("± 1 std over seeds",
+                               ax.fill_between([], [], [], color=COLORS["gnp"], alpha=0.15))
+        lo, hi = float(np.min(ya - sa)), float(np.max(ya + sa))
+        span = max(hi - lo, 0.05 * max(abs(hi), 1.0))
+        # head-room for the row of "diverged" markers at the top
+        ax.set_ylim(lo - 0.1 * span, hi + (0.35 if has_marks else 0.1) * span)
+    else:
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, f"no seed completed at r = {r:g}", ha="center", va="center", transform=ax.transAxes)
+
+    styles = {
+        "gnp": dict(marker="o", color=COLORS["gnp"], mfc=COLORS["gnp"], label="GNP (basic alpha set)"),
+        "extra": dict(marker="o", color=COLORS["gnp"], mfc="white", label="GNP (extra sets B_a, B_b)"),
+        "standard": dict(marker="s", color=COLORS["standard"], mfc=COLORS["standard"],
+                         label="Standard (alpha = 0)"),
+        "sam": dict(marker="D", color=COLORS["sam"], mfc=COLORS["sam"], label="SAM (alpha = 1)"),
+    }
+    xform = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    for a, row, kind in points:
+        n, n_seeds = int(row["n"]), int(row["n_seeds"])
+        if n > 0 and math.isfinite(float(row["mean"])):
+            st = styles[kind]
+            s = float(row["std"]) if math.isfinite(float(row["std"])) else 0.0
+            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s], fmt=st["marker"], color=st["color"],
+                               mfc=st["mfc"], mec=st["color"], ms=6, capsize=3, zorder=4)
+            handles.setdefault(st["label"], cont)
+            if n < n_seeds:  # above the error bar's cap
+                ax.annotate(f"{n}/{n_seeds}", (a, float(row["mean"]) + s), textcoords="offset points",
+                            xytext=(0, 4), ha="center", va="bottom", fontsize=7, color=st["color"])
+        else:
+            all_div = int(row["n_diverged"]) == n_seeds
+            key = "diverged" if all_div else "failed"
+            label = "diverged (all seeds)" if all_div else "no completed seed (failed)"
+            (line,) = ax.plot([a], [DIVERGED_Y], linestyle="none", marker="x", ms=9, mew=2.2,
+                              color=COLORS[key], transform=xform, clip_on=False, zorder=5, label=label)
+            handles.setdefault(label, line)
+            ax.annotate(f"{key}\nalpha={a:g}", (a, DIVERGED_Y), xycoords=xform, textcoords="offset points",
+                        xytext=(0, -9), ha="center", va="top", fontsize=7, color=COLORS[key])
+    if gnp_dec.get("r") is not None and _close(gnp_dec["r"], r) and gnp_dec.get("alpha") is not None:
+        chosen = float(gnp_dec["alpha"])
+        line = ax.axvline(chosen, color=COLORS["chosen"], linestyle=":", linewidth=1.2, zorder=1)
+        handles.setdefault("chosen alpha (GNP row)", line)
+    # x range: the planned alpha grid (basic set and extras) and [0, 1], even when stages are missing
+    gspec = study.stage_spec("gnp")
+    xs = [0.0, 1.0] + [float(a) for a in list(gspec.get("alpha") or []) + list(gspec.get("alpha_extra") or [])]
+    xs += [p[0] for p in points]
+    xspan = max(xs) - min(xs)
+    ax.set_xlim(min(xs) - 0.06 * xspan, max(xs) + 0.06 * xspan)
+    ax.set_xlabel("alpha (balance coefficient)")
+    ax.set_ylabel("best test error (%)")
+    ax.grid(True, alpha=0.3)
+    return notes
+
+
+def save_figure2(study: Study | str | Path, path: str | Path) -> Path:
+    """Draw :func:`figure2` and save it as a PNG at :data:`FIG_DPI`; returns the path."""
+    return _save(figure2(study), path)
+
+
+def figure3_setting(study: Study) -> tuple[float | None, list[float], str]:
+    """The r and alphas of Figure 3 and a note on where r came from.
+
+    r is the GNP decision's r (the chosen r); before the gnp stage has decided, the SAM decision's r (the r
+    the gnp stage runs at), else the first Figure-2 r. Alphas are ``stages.gnp.figure3_alpha``; when that
+    is empty or null, the grid's alphas above 1 (B_b) plus 0.8 (the paper's Figure 3); with no grid in the
+    spec, B_b + [0.8].
+    """
+    gnp = study.stage_spec("gnp")
+    alphas = gnp.get("figure3_alpha")
+    if not alphas:  # the spec's default: the B_b values in the grid (alpha > 1) plus 0.8
+        grid = list(gnp.get("alpha") or []) + list(gnp.get("alpha_extra") or [])
+        alphas = [a for a in grid if float(a) > 1] + [0.8] if grid else list(B_B_DEFAULT) + [0.8]
+    alphas = [float(a) for a in alphas]
+    r = (study.decisions.get("gnp") or {}).get("r")
+    if r is not None:
+        return float(r), alphas, ""
+    r = (study.decisions.get("sam") or {}).get("r")
+    if r is not None:
+        return float(r), alphas, "gnp stage not decided: r of the SAM decision"
+    radii = study.stage_spec("gnp").get("figure2_r") or []
+    if radii:
+        return float(radii[0]), alphas, "no decision yet: first Figure-2 r"
+    return None, alphas, "no decision and no figure2_r"
+
+
+def _alpha_colors(alphas: list[float]) -> dict[float, Any]:
+    """Paper Figure 3 colours: alpha > 1 (B_b) in a purple family, 0 <= alpha <= 1 in red (a red family
+    when several), alpha < 0 (B_a) in blues."""
+    groups = {"p": sorted(a for a in alphas if a > 1), "r": sorted(a for a in alphas if 0 <= a <= 1),
+              "b": sorted(a for a in alphas if a < 0)}
+    cmaps = {"p": colormaps["Purples"], "r": colormaps["Reds"], "b": colormaps["Blues"]}
+    out: dict[float, Any] = {}
+    for g, vals in groups.items():
+        if g == "r" and len(vals) == 1:
+            out[vals[0]] = "tab:red"
+            continue
+        for i, a in enumerate(vals):
+            out[a] = cmaps[g](0.45 + 0.5 * (i / max(len(vals) - 1, 1)))
+    return out
+
+
+def _epoch_curves(study: Study, r: float, alpha: float) -> tuple[pd.DataFrame, int, int, list[tuple[int, float]]]:
+    """Mean over seeds per epoch of grad_norm and test_error at (r, alpha) in the gnp stage.
+
+    Rows from the epoch a trial diverged at (and later), and non-finite values, are left out of the means.
+    Returns (curves with columns epoch, grad_norm, test_error, n), number of trials, number diverged, and
+    the (epoch, index) points where diverged trials stopped (last finite epoch).
+    """
+    ep = _select(study.epochs, "gnp", r=r, alpha=alpha).copy()
+    tr = _select(study.trials, "gnp", r=r, alpha=alpha)
+    n_trials = int(len(tr))
+    div = tr[tr["status"] == "diverged"]
+    stops = []
+    if len(ep):
+        if "diverged_epoch" in tr.columns and len(div):
+            de = div.set_index("trial_id")["diverged_epoch"].astype(float)
+            cut = ep["trial_id"].map(de)
+            ep = ep[~(cut.notna() & (ep["epoch"].astype(float) >= cut))]
+            for tid, e in de.items():
+                last = ep[ep["trial_id"] == tid]["epoch"]
+                stops.append((int(last.max()) if len(last) else 0, tid))
+        for col in ("grad_norm", "test_error"):
+            ep[col] = ep[col].astype(float).where(np.isfinite(ep[col].astype(float)))
+        curves = ep.groupby("epoch").agg(grad_norm=("grad_norm", "mean"), test_error=("test_error", "mean"),
+                                         n=("trial_id", "nunique")).reset_index()
+    else:
+        curves = pd.DataFrame(columns=["epoch", "grad_norm", "test_error", "n"])
+    return curves, n_trials, int(len(div)), stops
+
+
+def figure3(study: Study | str | Path) -> Figure:
+    """Paper Figure 3: norm(g1) (left) and test error (right) against epoch, for every alpha in
+    ``stages.gnp.figure3_alpha`` at the chosen r.
+
+    Curves are means over seeds per epoch of ``epochs.parquet``'s ``grad_norm`` (mean norm of g1 over the
+    epoch's steps, Algorithm 1 line 4) and ``test_error`` (percent), from the gnp stage at the chosen r
+    (:func:`figure3_setting`). B_b alphas are purple, alpha in [0, 1] (the paper's 0.8) red. A diverged
+    trial's epochs from its divergence on are left out, and where a trial diverged its curve carries a
+    red "x" (legend "diverged (3/3)"). The left axis is logarithmic when the norms span more than a factor
+    10. Alphas without epochs are named in the title; a panel with nothing to draw says so.
+
+    Args:
+        study: a loaded :class:`Study` or its folder.
+
+    Returns:
+        The Figure with two axes (left: norm(g1), right: test error); pixel size at :data:`FIG_DPI`
+        ``(1200, 480)``.
+
+    Raises:
+        StudyFolderError: when given a folder that holds no readable study.
+    """
+    study = _as_study(study)
+    r, alphas, r_note = figure3_setting(study)
+    fig = Figure(figsize=FIG3_SIZE, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_g, ax_e = fig.subplots(1, 2)
+    colors = _alpha_colors(alphas)
+    gnp_dec = study.decisions.get("gnp") or {}
+    chosen = float(gnp_dec["alpha"]) if gnp_dec.get("alpha") is not None else None
+    absent, drawn, all_g = [], 0, []
+    for a in alphas:
+        curves, n_trials, n_div, stops = (_epoch_curves(study, r, a) if r is not None
+                                          else (pd.DataFrame(), 0, 0, []))
+        if curves.empty or curves[["grad_norm", "test_error"]].isna().all().all():
+            absent.append(f"{a:g}" + (f" (all {n_trials} diverged at epoch 1)" if n_trials and n_div == n_trials
+                                      else ""))
+            continue
+        drawn += 1
+        label = f"α = {a:g}"
+        if chosen is not None and _close(a, chosen):
+            label += " (chosen)"
+        if n_div:
+            label += f" — diverged {n_div}/{n_trials}"
+        lw = 2.2 if 0 <= a <= 1 else 1.4
+        for ax, col in ((ax_g, "grad_norm"), (ax_e, "test_error")):
+            c = curves.dropna(subset=[col])
+            ax.plot(c["epoch"], c[col], color=colors[a], linewidth=lw, label=label, marker="." if len(c) < 4 else None)
+            if col == "grad_norm":
+                all_g.extend(c[col].tolist())
+            for stop_epoch, _ in stops:
+                hit = c[c["epoch"] == stop_epoch]
+                if len(hit):
+                    ax.plot(hit["epoch"], hit[col], linestyle="none", marker="x", ms=9, mew=2.2,
+                            color=COLORS["diverged"], zorder=5)
+    pos = [g for g in all_g if g > 0 and math.isfinite(g)]
+    if pos and max(pos) / min(pos) > 10:
+        _plain_log_axis(ax_g, min(pos), max(pos))
+    ax_g.set_xlabel("epoch")
+    ax_g.set_ylabel("norm(g1), mean over the epoch's steps")
+    ax_g.set_title("gradient norm")
+    ax_e.set_xlabel("epoch")
+    ax_e.set_ylabel("test error (%)")
+    ax_e.set_title("test error")
+    for ax in (ax_g, ax_e):
+        ax.grid(True, alpha=0.3)
+        if drawn == 0:
+            ax.text(0.5, 0.5, "no epochs to plot yet\n(gnp stage not run at this r)", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if drawn:
+        handles, labels = ax_e.get_legend_handles_labels()
+        if any(s for s in labels if "diverged" in s):
+            handles.append(Line2D([], [], linestyle="none", marker="x", ms=8, mew=2, color=COLORS["diverged"]))
+            labels.append("where a seed diverged")
+        ax_e.legend(handles, labels, fontsize=8, loc="upper right")
+        _zoom_error_axis(ax_e)
+    sup = f"{study.name}: evolution over epochs" + (f" at r = {r:g}" if r is not None else "")
+    sup += " (mean over seeds)"
+    notes = [n for n in [r_note] if n]
+    if absent:
+        notes.append("no epochs for alpha = " + ", ".join(absent))
+    if notes:
+        sup += "\n" + "; ".join(notes)
+    fig.suptitle(sup, fontsize=11)
+    return fig
+
+
+def _zoom_error_axis(ax) -> None:
+    """Use a log y axis on the test-error panel when the first epochs dwarf the end of training, so the
+    differences between alphas at the end stay visible."""
+    ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines() if len(ln.get_ydata())]).astype(float)
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    if len(ys) and ys.max() / ys.min() > 4:
+        _plain_log_axis(ax, float(ys.min()), float(ys.max()))
+
+
+def _plain_log_axis(ax, lo: float, hi: float) -> None:
+    """Log-scaled y axis with plain-number ticks (1, 2, 5, 10, 20, ...) instead of 10^k notation."""
+    ax.set_yscale("log")
+    nice = [m * 10.0**k for k in range(-4, 7) for m in (1, 1.5, 2, 3, 4, 5, 6, 8)]
+    ticks = [t for t in nice if lo * 0.95 <= t <= hi * 1.05]
+    if len(ticks) > 8:  # keep 1-2-5 steps per decade
+        ticks = [t for t in ticks if round(t / 10.0 ** math.floor(math.log10(t) + 1e-9), 6) in (1.0, 2.0, 5.0)]
+    if len(ticks) >= 2:
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_locator(NullLocator())
+
+
+def save_figure3(study: Study | str | Path, path: str | Path) -> Path:
+    """Draw :func:`figure3` and save it as a PNG at :data:`FIG_DPI`; returns the path."""
+    return _save(figure3(study), path)
+
+
+def _png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIG_DPI)
+    return buf.getvalue()
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_bytes(_png_bytes(fig))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HTML report
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _config_text(config_key: str) -> str:
+    try:
+        cfg = json.loads(config_key)
+    except (TypeError, ValueError):
+        return str(config_key)
+    if not isinstance(cfg, dict):
+        return str(config_key)
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.items())
+
+
+def _split_configs(keys: list[str]) -> tuple[list[str], str]:
+    """Split candidate configurations into the keys that vary between them (one text per candidate) and
+    the settings they share (one text), e.g. (["alpha=0.7", "alpha=0.8"], "lr=0.1, r=0.05")."""
+    cfgs = []
+    for k in keys:
+        try:
+            c = json.loads(k)
+        except (TypeError, ValueError):
+            c = None
+        if not isinstance(c, dict):
+            return [_config_text(k) for k in keys], ""
+        cfgs.append(c)
+    names = list(dict.fromkeys(n for c in cfgs for n in c))
+    shared = [n for n in names if all(n in c and c[n] == cfgs[0].get(n) for c in cfgs)] if len(cfgs) > 1 else []
+
+    def text(c: dict, names_: list[str]) -> str:
+        return ", ".join(f"{n}={c[n]:g}" if isinstance(c.get(n), float) else f"{n}={c.get(n)}" for n in names_)
+
+    vary = [n for n in names if n not in shared]
+    return [text(c, vary) or "(single configuration)" for c in cfgs], text(cfgs[0], shared)
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return "" if not math.isfinite(float(v)) else f"{float(v):.{digits}f}"
+    return str(v)
+
+
+def _decision_views(study: Study) -> list[dict[str, Any]]:
+    views = []
+    for stage, name in SCHEMES:
+        dec = study.decisions.get(stage)
+        if not dec:
+            views.append({"stage": stage, "name": name, "decided": False})
+            continue
+        if stage == "standard":
+            chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in (dec.get("config") or {}).items()) or _config_text(dec.get("config_key"))
+        elif stage == "sam":
+            chosen = f"r = {dec.get('r'):g}"
+        else:
+            chosen = f"alpha = {dec.get('alpha'):g} at r = {dec.get('r'):g}"
+        cands = pd.DataFrame(dec.get("candidates") or [])
+        cand_html, common = "", ""
+        if len(cands):
+            cands = cands.sort_values("mean", na_position="last")
+            varying, common = _split_configs(cands["config_key"].tolist())
+            view = pd.DataFrame({
+                "": ["✓" if k == dec.get("config_key") else "" for k in cands["config_key"]],
+                "configuration": varying,
+                "mean %": [_fmt(v) for v in cands["mean"]],
+                "std": [_fmt(v) for v in cands.get("std", pd.Series([np.nan] * len(cands)))],
+                "seeds completed": [f"{int(a)}/{int(b)}" for a, b in zip(cands["n"], cands["n_seeds"])],
+                "diverged": cands.get("n_diverged", pd.Series([0] * len(cands))).astype(int).tolist(),
+                "failed": cands.get("n_failed", pd.Series([0] * len(cands))).astype(int).tolist(),
+            })
+            cand_html = view.to_html(index=False, border=0, classes="candidates", escape=True)
+        views.append({
+            "stage": stage, "name": name, "decided": True, "chosen": chosen,
+            "mean": _fmt(dec.get("mean")), "std": _fmt(dec.get("std")),
+            "n": dec.get("n"), "n_seeds": dec.get("n_seeds"), "candidates_html": cand_html,
+            "n_candidates": len(cands), "common": common,
+        })
+    return views
+
+
+def _trial_counts(study: Study) -> tuple[str, str]:
+    """HTML tables: counts of trials by stage and status; the list of diverged and failed trials."""
+    t = study.trials
+    if t.empty:
+        return "<p>No trials recorded.</p>", ""
+    counts = pd.crosstab(t["stage"], t["status"]).reindex(columns=["completed", "diverged", "failed"], fill_value=0)
+    order = [s for s, _ in SCHEMES if s in counts.index] + [s for s in counts.index if s not in dict(SCHEMES)]
+    counts = counts.loc[order]
+    counts.columns.name = None
+    counts["total"] = counts.sum(axis=1)
+    counts.loc["all"] = counts.sum(axis=0)
+    counts_html = counts.reset_index().rename(columns={"stage": "stage"}).to_html(
+        index=False, border=0, classes="counts")
+    bad = t[t["status"] != "completed"]
+    bad_html = ""
+    if len(bad):
+        cols = {"stage": bad["stage"], "alpha": bad["alpha"].map(lambda v: f"{v:g}"),
+                "r": bad["r"].map(lambda v: f"{v:g}"), "seed": bad["seed"], "status": bad["status"]}
+        if "diverged_epoch" in bad.columns:
+            cols["diverged at epoch"] = bad["diverged_epoch"].map(lambda v: "" if pd.isna(v) else f"{int(v)}")
+        if "error" in bad.columns:
+            cols["error"] = bad["error"].fillna("").map(lambda s: s if len(s) <= 200 else s[:200] + "…")
+        bad_html = pd.DataFrame(cols).to_html(index=False, border=0, classes="bad", escape=True)
+    return counts_html, bad_html
+
+
+def _run_views(study: Study) -> dict[str, Any]:
+    info = study.run_info
+    stages = info.get("stages") or {}
+    rows = []
+    for stage, facts in stages.items():
+        rows.append({"stage": stage, "wall time (s)": _fmt(facts.get("wall_time_s"), 1),
+                     "CPU hours": _fmt(facts.get("cpu_hours"), 3), "GPU hours": _fmt(facts.get("gpu_hours"), 3),
+                     "trials": facts.get("n_trials", "")})
+    if rows:
+        tot = {"stage": "all",
+               "wall time (s)": _fmt(sum(float(f.get("wall_time_s") or 0) for f in stages.values()), 1),
+               "CPU hours": _fmt(sum(float(f.get("cpu_hours") or 0) for f in stages.values()), 3),
+               "GPU hours": _fmt(sum(float(f.get("gpu_hours") or 0) for f in stages.values()), 3),
+               "trials": sum(int(f.get("n_trials") or 0) for f in stages.values())}
+        rows.append(tot)
+    stage_html = pd.DataFrame(rows).to_html(index=False, border=0, classes="stages") if rows else ""
+    hw = dict(info.get("hardware") or {})
+    if isinstance(hw.get("gpus"), list):
+        hw["gpus"] = ", ".join(map(str, hw["gpus"])) or "none"
+    return {
+        "started": info.get("started"), "finished": info.get("finished"),
+        "wall_time_s": _fmt(info.get("wall_time_s"), 1), "ray_address": info.get("ray_address"),
+        "stage_html": stage_html, "versions": info.get("versions") or {}, "hardware": hw,
+    }
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: bytes) -> str:
+    env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=select_autoescape(["html"]))
+    template = env.get_template("report.html")
+    counts_html, bad_html = _trial_counts(study)
+    r3, alphas3, _ = figure3_setting(study)
+    return template.render(
+        study=study,
+        name=study.name,
+        description=study.spec.get("description") or "",
+        data=study.spec.get("data") or {},
+        model=(study.spec.get("model") or {}).get("name", "?"),
+        training=study.spec.get("training") or {},
+        seeds=study.spec.get("seeds") or [],
+        generated=_dt.datetime.now().isoformat(timespec="seconds"),
+        results_html=display_table(table).to_html(index=False, border=0, classes="results", escape=True),
+        derived=derived_figure_text(table),
+        paper_derived=derived_figure_text(table, "paper_") if "paper_mean" in table.columns else None,
+        has_partial=bool((table["n"] < table["n_seeds"]).any()),
+        fig2_uri=_data_uri(fig2_png),
+        fig3_uri=_data_uri(fig3_png),
+        fig3_r=r3,
+        fig3_alphas=", ".join(f"{a:g}" for a in alphas3),
+        decisions=_decision_views(study),
+        counts_html=counts_html,
+        bad_html=bad_html,
+        run=_run_views(study),
+        spec_yaml=yaml.safe_dump(study.spec, sort_keys=False, allow_unicode=True),
+        missing=study.missing,
+    )
+
+
+def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html``: one self-contained file (no external resources; figures as base64 PNG data
+    URIs) from the template ``gnp_study/templates/report.html``.
+
+    It holds the results table (with the paper reference when the folder has ``paper_reference.csv``) and
+    the derived "GNP vs SAM improvement" figure, Figures 2 and 3, each stage's decision (chosen value,
+    mean, std, candidates), trial counts by status with the diverged / failed trials listed, the resolved
+    spec as YAML, software versions, hardware, and wall time and CPU/GPU hours per stage (``run_info.json``).
+
+    Args:
+        study_dir: the study folder.
+        out: where to write; default ``<study_dir>/report.html``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        StudyFolderError: the folder holds no readable study (see :func:`gnp_study.results.load_study`).
+    """
+    study = load_study(study_dir)
+    table = study_results_table(study)
+    out = Path(out) if out is not None else study.path / REPORT_HTML
+    out.write_text(_render_html(study, table, _png_bytes(figure2(study)), _png_bytes(figure3(study))),
+                   encoding="utf-8")
+    return out
+
+
+def build_outputs(study_dir: str | Path) -> dict[str, Path]:
+    """(Re)build every output of a study folder from its stored tables: ``results.md``, ``results.csv``,
+    ``figure2.png``, ``figure3.png`` and ``report.html`` (no Ray, no training).
+
+    Args:
+        study_dir: the study folder.
+
+    Returns:
+        ``{file name: path}`` for the five files, keys ``"results.md"``, ``"results.csv"``,
+        ``"figure2.png"``, ``"figure3.png"``, ``"report.html"``.
+
+    Raises:
+        StudyFolderError: the folder holds no readable study.
+    """
+    study = load_study(study_dir)
+    table = study_results_table(study)
+    paths = write_study_tables(study, table)
+    fig2, fig3 = _png_bytes(figure2(study)), _png_bytes(figure3(study))
+    paths[FIGURE2_PNG] = study.path / FIGURE2_PNG
+    paths[FIGURE2_PNG].write_bytes(fig2)
+    paths[FIGURE3_PNG] = study.path / FIGURE3_PNG
+    paths[FIGURE3_PNG].write_bytes(fig3)
+    report = study.path / REPORT_HTML
+    report.write_text(_render_html(study, table, fig2, fig3), encoding="utf-8")
+    paths[REPORT_HTML] = report
+    return paths

@@ -1,0 +1,275 @@
+"""Tests of gnp_study.report: Figures 2-3 (inspected as Figure objects and as decoded PNGs), report.html
+(parsed, images decoded, and loaded in headless Chromium) and build_outputs, on synthetic study folders
+(tests/study_fixtures.py); no Ray, no torch."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from study_fixtures import B_B, DIVERGED_ALPHA, FIGURE2_R, make_study  # noqa: E402
+
+from gnp_study.report import (  # noqa: E402
+    COLORS,
+    DIVERGED_Y,
+    FIG2_LEGEND_HEIGHT,
+    FIG2_PANEL_SIZE,
+    FIG3_SIZE,
+    FIG_DPI,
+    build_outputs,
+    figure2,
+    figure3,
+    render_report,
+    save_figure2,
+    save_figure3,
+)
+from gnp_study.results import load_study  # noqa: E402
+
+FIG2_PX = (round(FIG2_PANEL_SIZE[0] * len(FIGURE2_R) * FIG_DPI),
+           round((FIG2_PANEL_SIZE[1] + FIG2_LEGEND_HEIGHT) * FIG_DPI))
+FIG3_PX = (round(FIG3_SIZE[0] * FIG_DPI), round(FIG3_SIZE[1] * FIG_DPI))
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    return make_study(tmp_path_factory.mktemp("report") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def study(study_dir):
+    return load_study(study_dir.path)
+
+
+def _points(ax):
+    """(x, y, colour) of every errorbar point of an axes."""
+    out = []
+    for c in ax.containers:
+        line = c.lines[0]
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            out.append((float(x), float(y), to_rgb(line.get_color())))
+    return out
+
+
+def _check_png(data: bytes, size: tuple[int, int]) -> None:
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "PNG" and img.size == size
+    px = np.asarray(img.convert("L"), dtype=float)
+    assert px.std() > 10  # not blank: lines, text and markers on white
+    assert (px < 128).mean() > 0.005  # a visible share of dark pixels
+
+
+# ---------------------------------------------------------------- Figure 2
+
+
+def test_figure2_one_panel_per_r_with_the_right_points(study):
+    fig = figure2(study)
+    assert len(fig.axes) == len(FIGURE2_R)
+    trials = study.trials
+    std_key = study.decisions["standard"]["config_key"]
+    std_ok = trials[(trials["config_key"] == std_key) & (trials["status"] == "completed")]
+    std_mean = std_ok["best_test_error"].mean()
+    for ax, r in zip(fig.axes, FIGURE2_R):
+        assert ax.get_title().startswith(f"r = {r:g}")
+        pts = _points(ax)
+        by_x = {round(x, 6): (y, c) for x, y, c in pts}
+        # standard at alpha = 0 in green, SAM at alpha = 1 (sam stage at this r) in orange
+        assert by_x[0.0][0] == pytest.approx(std_mean) and by_x[0.0][1] == to_rgb(COLORS["standard"])
+        sam = trials[(trials["stage"] == "sam") & np.isclose(trials["r"], r) & (trials["status"] == "completed")]
+        assert by_x[1.0][0] == pytest.approx(sam["best_test_error"].mean())
+        assert by_x[1.0][1] == to_rgb(COLORS["sam"])
+        # every GNP alpha with a completed seed, B_a and B_b included, at its mean over completed seeds
+        gnp = trials[(trials["stage"] == "gnp") & np.isclose(trials["r"], r) & (trials["status"] == "completed")]
+        means = gnp.groupby("alpha")["best_test_error"].mean()
+        assert len(means) == 9 + 3 + 4  # basic set, B_a, B_b without the diverged alpha
+        for alpha, m in means.items():
+            assert by_x[round(alpha, 6)][0] == pytest.approx(m)
+            assert by_x[round(alpha, 6)][1] == to_rgb(COLORS["gnp"])
+        assert round(DIVERGED_ALPHA, 6) not in by_x  # not drawn as a value ...
+
+
+def test_figure2_marks_the_diverged_alpha(study):
+    fig = figure2(study)
+    for ax in fig.axes:
+        marks = [ln for ln in ax.get_lines() if ln.get_label() == "diverged (all seeds)"]
+        assert len(marks) == 1  # ... but as a marker labelled diverged, at the top of the axes
+        (m,) = marks
+        assert list(m.get_xdata()) == [DIVERGED_ALPHA] and list(m.get_ydata()) == [DIVERGED_Y]
+        assert m.get_marker() == "x" and m.get_visible()
+        assert m.get_transform() == ax.get_xaxis_transform()  # y in axes fraction: inside the panel
+        xmin, xmax = ax.get_xlim()
+        assert xmin < DIVERGED_ALPHA < xmax
+        texts = [t.get_text() for t in ax.texts]
+        assert any("diverged" in t and f"{DIVERGED_ALPHA:g}" in t for t in texts)
+    # partly diverged configurations carry their n/n_seeds
+    ax01 = fig.axes[FIGURE2_R.index(0.1)]
+    assert "2/3" in [t.get_text() for t in ax01.texts]
+    legend = fig.legends[0]
+    assert "diverged (all seeds)" in [t.get_text() for t in legend.get_texts()]
+
+
+def test_figure2_png_size_and_content(study, tmp_path):
+    path = save_figure2(study, tmp_path / "f2.png")
+    _check_png(path.read_bytes(), FIG2_PX)
+
+
+def test_figure2_of_a_study_without_gnp_stage_says_so(tmp_path):
+    s = make_study(tmp_path / "s", stages=("standard",))
+    fig = figure2(load_study(s.path))
+    assert len(fig.axes) == len(FIGURE2_R)
+    for ax in fig.axes:
+        assert "gnp stage not run" in ax.get_title() and "sam stage not run" in ax.get_title()
+        assert len(_points(ax)) == 1  # only the standard point, which exists
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=FIG_DPI)
+    _check_png(png.getvalue(), FIG2_PX)
+
+
+# ---------------------------------------------------------------- Figure 3
+
+
+def _curve(epochs, trials, r, alpha, col):
+    """Independent per-epoch mean over seeds, diverged trials' epochs from their divergence on left out."""
+    ep = epochs[(epochs["stage"] == "gnp") & np.isclose(epochs["r"], r) & np.isclose(epochs["alpha"], alpha)]
+    de = trials.set_index("trial_id")["diverged_epoch"]
+    ep = ep[~(ep["epoch"] >= ep["trial_id"].map(de))]
+    return ep.groupby("epoch")[col].mean()
+
+
+def test_figure3_curves_colours_and_values(study):
+    fig = figure3(study)
+    ax_g, ax_e = fig.axes
+    r = study.decisions["gnp"]["r"]
+    labels = [ln.get_label() for ln in ax_e.get_lines() if not ln.get_label().startswith("_")]
+    assert len(labels) == len(B_B) + 1
+    for alpha in list(B_B) + [0.8]:
+        for ax, col in ((ax_g, "grad_norm"), (ax_e, "test_error")):
+            (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith(f"α = {alpha:g}")]
+            want = _curve(study.epochs, study.trials, r, alpha, col)
+            assert list(line.get_xdata()) == list(want.index)
+            np.testing.assert_allclose(line.get_ydata(), want.to_numpy(), rtol=1e-12)
+            red, green, blue = to_rgb(line.get_color())
+            if alpha > 1:  # B_b: purple family
+                assert blue > green and red > green
+            else:  # the chosen 0.8: red
+                assert to_rgb(line.get_color()) == to_rgb("tab:red")
+    (div,) = [ln for ln in ax_e.get_lines() if ln.get_label().startswith(f"α = {DIVERGED_ALPHA:g}")]
+    assert "diverged 3/3" in div.get_label()
+    crosses = [ln for ln in ax_e.get_lines() if ln.get_marker() == "x" and len(ln.get_xdata())]
+    assert crosses  # where the seeds diverged
+    assert "0.8 (chosen)" in " ".join(labels)
+
+
+def test_figure3_png_size_and_content(study, tmp_path):
+    path = save_figure3(study, tmp_path / "f3.png")
+    _check_png(path.read_bytes(), FIG3_PX)
+
+
+def test_figure3_without_gnp_stage_says_so(tmp_path):
+    s = make_study(tmp_path / "s", stages=("standard", "sam"))
+    fig = figure3(load_study(s.path))
+    assert "no epochs for alpha" in fig.get_suptitle()
+    for ax in fig.axes:
+        assert not ax.get_lines() and any("no epochs to plot yet" in t.get_text() for t in ax.texts)
+
+
+# ---------------------------------------------------------------- report.html and build_outputs
+
+
+def _data_uris(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def test_render_report_is_self_contained_and_complete(study_dir, tmp_path):
+    out = render_report(study_dir.path, tmp_path / "r.html")
+    text = out.read_text(encoding="utf-8")
+    images = _data_uris(text)
+    assert len(images) == 2
+    _check_png(images[0], FIG2_PX)
+    _check_png(images[1], FIG3_PX)
+    assert not re.search(r'(src|href)="(?!data:|#)', text)  # nothing outside the file
+    assert text.count("<table") >= 6  # results, 3 candidate tables, counts, stages (+ bad trials)
+    for needle in ["4.79 ± 0.15 (2/3)", "5.20 ± 0.11", "4.50 ± 0.11", "2.43 ± 0.13", "69%", "71%",
+                   "alpha = 0.8 at r = 0.05", "Chosen:", "CPU hours", "GPU hours",
+                   "2.14.1", "Synthetic CPU", "figure2_r:", "figure3_alpha:", "diverged at epoch",
+                   "RuntimeError: out of memory"]:
+        assert needle in text, needle
+
+
+def test_build_outputs_writes_all_five_files(tmp_path):
+    s = make_study(tmp_path / "s")
+    paths = build_outputs(s.path)
+    assert set(paths) == {"results.md", "results.csv", "figure2.png", "figure3.png", "report.html"}
+    assert all(p.parent == s.path and p.stat().st_size > 0 for p in paths.values())
+    _check_png(paths["figure2.png"].read_bytes(), FIG2_PX)
+    _check_png(paths["figure3.png"].read_bytes(), FIG3_PX)
+    # the report embeds exactly the PNGs written beside it
+    assert _data_uris(paths["report.html"].read_text(encoding="utf-8")) == [
+        paths["figure2.png"].read_bytes(), paths["figure3.png"].read_bytes()]
+
+
+def test_build_outputs_for_a_study_in_progress(tmp_path):
+    s = make_study(tmp_path / "s", stages=("standard",), paper=False, run_info=False)
+    paths = build_outputs(s.path)
+    text = paths["report.html"].read_text(encoding="utf-8")
+    assert "Not decided yet: the sam stage" in text and "Not decided yet: the gnp stage" in text
+    assert "run_info.json" in text  # named as absent
+    assert len(_data_uris(text)) == 2
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+_CHECK_SCRIPT = """
+<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.map.call(document.images, function (i) {
+    return {id: i.id, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight};
+  });
+  var cells = Array.prototype.map.call(document.querySelectorAll('table.results tbody tr'), function (tr) {
+    return tr.cells[0].textContent.trim();
+  });
+  var pre = document.createElement('pre');
+  pre.id = 'gnp-check';
+  pre.textContent = JSON.stringify({images: imgs, tables: document.querySelectorAll('table').length,
+                                    schemes: cells});
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="headless Chromium is not installed (/work/notes/ci_chromium.sh installs it: "
+                           "apt-get install -y chromium)")
+def test_report_loads_in_headless_chromium(study_dir, tmp_path):
+    report = render_report(study_dir.path, tmp_path / "report.html")
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text(encoding="utf-8").replace("</body>", _CHECK_SCRIPT + "</body>"),
+                     encoding="utf-8")
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+           probe.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r'<pre id="gnp-check">(.*?)</pre>', proc.stdout, re.S)
+    assert m, "the check script did not run; DOM tail: " + proc.stdout[-500:]
+    result = json.loads(html.unescape(m.group(1)))
+    assert [i["id"] for i in result["images"]] == ["figure2", "figure3"]
+    for img, (w, h) in zip(result["images"], (FIG2_PX, FIG3_PX)):
+        assert img["complete"] and (img["w"], img["h"]) == (w, h), img  # decoded at the PNG's size
+    assert result["schemes"] == ["Standard", "SAM", "GNP"]
+    assert result["tables"] >= 6

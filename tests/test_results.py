@@ -1,0 +1,232 @@
+"""Tests of gnp_study.results: the results table, the derived "GNP vs SAM" figure, results.md/csv and the
+study-folder reader, on synthetic study folders (tests/study_fixtures.py); no Ray, no torch."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from study_fixtures import PAPER_ROWS, make_study  # noqa: E402
+
+from gnp_study.results import (  # noqa: E402
+    StudyFolderError,
+    aggregate_seeds,
+    format_mean_std,
+    gnp_vs_sam_percent,
+    load_study,
+    results_table,
+    write_tables,
+)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return make_study(tmp_path_factory.mktemp("study") / "synthetic")
+
+
+def _expected(trials: pd.DataFrame, stage: str, key: str) -> tuple[float, float, int, int]:
+    """Mean, std (ddof=1), completed count and seed count of one configuration, with numpy."""
+    rows = trials[(trials["stage"] == stage) & (trials["config_key"] == key)]
+    ok = rows.loc[rows["status"] == "completed", "best_test_error"].to_numpy(float)
+    return float(np.mean(ok)), float(np.std(ok, ddof=1)), len(ok), len(rows)
+
+
+# ---------------------------------------------------------------- the derived figure (paper Section 4.1)
+
+
+def test_gnp_vs_sam_percent_reproduces_the_papers_71_percent():
+    # Table 1, WideResNet-28-10, Cifar10 cutout: 2.81 / 2.43 / 2.16 -> 0.65 = (1 + 71%) x 0.38.
+    pct = gnp_vs_sam_percent(2.81, 2.43, 2.16)
+    assert pct == pytest.approx(100 * (0.65 / 0.38 - 1), abs=1e-9)
+    assert round(pct) == 71
+
+
+def test_gnp_vs_sam_percent_undefined_cases():
+    # VGG16 cutout on Cifar10: SAM (6.17) is worse than Standard (5.31): no ratio.
+    assert math.isnan(gnp_vs_sam_percent(5.31, 6.17, 5.19))
+    assert math.isnan(gnp_vs_sam_percent(5.0, 5.0, 4.0))  # SAM improvement 0
+    assert math.isnan(gnp_vs_sam_percent(5.0, float("nan"), 4.0))
+    # GNP improving less than SAM gives a negative percentage: 0.2 vs 0.4 -> -50%.
+    assert gnp_vs_sam_percent(5.0, 4.6, 4.8) == pytest.approx(-50.0)
+
+
+def test_format_mean_std():
+    assert format_mean_std(5.2, 0.10817, 3, 3) == "5.20 ± 0.11"
+    assert format_mean_std(4.785, 0.1485, 2, 3, n_diverged=1) == "4.79 ± 0.15 (2/3)"
+    assert format_mean_std(4.0, float("nan"), 1, 1) == "4.00 ± 0.00"
+    assert format_mean_std(float("nan"), float("nan"), 0, 3, n_diverged=3) == "diverged (0/3)"
+    assert format_mean_std(float("nan"), float("nan"), 0, 2, n_failed=2) == "failed (0/2)"
+    assert format_mean_std(float("nan"), float("nan"), 0, 2, n_diverged=1, n_failed=1) == "no completed seed (0/2)"
+    assert format_mean_std(float("nan"), float("nan"), 0, 0) == "not run"
+
+
+# ---------------------------------------------------------------- aggregate_seeds (kept behaviour)
+
+
+def test_aggregate_seeds_counts_and_single_seed_std():
+    trials = pd.DataFrame(
+        {
+            "stage": ["gnp"] * 4, "config_key": ["a", "a", "b", "b"], "alpha": [0.5, 0.5, 2.0, 2.0],
+            "r": [0.05] * 4, "seed": [0, 1, 0, 1], "status": ["completed", "diverged", "diverged", "diverged"],
+            "best_test_error": [4.0, 3.0, 1.0, 1.0],
+        }
+    )
+    agg = aggregate_seeds(trials).set_index("config_key")
+    assert agg.loc["a", "mean"] == 4.0 and agg.loc["a", "std"] == 0.0  # diverged 3.0 not averaged in
+    assert (agg.loc["a", "n"], agg.loc["a", "n_seeds"], agg.loc["a", "n_diverged"]) == (1, 2, 1)
+    assert math.isnan(agg.loc["b", "mean"]) and agg.loc["b", "n"] == 0 and agg.loc["b", "n_diverged"] == 2
+
+
+# ---------------------------------------------------------------- results_table
+
+
+def test_results_table_means_equal_per_trial_best_errors(study):
+    table = results_table(study.trials, study.decisions)
+    assert table["scheme"].tolist() == ["Standard", "SAM", "GNP"]
+    for _, row in table.iterrows():
+        mean, std, n, n_seeds = _expected(study.trials, row["stage"], study.decisions[row["stage"]]["config_key"])
+        assert row["mean"] == pytest.approx(mean, abs=1e-12)
+        assert row["std"] == pytest.approx(std, abs=1e-12)
+        assert (row["n"], row["n_seeds"]) == (n, n_seeds)
+    # Hand numbers of the fixture: Standard lr=0.1 -> 5.2 +- sqrt(0.0117); SAM r=0.05 lost seed 1.
+    std_row, sam_row, gnp_row = (table.iloc[i] for i in range(3))
+    assert std_row["mean"] == pytest.approx(5.2) and std_row["std"] == pytest.approx(math.sqrt(0.0117))
+    assert std_row["test_error"] == "5.20 ± 0.11"
+    assert sam_row["mean"] == pytest.approx(4.8 + (-0.12 + 0.09) / 2)
+    assert (sam_row["n"], sam_row["n_seeds"], sam_row["n_diverged"]) == (2, 3, 1)
+    assert sam_row["test_error"] == "4.79 ± 0.15 (2/3)"
+    assert gnp_row["mean"] == pytest.approx(4.5) and gnp_row["configuration"] == "r=0.05, alpha=0.8"
+    assert std_row["configuration"] == "lr=0.1, weight_decay=0.0005"
+    assert sam_row["configuration"] == "r=0.05"
+
+
+def test_results_table_improvements_and_derived_figure(study):
+    table = results_table(study.trials, study.decisions)
+    std_m, sam_m, gnp_m = table["mean"].tolist()
+    assert math.isnan(table.loc[0, "improvement"])
+    assert table.loc[1, "improvement"] == pytest.approx(std_m - sam_m)
+    assert table.loc[2, "improvement"] == pytest.approx(5.2 - 4.5)
+    expected = 100 * ((5.2 - 4.5) / (5.2 - 4.785) - 1)  # 0.70 vs 0.415 -> 68.7%
+    assert table.loc[2, "gnp_vs_sam_pct"] == pytest.approx(expected)
+    assert table.attrs["gnp_vs_sam_pct"] == pytest.approx(expected)
+    assert table["gnp_vs_sam_pct"].iloc[:2].isna().all()
+
+
+def test_results_table_paper_reference_columns(study):
+    paper = pd.DataFrame(PAPER_ROWS, columns=["scheme", "mean", "std"]).replace({"GNP": "Ours"})
+    table = results_table(study.trials, study.decisions, paper)
+    assert table["paper_mean"].tolist() == [2.81, 2.43, 2.16]
+    assert table["paper_test_error"].tolist() == ["2.81 ± 0.07", "2.43 ± 0.13", "2.16 ± 0.11"]
+    assert table.loc[2, "paper_improvement"] == pytest.approx(0.65)
+    assert round(table.loc[2, "paper_gnp_vs_sam_pct"]) == 71
+    # the measured columns are unchanged by the reference
+    assert table["mean"].tolist() == results_table(study.trials, study.decisions)["mean"].tolist()
+    with pytest.raises(ValueError, match="Adam"):
+        results_table(study.trials, study.decisions, pd.DataFrame({"scheme": ["Adam"], "mean": [1.0], "std": [0.1]}))
+
+
+def test_results_table_of_a_partial_study(tmp_path):
+    s = make_study(tmp_path / "partial", stages=("standard",), paper=False)
+    table = results_table(s.trials, s.decisions)
+    assert table["test_error"].tolist()[1:] == ["not run", "not run"]
+    assert table["configuration"].tolist()[1:] == ["not decided", "not decided"]
+    assert table["n_seeds"].tolist() == [3, 0, 0]
+    assert math.isnan(table.attrs["gnp_vs_sam_pct"])
+
+
+def test_results_table_falls_back_to_the_decision_numbers(study):
+    # A decided stage whose trials are not in the table: the decision's own numbers are shown.
+    trials = study.trials[study.trials["stage"] != "gnp"]
+    table = results_table(trials, study.decisions)
+    dec = study.decisions["gnp"]
+    assert table.loc[2, "mean"] == pytest.approx(dec["mean"]) and table.loc[2, "n"] == dec["n"]
+
+
+# ---------------------------------------------------------------- results.md / results.csv
+
+
+def test_write_tables(tmp_path):
+    s = make_study(tmp_path / "s")
+    paths = write_tables(s.path)
+    assert set(paths) == {"results.md", "results.csv"} and all(p.exists() for p in paths.values())
+    csv = pd.read_csv(paths["results.csv"])
+    for _, row in csv.iterrows():
+        mean, std, n, n_seeds = _expected(s.trials, row["stage"], s.decisions[row["stage"]]["config_key"])
+        assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
+        assert row["n"] == n and row["n_seeds"] == n_seeds
+    md = paths["results.md"].read_text(encoding="utf-8")
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert len(lines) == 2 + 3  # header, separator, Standard / SAM / GNP
+    assert lines[2].startswith("| Standard") and lines[3].startswith("| SAM") and lines[4].startswith("| GNP")
+    assert "4.79 ± 0.15 (2/3)" in lines[3] and "2.43 ± 0.13" in lines[3]
+    assert "69%" in lines[4] and "71%" in lines[4]
+    assert f"is 69% larger than SAM's ({5.2 - 4.785:.2f} points)" in md
+    assert "0.65 = (1 + 71%) x 0.38" in md
+
+
+def test_write_tables_partial_study_says_what_is_missing(tmp_path):
+    s = make_study(tmp_path / "s", stages=("standard", "sam"), paper=False)
+    md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
+    assert "Not decided yet: gnp" in md and "Derived figure undefined: no mean for GNP" in md
+    assert "Paper" not in md
+
+
+# ---------------------------------------------------------------- load_study
+
+
+def test_load_study_reads_everything(study):
+    st = load_study(study.path)
+    assert st.spec["stages"]["gnp"]["figure2_r"] == [0.05, 0.1]
+    assert st.decisions == json.loads((study.path / "decisions.json").read_text())
+    assert len(st.trials) == len(study.trials) and len(st.epochs) == len(study.epochs)
+    assert st.run_info["versions"]["torch"] == "2.14.1"
+    assert st.paper is not None and st.paper["scheme"].tolist() == ["Standard", "SAM", "GNP"]
+    assert st.missing == [] and st.name == "synthetic"
+
+
+def test_load_study_optional_files_absent(tmp_path):
+    s = make_study(tmp_path / "s", paper=False, run_info=False)
+    (s.path / "epochs.parquet").unlink()
+    st = load_study(s.path)
+    assert st.missing == ["epochs.parquet", "run_info.json"]
+    assert st.run_info == {} and st.epochs.empty and st.paper is None
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda p: p.joinpath("trials.parquet").write_bytes(b"PAR1 this is not parquet"), "trials.parquet"),
+        (lambda p: p.joinpath("trials.parquet").unlink(), "trials.parquet: missing"),
+        (lambda p: p.joinpath("study.yaml").unlink(), "study.yaml: missing"),
+        (lambda p: p.joinpath("study.yaml").write_text("name: [unclosed"), "study.yaml: cannot read YAML"),
+        (lambda p: p.joinpath("study.yaml").write_text("- a list\n"), "study.yaml: expected a YAML mapping"),
+        (lambda p: p.joinpath("decisions.json").write_text("{not json"), "decisions.json: cannot read JSON"),
+        (lambda p: p.joinpath("run_info.json").write_text("[1, 2]"), "run_info.json: expected a JSON object"),
+        (lambda p: p.joinpath("epochs.parquet").write_bytes(b"\x00" * 64), "epochs.parquet: cannot read"),
+        (lambda p: pd.read_parquet(p / "trials.parquet").drop(columns=["status"]).to_parquet(p / "trials.parquet"),
+         r"trials.parquet: lacks column\(s\) \['status'\]"),
+        (lambda p: p.joinpath("paper_reference.csv").write_text("scheme,mean\nSAM,1.0\n"), "paper_reference.csv"),
+    ],
+)
+def test_load_study_names_the_bad_file(tmp_path, damage, match):
+    s = make_study(tmp_path / "s")
+    damage(s.path)
+    with pytest.raises(StudyFolderError, match=match):
+        load_study(s.path)
+
+
+def test_load_study_not_a_study(tmp_path):
+    with pytest.raises(StudyFolderError, match="no such study folder"):
+        load_study(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyFolderError, match="holds no study"):
+        load_study(tmp_path / "empty")
+    assert issubclass(StudyFolderError, ValueError)
