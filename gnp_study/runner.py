@@ -98,7 +98,7 @@ def _trainable(config: dict, spec_dict: dict) -> None:
     node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, st: dict | None) -> None:
-        metrics = dict(metrics, trial_id=trial["trial_id"], node=node)
+        metrics = dict(metrics, gnp_trial_id=trial["trial_id"], node=node)
         if st is None:
             tune.report(metrics)
             return
@@ -167,6 +167,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        # Trials checkpoint every epoch by design (resume loses at most one epoch): no warning for it.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         else:
@@ -381,6 +383,34 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
                          "\nRun with --new for a fresh study folder, or --output DIR.")
 
 
+def check_checkpoints(study_dir: Path, decisions: dict) -> None:
+    """Check that every trial checkpoint of a stage still to run is a readable torch file.
+
+    A checkpoint that ``torch.save`` wrote is a zip archive; a truncated one has lost its central
+    directory. Checking before Ray starts turns a damaged file into one clear message instead of a
+    trial that fails every retry.
+
+    Raises:
+        StudyError: naming the damaged ``state.pt``.
+    """
+    import zipfile
+
+    ray_dir = study_dir / "ray"
+    if not ray_dir.is_dir():
+        return
+    for exp in sorted(ray_dir.iterdir()):
+        if exp.name.split("_")[0] in decisions:  # finished stage: its checkpoints are never read again
+            continue
+        for path in sorted(exp.rglob("state.pt")):
+            try:
+                with zipfile.ZipFile(path) as z:
+                    z.namelist()
+            except (zipfile.BadZipFile, OSError) as e:
+                raise StudyError(f"trial checkpoint {path} is damaged ({e}); delete its folder "
+                                 f"{path.parent.name} to resume that trial from its previous checkpoint, or run "
+                                 f"with --new for a fresh study folder") from None
+
+
 def lock_study(study_dir: Path):
     """Take the study folder's lock (a ``filelock.FileLock`` on ``.lock``), released at process exit.
 
@@ -438,6 +468,7 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         info_path = study_dir / "run_info.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {
             "started": _dt.datetime.now().isoformat(timespec="seconds"), "stages": {}, "wall_time_s": 0.0}
+        check_checkpoints(study_dir, decisions)
         resources = connect(address)
         check_resources(spec, resources)
         (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))

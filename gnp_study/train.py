@@ -69,29 +69,32 @@ def _lr_lambda(t: dict, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 def _maybe_fail(trial: dict, epoch: int, resumed: bool) -> None:
-    """Test hook: ``GNP_STUDY_FAULT="<kind>@<epoch>[:<key>=<value>]"`` fails a trial at an epoch.
+    """Test hook: ``GNP_STUDY_FAULT="<kind>@<epoch>[:<key>=<value>][;...]"`` fails a trial at an epoch.
 
-    ``raise`` raises once (not after a resume from a checkpoint), ``raise_always`` every attempt, ``kill``
-    kills the worker process once (SIGKILL). The optional filter matches ``seed``, ``alpha`` or ``stage``.
+    ``raise`` raises once (not after a resume from a checkpoint), ``raise_always`` on every attempt,
+    ``kill`` kills the worker process once (SIGKILL). The optional filter matches ``stage``, ``seed`` or a
+    configuration key such as ``alpha``. Several faults are separated by ``;``.
     """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    head, _, filt = spec.partition(":")
-    kind, _, at = head.partition("@")
-    if int(at) != epoch:
-        return
-    if filt:
-        key, _, value = filt.partition("=")
-        have = trial["stage"] if key == "stage" else (trial["seed"] if key == "seed" else trial["config"].get(key))
-        if str(have) != value and not (isinstance(have, float) and float(value) == have):
-            return
-    if kind == "raise" and not resumed:
-        raise RuntimeError(f"injected failure at epoch {epoch}")
-    if kind == "raise_always":
-        raise RuntimeError(f"injected failure at epoch {epoch} (every attempt)")
-    if kind == "kill" and not resumed:
-        os.kill(os.getpid(), 9)
+    for fault in filter(None, os.environ.get(FAULT_ENV, "").split(";")):
+        head, _, filt = fault.partition(":")
+        kind, _, at = head.partition("@")
+        if int(at) != epoch:
+            continue
+        if filt:
+            key, _, value = filt.partition("=")
+            have = trial.get(key, trial["config"].get(key))
+            try:
+                if float(have) != float(value):
+                    continue
+            except (TypeError, ValueError):
+                if str(have) != value:
+                    continue
+        if kind == "raise" and not resumed:
+            raise RuntimeError(f"injected failure at epoch {epoch}")
+        if kind == "raise_always":
+            raise RuntimeError(f"injected failure at epoch {epoch} (every attempt)")
+        if kind == "kill" and not resumed:
+            os.kill(os.getpid(), 9)
 
 
 def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator):

@@ -1,0 +1,210 @@
+"""Bad input: each case gives one clear message naming the field or file, exit status 2, no trial
+started, and no existing result file changed (issue: long studies must survive)."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gnp_study.cli import main
+from gnp_study.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = yaml.safe_load((ROOT / "search_spaces" / "digits.yaml").read_text())
+
+
+def study_with(**changes) -> dict:
+    """The digits study with dotted-path changes (``None`` deletes the key)."""
+    raw = yaml.safe_load(yaml.safe_dump(DIGITS))
+    for path, value in changes.items():
+        node = raw
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if value is _DELETE:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+# (case id, study file content (dict or raw text), text the message must contain)
+SPEC_CASES = [
+    ("unknown-dataset", study_with(data__dataset="cifar11"), "data.dataset"),
+    ("unknown-model", study_with(model__name="resnet9000"), "model.name"),
+    ("unknown-augmentation", study_with(data__augmentation="mixup9"), "data.augmentation"),
+    ("r-zero", study_with(stages__sam__r=[0.0, 0.05]), "r"),
+    ("r-negative", study_with(stages__sam__r=[-0.05]), "r"),
+    ("r-nan", study_with(stages__sam__r=[float("nan")]), "stages.sam.r"),
+    ("r-inf", study_with(stages__sam__r=[float("inf")]), "finite"),
+    ("r-empty", study_with(stages__sam__r=[]), "empty grid"),
+    ("r-duplicate", study_with(stages__sam__r=[0.05, 0.05]), "duplicate"),
+    ("alpha-empty", study_with(stages__gnp__alpha=[]), "empty grid"),
+    ("alpha-duplicate", study_with(stages__gnp__alpha=[0.8, 0.8]), "duplicate"),
+    ("alpha-nan", study_with(stages__gnp__alpha=[float("nan")]), "finite"),
+    ("alpha-overlap", study_with(stages__gnp__alpha_extra=[0.8]), "share"),
+    ("lr-grid-empty", study_with(stages__standard__space={"lr": []}), "space.lr"),
+    ("lr-grid-duplicate", study_with(stages__standard__space={"lr": [0.1, 0.1]}), "duplicate"),
+    ("space-not-searchable", study_with(stages__standard__space={"epochs": [1, 2]}), "not searchable"),
+    ("zero-seeds", study_with(seeds=[]), "seeds"),
+    ("duplicate-seeds", study_with(seeds=[1, 1]), "seeds"),
+    ("epochs-zero", study_with(training__epochs=0), "training.epochs"),
+    ("batch-size-zero", study_with(training__batch_size=0), "training.batch_size"),
+    ("lr-negative", study_with(training__lr=-0.1), "training.lr"),
+    ("wrong-type", study_with(training__batch_size="big"), "training.batch_size"),
+    ("unknown-key-typo", study_with(trainng={"epochs": 3}), "trainng: unknown key"),
+    ("unknown-nested-key", study_with(training__learning_rate=0.1), "training.learning_rate"),
+    ("missing-key", study_with(model=_DELETE), "model"),
+    ("yaml-syntax", "name: x\ntraining: {epochs: 3\nseeds: [0\n", "YAML syntax error"),
+    ("not-a-mapping", "- just\n- a list\n", "mapping"),
+    ("figure2-r-not-in-grid", study_with(stages__gnp__figure2_r=[0.3]), "figure2_r"),
+    ("negative-gpus", study_with(resources__gpus_per_trial=-1), "resources.gpus_per_trial"),
+    ("negative-max-failures", study_with(max_failures=-1), "max_failures"),
+    ("bad-base-optimizer", study_with(training__base_optimizer="lbfgs"), "training.base_optimizer"),
+    ("data-folder-missing", study_with(data__dataset="cifar10", data__root="/nonexistent/cifar"),
+     "/nonexistent/cifar"),
+]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.fixture
+def existing_results(tmp_path) -> Path:
+    """An output folder that already holds result files which must survive untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").write_text("| precious |\n")
+    (out / "figure2.png").write_bytes(b"\x89PNG precious")
+    return out
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_clean_failure(code, err, must_contain, out: Path, before: dict):
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert must_contain in err, err
+    assert err.count("gnp-study: error:") == 1
+    assert snapshot(out) == before
+    assert not (out / "ray").exists() and not (out / "trials.parquet").exists()
+
+
+@pytest.mark.parametrize("case, content, must_contain", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+def test_bad_study_file(case, content, must_contain, tmp_path, existing_results, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    before = snapshot(existing_results)
+    code, err = run_cli(["run", "greedy", str(study), "--output", str(existing_results)], capsys)
+    assert_clean_failure(code, err, must_contain, existing_results, before)
+
+
+def test_missing_study_file(tmp_path, existing_results, capsys):
+    before = snapshot(existing_results)
+    code, err = run_cli(["run", "greedy", str(tmp_path / "nope.yaml"), "--output", str(existing_results)], capsys)
+    assert_clean_failure(code, err, "nope.yaml", existing_results, before)
+
+
+def test_data_folder_with_wrong_layout(tmp_path, existing_results, capsys):
+    root = tmp_path / "cifar"
+    (root / "train" / "cat").mkdir(parents=True)  # ImageFolder-ish but no test/ and no images
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(study_with(data__dataset="cifar10", data__root=str(root))))
+    before = snapshot(existing_results)
+    code, err = run_cli(["run", "greedy", str(study), "--output", str(existing_results)], capsys)
+    assert_clean_failure(code, err, str(root), existing_results, before)
+
+
+def test_output_folder_not_writable(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(DIGITS))
+    code, err = run_cli(["run", "greedy", str(study), "--output", str(blocker / "out")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "cannot write to the study folder" in err and str(blocker / "out") in err
+    assert blocker.read_text() == "not a folder"
+
+
+def _stored_study(tmp_path) -> tuple[Path, Path]:
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(DIGITS))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.yaml").write_text(yaml.safe_dump(load_spec(study).resolved(), sort_keys=False))
+    return study, out
+
+
+def test_corrupted_trials_parquet(tmp_path, capsys):
+    study, out = _stored_study(tmp_path)
+    (out / "trials.parquet").write_bytes(b"PAR1 this is not parquet")
+    before = snapshot(out)
+    code, err = run_cli(["run", "greedy", str(study), "--output", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err and "trials.parquet" in err
+    assert snapshot(out) == before
+    assert not (out / "ray").exists()
+
+
+def test_truncated_checkpoint(tmp_path, capsys):
+    study, out = _stored_study(tmp_path)
+    ckpt = out / "ray" / "standard" / "trial_0" / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr("state/data.pkl", b"x" * 5000)
+    (ckpt / "state.pt").write_bytes(good.read_bytes()[:-200])  # cut off the central directory
+    before = snapshot(out)
+    code, err = run_cli(["run", "greedy", str(study), "--output", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "state.pt" in err and "checkpoint" in err
+    assert snapshot(out) == before
+
+
+def test_changed_study_is_refused_with_a_diff(tmp_path, capsys):
+    study, out = _stored_study(tmp_path)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(study_with(training__epochs=7)))
+    before = snapshot(out)
+    code, err = run_cli(["run", "greedy", str(changed), "--output", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "different spec" in err and "-  epochs: 15" in err and "+  epochs: 7" in err
+    assert snapshot(out) == before
+
+
+def test_report_on_a_folder_without_a_study(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = run_cli(["report", str(empty)], capsys)
+    assert code == 2 and "Traceback" not in err and str(empty) in err
+    assert list(empty.iterdir()) == []
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_gpus_requested_without_gpus(tmp_path, existing_results, capsys, ray_head):
+    import ray
+
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(study_with(resources__gpus_per_trial=0.5)))
+    before = snapshot(existing_results)
+    try:
+        code, err = run_cli(["run", "greedy", str(study), "--output", str(existing_results),
+                             "--address", ray_head], capsys)
+    finally:
+        ray.shutdown()
+    assert code == 2 and "Traceback" not in err
+    assert "resources.gpus_per_trial" in err and "0 GPU" in err
+    assert not (existing_results / "ray").exists() and not (existing_results / "trials.parquet").exists()
+    assert {k: v for k, v in snapshot(existing_results).items() if k in before} == before

@@ -1,0 +1,153 @@
+"""The greedy protocol on plain data: planning, counting and decisions (no Ray, no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from gnp_study.protocol import ProtocolError, TrialConfig, config_key, count_trials, decide, plan
+from gnp_study.spec import B_A, B_B, BASIC_ALPHA, parse_spec
+
+
+def make_spec(**over):
+    raw = {
+        "name": "t",
+        "data": {"dataset": "digits"},
+        "model": {"name": "small_cnn"},
+        "training": {"epochs": 2, "batch_size": 32, "lr": 0.1},
+        "stages": {
+            "standard": {"space": {"lr": [0.05, 0.1], "weight_decay": [0.0, 5e-4]}},
+            "sam": {"r": [0.01, 0.02, 0.05, 0.1, 0.2]},
+            "gnp": {"alpha": list(BASIC_ALPHA), "alpha_extra": list(B_A + B_B), "figure2_r": [0.05, 0.1]},
+        },
+        "seeds": [0, 1, 2],
+    }
+    raw.update(over)
+    return parse_spec(raw, check_names=False)
+
+
+def rows(stage, entries):
+    """entries: (config dict, seed, status, best error)."""
+    out = []
+    for cfg, seed, status, err in entries:
+        tc = TrialConfig(stage, cfg, seed)
+        out.append({"trial_id": tc.trial_id, "stage": stage, "config_key": tc.config_key,
+                    "config": json.dumps(cfg), "alpha": cfg["alpha"], "r": cfg["r"], "seed": seed,
+                    "status": status, "best_test_error": err})
+    return pd.DataFrame(out)
+
+
+def test_plan_standard_is_grid_times_seeds():
+    spec = make_spec()
+    trials = plan("standard", spec, {})
+    assert len(trials) == 2 * 2 * 3
+    assert {(t.config["lr"], t.config["weight_decay"], t.seed) for t in trials} == {
+        (lr, wd, s) for lr in (0.05, 0.1) for wd in (0.0, 5e-4) for s in (0, 1, 2)}
+    assert all(t.config["alpha"] == 0.0 for t in trials)
+    assert len({t.trial_id for t in trials}) == len(trials)
+    # all seeds of one configuration share the key, different configurations do not
+    assert len({t.config_key for t in trials}) == 4
+
+
+def test_plan_sam_uses_alpha_one_and_the_standard_decision():
+    spec = make_spec()
+    dec = {"standard": {"config": {"lr": 0.05, "weight_decay": 5e-4, "alpha": 0.0, "r": 0.0}}}
+    trials = plan("sam", spec, dec)
+    assert len(trials) == 5 * 3
+    assert all(t.config["alpha"] == 1.0 and t.config["lr"] == 0.05 and t.config["weight_decay"] == 5e-4
+               for t in trials)
+    assert sorted({t.config["r"] for t in trials}) == [0.01, 0.02, 0.05, 0.1, 0.2]
+
+
+@pytest.mark.parametrize("best_r, expected_r", [(0.02, [0.02, 0.05, 0.1]), (0.05, [0.05, 0.1])])
+def test_plan_gnp_runs_alpha_grid_at_best_r_and_figure2_r(best_r, expected_r):
+    spec = make_spec()
+    dec = {"standard": {"config": {"lr": 0.1, "alpha": 0.0, "r": 0.0}}, "sam": {"r": best_r}}
+    trials = plan("gnp", spec, dec)
+    alphas = list(BASIC_ALPHA) + list(B_A) + list(B_B)
+    assert len(trials) == len(expected_r) * len(alphas) * 3
+    assert sorted({t.config["r"] for t in trials}) == sorted(expected_r)
+    assert sorted({t.config["alpha"] for t in trials}) == sorted(alphas)
+
+
+def test_plan_needs_earlier_decisions():
+    spec = make_spec()
+    with pytest.raises(ProtocolError, match="standard"):
+        plan("sam", spec, {})
+    with pytest.raises(ProtocolError, match="sam"):
+        plan("gnp", spec, {"standard": {"config": {"lr": 0.1}}})
+
+
+def test_count_trials_matches_plan_in_worst_case():
+    spec = make_spec()
+    counts = count_trials(spec)
+    dec = {"standard": {"config": {"lr": 0.1, "alpha": 0.0, "r": 0.0}}, "sam": {"r": 0.02}}
+    assert counts["standard"] == len(plan("standard", spec, {}))
+    assert counts["sam"] == len(plan("sam", spec, dec))
+    assert counts["gnp"] == len(plan("gnp", spec, dec))
+    assert counts["total"] == counts["standard"] + counts["sam"] + counts["gnp"]
+
+
+def test_decide_picks_lowest_mean_over_seeds():
+    spec = make_spec()
+    a, b = {"lr": 0.05, "alpha": 0.0, "r": 0.0}, {"lr": 0.1, "alpha": 0.0, "r": 0.0}
+    # a: seeds 3.0, 5.0 -> mean 4.0 ; b: 1.0, 8.0 -> mean 4.5 (b has the single best seed, a the best mean)
+    df = rows("standard", [(a, 0, "completed", 3.0), (a, 1, "completed", 5.0),
+                           (b, 0, "completed", 1.0), (b, 1, "completed", 8.0)])
+    d = decide("standard", df, spec)
+    assert d["config"]["lr"] == 0.05
+    assert d["mean"] == pytest.approx(4.0)
+    assert d["std"] == pytest.approx(math.sqrt(2.0))  # sample std of (3, 5)
+    assert d["n"] == 2 and d["n_seeds"] == 2
+    assert [c["mean"] for c in d["candidates"]] == pytest.approx([4.0, 4.5])
+
+
+def test_decide_never_chooses_an_all_diverged_configuration():
+    spec = make_spec()
+    a, b = {"lr": 0.05, "alpha": 1.0, "r": 0.2}, {"lr": 0.05, "alpha": 1.0, "r": 0.05}
+    df = rows("sam", [(a, 0, "diverged", 0.5), (a, 1, "diverged", 0.4),
+                      (b, 0, "completed", 9.0), (b, 1, "completed", 11.0)])
+    d = decide("sam", df, spec)
+    assert d["r"] == 0.05
+    diverged = [c for c in d["candidates"] if c["r"] == 0.2][0]
+    assert diverged["n"] == 0 and diverged["n_diverged"] == 2 and diverged["mean"] is None
+
+
+def test_decide_prefers_configurations_without_diverged_seeds():
+    spec = make_spec()
+    a, b = {"lr": 0.05, "alpha": 1.0, "r": 0.2}, {"lr": 0.05, "alpha": 1.0, "r": 0.05}
+    df = rows("sam", [(a, 0, "diverged", math.nan), (a, 1, "completed", 1.0),
+                      (b, 0, "completed", 9.0), (b, 1, "completed", 11.0)])
+    assert decide("sam", df, spec)["r"] == 0.05
+
+
+def test_decide_all_diverged_raises():
+    spec = make_spec()
+    a = {"lr": 0.05, "alpha": 1.0, "r": 0.2}
+    df = rows("sam", [(a, 0, "diverged", math.nan), (a, 1, "failed", math.nan)])
+    with pytest.raises(ProtocolError, match="diverged or failed"):
+        decide("sam", df, spec)
+
+
+def test_decide_gnp_only_from_selectable_alphas_at_best_r():
+    spec = make_spec()
+    base = {"lr": 0.1}
+    entries = []
+    for alpha, err in [(0.8, 5.0), (0.5, 6.0), (1.1, 1.0)]:  # 1.1 is in B_b: never chosen
+        for seed in (0, 1):
+            entries.append((dict(base, alpha=alpha, r=0.05), seed, "completed", err))
+    entries.append((dict(base, alpha=0.3, r=0.1), 0, "completed", 0.1))  # other r: not competing
+    df = rows("gnp", entries)
+    d = decide("gnp", df, spec, {"sam": {"r": 0.05}})
+    assert d["alpha"] == 0.8 and d["r"] == 0.05 and d["mean"] == pytest.approx(5.0)
+    assert {c["alpha"] for c in d["candidates"]} == {0.8, 0.5}
+
+
+def test_config_key_ignores_order_and_excludes_seed():
+    assert config_key({"b": 1, "a": 2}) == config_key({"a": 2, "b": 1})
+    t0, t1 = TrialConfig("sam", {"r": 0.1, "alpha": 1.0}, 0), TrialConfig("sam", {"alpha": 1.0, "r": 0.1}, 1)
+    assert t0.config_key == t1.config_key and t0.trial_id != t1.trial_id
+    assert TrialConfig.from_dict(t0.to_dict()) == t0

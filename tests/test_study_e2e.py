@@ -1,0 +1,243 @@
+"""The real CLI end to end on a tiny digits study through real Ray Tune: outputs checked against each
+other, crashed trials retried from checkpoints, a SIGKILLed driver resumed, and the study-folder lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from gnp_study.protocol import plan
+from gnp_study.spec import load_spec
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT_S = 600
+
+TINY = {
+    "name": "tiny",
+    "description": "tiny digits study for the end-to-end tests",
+    "data": {"dataset": "digits", "augmentation": "none"},
+    "model": {"name": "small_cnn"},
+    "training": {"epochs": 3, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "stages": {
+        "standard": {"space": {"lr": [0.05, 0.1]}},
+        "sam": {"r": [0.05, 0.1]},
+        "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [-0.5, 1.5], "figure2_r": [0.05, 0.1]},
+    },
+    "seeds": [0, 1],
+    "resources": {"cpus_per_trial": 1},
+    "max_failures": 1,
+}
+
+
+def write_study(path: Path, **over) -> Path:
+    raw = json.loads(json.dumps(TINY))
+    raw.update(over)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli(args, env=None, **kw) -> subprocess.Popen:
+    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "gnp_study", *args], cwd=ROOT, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout=RUN_TIMEOUT_S) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"gnp-study did not finish within {timeout}s:\n{out[-3000:]}")
+    return out
+
+
+def run_study(study: Path, out: Path, address: str, env=None) -> str:
+    proc = cli(["run", "greedy", str(study), "--output", str(out), "--address", address], env=env)
+    text = finish(proc)
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def expected_trial_count(study: Path, out: Path) -> int:
+    spec = load_spec(study)
+    decisions = json.loads((out / "decisions.json").read_text())
+    return sum(len(plan(s, spec, decisions)) for s in ("standard", "sam", "gnp"))
+
+
+@pytest.fixture(scope="module")
+def reference(ray_head, tmp_path_factory):
+    """One uninterrupted run of the tiny study: (study file, study folder, CLI output)."""
+    d = tmp_path_factory.mktemp("reference")
+    study = write_study(d / "tiny.yaml")
+    out = d / "study"
+    t0 = time.time()
+    text = run_study(study, out, ray_head)
+    return study, out, text, time.time() - t0
+
+
+def test_outputs_agree_with_each_other(reference):
+    study, out, text, _ = reference
+    for name in ("study.yaml", "trials.parquet", "epochs.parquet", "decisions.json", "run_info.json",
+                 "results.md", "results.csv", "figure2.png", "figure3.png", "report.html"):
+        assert (out / name).is_file(), name
+    trials = pd.read_parquet(out / "trials.parquet")
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    decisions = json.loads((out / "decisions.json").read_text())
+    # the number of trials is the plan's
+    assert len(trials) == expected_trial_count(study, out) == trials["trial_id"].nunique()
+    # every completed trial has one row per epoch and its best error is the minimum over its epochs
+    for tid, grp in epochs.groupby("trial_id"):
+        row = trials.set_index("trial_id").loc[tid]
+        assert list(grp["epoch"]) == list(range(1, int(row["epochs_run"]) + 1))
+        if row["status"] == "completed":
+            assert row["best_test_error"] == pytest.approx(grp["test_error"].min())
+            assert row["epochs_run"] == TINY["training"]["epochs"]
+    # the results table's means equal the means of the per-trial best errors of the chosen configurations
+    table = pd.read_csv(out / "results.csv")
+    for stage, scheme in (("standard", "Standard"), ("sam", "SAM"), ("gnp", "GNP")):
+        chosen = trials[(trials["stage"] == stage) & (trials["config_key"] == decisions[stage]["config_key"])]
+        ok = chosen[chosen["status"] == "completed"]["best_test_error"]
+        row = table[table.iloc[:, 0].astype(str).str.lower() == scheme.lower()]
+        assert len(row) == 1, table
+        assert float(row["mean"].iloc[0]) == pytest.approx(ok.mean(), abs=1e-9)
+        assert decisions[stage]["mean"] == pytest.approx(ok.mean(), abs=1e-9)
+    # figures: PNGs of a sensible size with plotted content
+    for name in ("figure2.png", "figure3.png"):
+        img = np.asarray(Image.open(out / name).convert("L"), dtype=float)
+        assert img.shape[0] >= 300 and img.shape[1] >= 600, img.shape
+        assert img.std() > 10
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "<table" in html
+    assert "trials done" in text
+
+
+def test_report_rebuilds_without_ray(reference, tmp_path):
+    _, out, _, _ = reference
+    before = (out / "results.csv").read_text()
+    (out / "report.html").unlink()
+    proc = subprocess.run([sys.executable, "-m", "gnp_study", "report", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, RAY_ADDRESS="127.0.0.1:1"))  # any use of Ray would fail
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.html").is_file()
+    assert (out / "results.csv").read_text() == before
+
+
+def _compare_to_reference(ref_out: Path, out: Path):
+    ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id").sort_index()
+    got = pd.read_parquet(out / "trials.parquet").set_index("trial_id").sort_index()
+    assert list(got.index) == list(ref.index)  # nothing lost, nothing added
+    cols = ["status", "best_test_error", "final_test_error", "epochs_run"]
+    # bit for bit on CPU: exact equality, not approx
+    assert got[cols].equals(ref[cols]), pd.concat([ref[cols], got[cols]], axis=1, keys=["ref", "got"])
+    ref_d = json.loads((ref_out / "decisions.json").read_text())
+    got_d = json.loads((out / "decisions.json").read_text())
+    assert got_d == ref_d
+    ref_e = pd.read_parquet(ref_out / "epochs.parquet").sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+    got_e = pd.read_parquet(out / "epochs.parquet").sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+    ecols = ["trial_id", "epoch", "train_loss", "test_error", "grad_norm"]
+    assert got_e[ecols].equals(ref_e[ecols])
+
+
+def _result_epochs(out: Path, trial_id: str) -> list[int]:
+    """The epochs a trial reported to Tune, in order, across all its attempts (Tune's result.json)."""
+    seen = []
+    for f in (out / "ray").rglob("result.json"):
+        lines = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        if lines and lines[0].get("gnp_trial_id") == trial_id:
+            seen.append([int(l["epoch"]) for l in lines])
+    assert len(seen) == 1, seen
+    return seen[0]
+
+
+def test_crashed_trials_retry_from_checkpoint_and_failures_are_recorded(reference, tmp_path, ray_head):
+    study, ref_out, _, _ = reference
+    out = tmp_path / "faults"
+    faults = "raise@2:alpha=0.5;kill@3:alpha=0.8;raise_always@2:alpha=1.5"
+    run_study(study, out, ray_head, env={"GNP_STUDY_FAULT": faults})
+    trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id")
+    failed = trials[trials["status"] == "failed"]
+    # alpha = 1.5 fails on every attempt: recorded as failed with its error after the retry limit
+    assert set(failed["alpha"]) == {1.5}
+    assert failed["error"].str.contains("injected failure").all()
+    assert (failed["epochs_run"] == 1).all()
+    # retried trials continued from their checkpoint: epochs never restart, results equal the reference
+    for alpha in (0.5, 0.8):
+        ids = trials.index[(trials["alpha"] == alpha)]
+        assert len(ids) > 0
+        for tid in ids:
+            epochs = _result_epochs(out, tid)
+            assert epochs == [1, 2, 3]
+            assert trials.loc[tid, "status"] == "completed"
+            assert trials.loc[tid, "best_test_error"] == ref.loc[tid, "best_test_error"]
+    # the study went on: every other trial is as in the reference run
+    others = ref.index[ref["alpha"] != 1.5]
+    assert trials.loc[others, "best_test_error"].equals(ref.loc[others, "best_test_error"])
+
+
+def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(reference, tmp_path, ray_head):
+    study, ref_out, _, _ = reference
+    out = tmp_path / "resumed"
+    proc = cli(["run", "greedy", str(study), "--output", str(out), "--address", ray_head])
+    # kill the driver in the middle of stage 'sam', after some of its trials have finished
+    deadline = time.time() + RUN_TIMEOUT_S
+    finished_before = {}
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("the study finished before it could be interrupted:\n" + proc.stdout.read()[-3000:])
+        decided = out / "decisions.json"
+        if decided.exists() and "standard" in json.loads(decided.read_text()):
+            done = {}
+            for f in (out / "ray" / "sam").rglob("result.json") if (out / "ray" / "sam").exists() else []:
+                lines = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+                if lines and lines[-1].get("status") == "completed":
+                    done[lines[0]["gnp_trial_id"]] = (f, f.read_bytes())
+            if done:
+                finished_before = done
+                break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert finished_before, "no trial of stage 'sam' finished in time"
+    assert not json.loads((out / "decisions.json").read_text()).get("sam")
+    run_study(study, out, ray_head)
+    # finished trials were not run again: what they reported to Tune is unchanged
+    for tid, (f, content) in finished_before.items():
+        assert f.read_bytes() == content, f"{tid} was run again"
+    _compare_to_reference(ref_out, out)
+
+
+def test_second_driver_on_the_same_folder_is_refused(tmp_path):
+    study = write_study(tmp_path / "tiny.yaml")
+    out = tmp_path / "locked"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys,time; from filelock import FileLock; l=FileLock(sys.argv[1]); "
+         "l.acquire(); print('held', flush=True); time.sleep(120)", str(out / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = cli(["run", "greedy", str(study), "--output", str(out)])
+        text = finish(proc, timeout=120)
+        assert proc.returncode == 2, text
+        assert "another gnp-study driver" in text and "Traceback" not in text
+        assert not (out / "ray").exists()
+    finally:
+        holder.kill()
+        holder.wait()
