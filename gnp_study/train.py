@@ -97,6 +97,28 @@ def _maybe_fail(trial: dict, epoch: int, resumed: bool) -> None:
             os.kill(os.getpid(), 9)
 
 
+def _snapshot(obj):
+    """A CPU copy of a (nested) state, detached from the live model and optimizer tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
+
+
+def _get_rng(device: torch.device):
+    cpu = torch.get_rng_state()
+    return (cpu, torch.cuda.get_rng_state(device)) if device.type == "cuda" else (cpu, None)
+
+
+def _set_rng(device: torch.device, state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator):
     from torch.utils.data import DataLoader
 
@@ -212,6 +234,12 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
             out_holder = {}
 
             def closure():
+                # Both passes of a GNP step see the same dropout / drop-path / ShakeDrop noise, so g2 is
+                # the gradient of the same stochastic loss at the perturbed point (Algorithm 1, line 6).
+                if "rng" in out_holder:
+                    _set_rng(device, out_holder["rng"])
+                else:
+                    out_holder["rng"] = _get_rng(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
                     out = model(x)
                     loss = criterion(out.float(), y)
@@ -255,7 +283,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
         }
         state = None
         if not diverged and (done or epoch % spec.checkpoint_every == 0):
-            state = {
+            state = _snapshot({
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
@@ -264,7 +292,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
                 "epoch": epoch,
                 "best_test_error": best,
                 "metrics": metrics,
-            }
+            })
         report(metrics, state)
         if diverged:
             return TrialResult("diverged", epoch, metrics["best_test_error"], last_test, epoch)

@@ -1,0 +1,95 @@
+"""One trial without Ray: per-epoch metrics, bit-for-bit resume from a checkpoint, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gnp_study.spec import parse_spec
+from gnp_study.train import train_trial
+
+KEYS = {"epoch", "train_loss", "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr",
+        "epoch_time_s", "status", "diverged_epoch", "node"}
+
+
+def spec(**training):
+    t = {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
+    t.update(training)
+    return parse_spec({"name": "t", "data": {"dataset": "digits", "train_subset": 300},
+                       "model": {"name": "small_cnn"}, "training": t, "seeds": [0]})
+
+
+def trial(alpha=0.8, r=0.05, seed=0):
+    return {"stage": "gnp", "config": {"alpha": alpha, "r": r}, "seed": seed, "trial_id": "t", "config_key": "k"}
+
+
+def run(s, t, resume=None):
+    reports = []
+    res = train_trial(s, t, lambda m, st: reports.append((m, st)), resume_state=resume)
+    return res, reports
+
+
+def test_reports_every_epoch_with_best_so_far():
+    res, reports = run(spec(), trial())
+    metrics = [m for m, _ in reports]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert all(KEYS <= set(m) for m in metrics)
+    errs = [m["test_error"] for m in metrics]
+    assert [m["best_test_error"] for m in metrics] == [min(errs[: i + 1]) for i in range(3)]
+    assert res.status == "completed" and res.best_test_error == min(errs) and res.epochs_run == 3
+    assert [m["status"] for m in metrics] == ["running", "running", "completed"]
+    # cosine schedule: the learning rate decreases to 0 at the end of training
+    assert metrics[0]["lr"] > metrics[1]["lr"] > metrics[2]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert all(m["grad_norm"] > 0 for m in metrics)
+    assert all(st is not None for _, st in reports)  # checkpoint_every = 1
+
+
+def test_resume_from_checkpoint_is_bit_for_bit():
+    s = spec()
+    _, full = run(s, trial())
+    state_after_1 = full[0][1]
+    # the checkpoint must survive torch.save / torch.load(weights_only=True)
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state_after_1, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    _, resumed = run(s, trial(), resume=loaded)
+    assert [m["epoch"] for m, _ in resumed] == [2, 3]
+    for (a, _), (b, _) in zip(full[1:], resumed):
+        for k in ("train_loss", "test_error", "test_loss", "grad_norm", "lr", "best_test_error"):
+            assert a[k] == b[k], k  # exact, not approximate
+
+
+def test_resume_after_last_epoch_trains_nothing_and_repeats_the_final_report():
+    s = spec()
+    _, full = run(s, trial())
+    res, again = run(s, trial(), resume=full[-1][1])
+    assert len(again) == 1 and again[0][0]["epoch"] == 3 and again[0][0]["test_error"] == full[-1][0]["test_error"]
+    assert res.status == "completed"
+
+
+def test_non_finite_loss_ends_the_trial_as_diverged():
+    res, reports = run(spec(lr=1e12, momentum=0.0, weight_decay=0.0, lr_schedule="constant"), trial(alpha=-0.5))
+    assert res.status == "diverged" and res.diverged_epoch == 1
+    m = reports[-1][0]
+    assert m["status"] == "diverged" and m["diverged_epoch"] == 1
+    assert reports[-1][1] is None  # no checkpoint of a diverged model
+
+
+def test_gradient_norm_past_the_study_bound_is_diverged():
+    s = spec()
+    s.divergence.max_grad_norm = 1e-6  # every epoch's mean norm(g1) is above this bound
+    res, reports = run(s, trial())
+    assert res.status == "diverged" and res.epochs_run == 1 and len(reports) == 1
+    assert math.isnan(reports[0][0]["test_error"])
+
+
+def test_alpha_zero_is_plain_training():
+    """alpha = 0 through the trainer equals the same trainer with r = 0 (one pass, base optimizer)."""
+    _, a = run(spec(), trial(alpha=0.0, r=0.05))
+    _, b = run(spec(), trial(alpha=0.0, r=0.0))
+    assert [m["train_loss"] for m, _ in a] == [m["train_loss"] for m, _ in b]
