@@ -1,0 +1,242 @@
+"""A real local Ray cluster: a head (``ray start --head`` with the job server) and, in the second test,
+a worker node process; a tiny study submitted as a Ray job, followed to success, its outputs checked in
+the study folder, and every Ray process stopped by the process id this test started.
+
+Ray 2.60 replaces ``--node-ip-address=127.0.0.1`` by the machine's own address (it refuses loopback for
+nodes of a cluster); the job server is bound to 127.0.0.1 (``--dashboard-host``). Every process runs with
+``RAY_AUTH_MODE=disabled``. Every wait is bounded. Each node gets its own free dashboard-agent port
+(Ray's fixed default, 52365, collides with any other Ray on the machine and the head's job agent then
+never registers) and its own temp dir.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from gnp_study import jobs
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 120
+JOB_TIMEOUT_S = 300
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
+       "MPLBACKEND": "Agg"}
+ENV.pop("RAY_ADDRESS", None)
+ENV.pop("RAY_API_SERVER_ADDRESS", None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Stop processes this test started, with their children, by their own process group ids
+    (``ray start --block`` shuts its node down on SIGTERM; SIGKILL after 60 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+class Cluster:
+    """A Ray head started here; ``add_worker`` starts a worker node process joined to it."""
+
+    def __init__(self, num_cpus: int = 2):
+        self.port, self.dashboard_port = _free_port(), _free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="gnpr", dir="/tmp")  # short: Ray's socket paths
+        self.temp_dirs = [self.temp_dir]
+        self.log_dir = Path(tempfile.mkdtemp(prefix="gnpray-logs"))
+        self.procs: list[subprocess.Popen] = []
+        self.job_address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.gcs_address = f"127.0.0.1:{self.port}"
+        self._spawn("head", [_ray(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                             "--include-dashboard=true", f"--num-cpus={num_cpus}", "--num-gpus=0",
+                             f"--dashboard-agent-listen-port={_free_port()}",
+                             "--disable-usage-stats", f"--temp-dir={self.temp_dir}", "--block"])
+        jobs.wait_for_nodes(self.job_address, 1, timeout_s=START_TIMEOUT_S, poll_s=1.0)
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "w")
+        proc = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def add_worker(self, num_cpus: int = 1) -> None:
+        # Its own temp dir: two nodes on one machine sharing a session folder delete each other's
+        # unpacked runtime environments (the job's working_dir vanished under the driver).
+        temp = tempfile.mkdtemp(prefix="gnpw", dir="/tmp")
+        self.temp_dirs.append(temp)
+        self._spawn(f"worker{len(self.procs)}", [
+            _ray(), "start", f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}", "--num-gpus=0", f"--dashboard-agent-listen-port={_free_port()}",
+            "--disable-usage-stats", f"--temp-dir={temp}", "--block"])
+        jobs.wait_for_nodes(self.job_address, len(self.procs), timeout_s=START_TIMEOUT_S, poll_s=1.0)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop(self) -> None:
+        _stop(list(reversed(self.procs)))  # workers first, then the head
+        for d in self.temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(num_cpus=2)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def tiny_study(path: Path, seeds=(0, 1)) -> Path:
+    """The shipped digits study shrunk through its own fields: 1 epoch, 1-value grids, small data."""
+    src = ROOT / "search_spaces" / "digits.yaml"
+    raw = yaml.safe_load(src.read_text()) if src.is_file() else {
+        "data": {"dataset": "digits", "augmentation": "none"}, "model": {"name": "small_cnn"},
+        "training": {"batch_size": 64, "lr": 0.05, "momentum": 0.9}, "resources": {"cpus_per_trial": 1}}
+    raw["name"] = "tiny_cluster"
+    raw["data"]["train_subset"] = 300
+    raw["training"]["epochs"] = 1
+    raw["stages"] = {"standard": {"search": "grid", "space": {"lr": [0.05]}},
+                     "sam": {"r": [0.05]},
+                     "gnp": {"alpha": [0.5], "alpha_extra": [], "figure2_r": [0.05]}}
+    raw["seeds"] = list(seeds)
+    raw["resources"] = {"cpus_per_trial": 1, "gpus_per_trial": 0}
+    raw["max_failures"] = 0
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def follow(job_id: str, address: str, timeout_s: float = JOB_TIMEOUT_S) -> tuple[str, str]:
+    """``jobs.follow_logs`` in a thread, bounded: (final status, log text); the job is stopped on timeout."""
+    out, box = io.StringIO(), {}
+
+    def target():
+        try:
+            box["status"] = jobs.follow_logs(job_id, address, out=out)
+        except Exception as e:  # noqa: BLE001 - reported below
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        jobs.stop_job(job_id, address)
+        pytest.fail(f"job {job_id} did not end within {timeout_s}s:\n{out.getvalue()[-3000:]}")
+    if "error" in box:
+        raise box["error"]
+    return box["status"], out.getvalue()
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gnp_study", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def expected_trials(study: Path, out: Path) -> int:
+    from gnp_study.protocol import plan
+    from gnp_study.spec import load_spec
+
+    spec = load_spec(study)
+    decisions = json.loads((out / "decisions.json").read_text())
+    return sum(len(plan(s, spec, decisions)) for s in ("standard", "sam", "gnp"))
+
+
+def check_outputs(study: Path, out: Path) -> pd.DataFrame:
+    for name in ("study.yaml", "trials.parquet", "epochs.parquet", "decisions.json", "results.md",
+                 "report.html"):
+        assert (out / name).is_file(), f"{name} missing in {sorted(p.name for p in out.iterdir())}"
+    assert set(json.loads((out / "decisions.json").read_text())) == {"standard", "sam", "gnp"}
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == expected_trials(study, out)
+    assert (trials["status"] == "completed").all(), trials[["stage", "status", "error"]]
+    assert "<html" in (out / "report.html").read_text().lower()
+    return trials
+
+
+def test_submit_follow_and_outputs_match_a_local_run(cluster, tmp_path):
+    study = tiny_study(tmp_path / "tiny.yaml")
+    out = tmp_path / "cluster_out"
+    # submit through the real CLI, as a user would
+    res = cli("submit", str(study), "--address", cluster.job_address, "--output", str(out),
+              "--python", sys.executable)
+    assert res.returncode == 0, res.stderr
+    job_id = res.stdout.strip().splitlines()[-1]
+    assert job_id.startswith("gnp-study-tiny-")
+
+    status, log = follow(job_id, cluster.job_address)
+    assert status == "SUCCEEDED", log[-4000:] + cluster.logs()
+    st = cli("status", job_id, "--address", cluster.job_address)
+    assert (st.returncode, st.stdout.strip()) == (0, "SUCCEEDED")
+    lg = cli("logs", job_id, "--address", cluster.job_address, "--no-follow")
+    assert lg.returncode == 0 and "gnp_study_job/tiny.yaml" in lg.stdout
+    unknown = cli("status", "raysubmit_does_not_exist", "--address", cluster.job_address)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.strip().count("\n") == 0, unknown.stderr
+    stop = cli("stop", job_id, "--address", cluster.job_address)
+    assert stop.returncode == 0 and "already ended" in stop.stdout
+
+    trials = check_outputs(study, out)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["finished"] and info["hardware"]["ray_nodes"] == 1
+
+    # the same study run locally (its own Ray) gives the same trials and the same numbers
+    local = tmp_path / "local_out"
+    res = cli("run", "greedy", str(study), "--output", str(local), timeout=JOB_TIMEOUT_S)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    local_trials = check_outputs(study, local)
+    key = ["stage", "config_key", "seed"]
+    a = trials.sort_values(key).reset_index(drop=True)
+    b = local_trials.sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key])
+    pd.testing.assert_series_equal(a["best_test_error"], b["best_test_error"], atol=1e-9, rtol=0)
+    assert json.loads((out / "decisions.json").read_text()) == json.loads((local / "decisions.json").read_text())
+
+
+def test_trials_run_on_both_nodes(cluster, tmp_path):
+    from ray.util.state import list_nodes
+
+    cluster.add_worker(num_cpus=1)
+    nodes = {n.node_id for n in list_nodes(address=cluster.job_address, filters=[("state", "=", "ALIVE")])}
+    assert len(nodes) == 2
+    study = tiny_study(tmp_path / "tiny.yaml", seeds=(0, 1, 2, 3))
+    out = tmp_path / "out"
+    job_id = jobs.submit_study(study, cluster.job_address, output=str(out), python=sys.executable)
+    status, log = follow(job_id, cluster.job_address)
+    assert status == "SUCCEEDED", log[-4000:] + cluster.logs()
+    trials = check_outputs(study, out)
+    assert set(trials["node"]) == nodes, (set(trials["node"]), nodes)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["hardware"]["ray_nodes"] == 2

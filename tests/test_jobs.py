@@ -1,0 +1,140 @@
+"""Job submission glue (gnp_study.jobs) without a cluster: entrypoint, runtime environment, what is
+uploaded (zipped by Ray's own packaging code), argparse verbs and one-line errors with exit status 2.
+
+The round trip against a real Ray head is in tests/test_cluster_e2e.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import socket
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from gnp_study import jobs
+
+ROOT = Path(jobs.__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gnp-study")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    jobs.add_job_commands(sub)
+    return parser
+
+
+def test_entrypoint_runs_the_study_against_the_cluster():
+    cmd = jobs.build_entrypoint("gnp_study_job/my study.yaml", output="s3://bucket/x y", python="/opt/py/bin/python",
+                                extra_args=["--max-trials", "3"])
+    assert shlex.split(cmd) == ["/opt/py/bin/python", "-m", "gnp_study", "run", "greedy",
+                                "gnp_study_job/my study.yaml", "--output", "s3://bucket/x y",
+                                "--address", "auto", "--max-trials", "3"]
+    # defaults: `python` from the head's PATH, no --output
+    assert shlex.split(jobs.build_entrypoint("a.yaml")) == ["python", "-m", "gnp_study", "run", "greedy", "a.yaml",
+                                                           "--address", "auto"]
+
+
+def test_runtime_env_passes_auth_mode_but_never_a_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret-token-value")
+    env = jobs.build_runtime_env(tmp_path, extra_pip=["pytorch_optimizer"])
+    assert env["working_dir"] == str(tmp_path)
+    assert env["env_vars"]["RAY_AUTH_MODE"] == "token"
+    assert "secret-token-value" not in repr(env)
+    assert env["pip"] == ["pytorch_optimizer"]
+    assert ".git" in env["excludes"] and "reports/" in env["excludes"] and "*.parquet" in env["excludes"]
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    env = jobs.build_runtime_env(tmp_path)
+    assert "RAY_AUTH_MODE" not in env["env_vars"] and "pip" not in env
+
+
+def _zip_names(stage: Path, tmp_path: Path) -> set[str]:
+    """What Ray would upload: its own packaging code zips the folder (follows links, applies excludes)."""
+    from ray._private.runtime_env.packaging import create_package
+
+    target = tmp_path / "pkg.zip"
+    create_package(str(stage), target, include_gitignore=True, excludes=jobs.EXCLUDES)
+    with zipfile.ZipFile(target) as z:
+        return {n.rstrip("/") for n in z.namelist()}
+
+
+def test_working_dir_carries_project_and_outside_study(tmp_path):
+    study = tmp_path / "elsewhere" / "tiny.yaml"
+    study.parent.mkdir()
+    study.write_text("name: tiny\n")
+    with jobs.staged_working_dir(study) as (stage, arg):
+        assert arg == "gnp_study_job/tiny.yaml"
+        assert (stage / arg).read_text() == "name: tiny\n"
+        names = _zip_names(stage, tmp_path)
+        kept_stage = stage
+    assert not kept_stage.exists(), "the staging folder is removed after submission"
+    assert not (ROOT / jobs.STUDY_DIR).exists() and not (ROOT / "tiny.yaml").exists(), \
+        "nothing is written into the project"
+    assert "gnp_study_job/tiny.yaml" in names
+    assert "gnp_study/jobs.py" in names and "gnp_study/__init__.py" in names
+    assert "pyproject.toml" in names
+    assert not any(n == ".git" or n.startswith(".git/") for n in names)
+    assert not any(n.startswith("reports/") for n in names)
+    assert not any(n.endswith(".parquet") or "__pycache__" in n for n in names)
+
+
+def test_missing_study_is_a_job_error(tmp_path):
+    with pytest.raises(jobs.JobError, match="not found"):
+        with jobs.staged_working_dir(tmp_path / "nope.yaml"):
+            pass
+
+
+def test_unreachable_address_is_one_line_error_exit_2(capsys, tmp_path):
+    address = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(jobs.JobError, match="cannot reach"):
+        jobs.job_status("raysubmit_x", address)
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\n")
+    parser = _parser()
+    for argv in (["status", "raysubmit_x", "--address", address],
+                 ["logs", "raysubmit_x", "--address", address],
+                 ["stop", "raysubmit_x", "--address", address],
+                 ["submit", str(study), "--address", address, "--output", str(tmp_path / "out")]):
+        args = parser.parse_args(argv)
+        assert args.func(args) == jobs.EXIT_ERROR, argv
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert lines and lines[-1].startswith(f"gnp-study {argv[0]}: error: "), err
+        assert "Traceback" not in err
+
+
+def test_submit_missing_study_exit_2(capsys, tmp_path):
+    parser = _parser()
+    args = parser.parse_args(["submit", str(tmp_path / "missing.yaml"), "--address", "http://127.0.0.1:1",
+                              "--output", str(tmp_path)])
+    assert args.func(args) == jobs.EXIT_ERROR
+    assert "error:" in capsys.readouterr().err
+
+
+def test_verbs_parse_and_have_help():
+    parser = _parser()
+    args = parser.parse_args(["submit", "s.yaml", "--address", "http://h:8265", "--output", "s3://b/p",
+                              "--python", "/x/python", "--pip", "a", "--pip", "b", "--follow",
+                              "--run-args", "--foo 1"])
+    assert (args.study, args.address, args.output, args.python, args.pip, args.follow) == \
+        ("s.yaml", "http://h:8265", "s3://b/p", "/x/python", ["a", "b"], True)
+    assert shlex.split(args.run_args) == ["--foo", "1"]
+    assert parser.parse_args(["logs", "j"]).follow is True
+    assert parser.parse_args(["logs", "j", "--no-follow"]).follow is False
+    for verb in ("submit", "status", "logs", "stop"):
+        a = parser.parse_args([verb, "x"])
+        assert callable(a.func)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert "job id" in helps["submit"] and "status" in helps["status"]
+    assert "follow" in helps["logs"] and "stop" in helps["stop"]
+    assert "report.html" in sub.choices["submit"].format_help()
