@@ -43,11 +43,13 @@ def _load_checked(study: str | None):
     return spec
 
 
-def _output_dir(spec, output: str | None, new: bool) -> Path:
+def _output_dir(spec, output: str | None, new: bool) -> Path | str:
+    """The study folder: a path, or a storage URI (``s3://``, ``gs://``, ``file://``) kept as a string."""
+    stamp = f"-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}" if new else ""
+    if output and "://" in output:
+        return output.rstrip("/") + stamp
     out = Path(output) if output else Path("reports") / spec.name
-    if new:
-        out = out.with_name(f"{out.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    return out
+    return out.with_name(out.name + stamp) if new else out
 
 
 def cmd_run_greedy(args: argparse.Namespace) -> int:
@@ -61,7 +63,7 @@ def cmd_run_greedy(args: argparse.Namespace) -> int:
           f"SAM (r={decisions['sam']['r']:g}) {decisions['sam']['mean']:.2f}%  "
           f"GNP (alpha={decisions['gnp']['alpha']:g}, r={decisions['gnp']['r']:g}) {decisions['gnp']['mean']:.2f}%")
     for name in ("results.md", "figure2.png", "figure3.png", "report.html"):
-        print(f"  {out / name}")
+        print(f"  {out}/{name}")
     return 0
 
 

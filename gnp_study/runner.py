@@ -169,11 +169,18 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         # Trials checkpoint every epoch by design (resume loses at most one epoch): no warning for it.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        # The driver's GNP_STUDY_* settings reach the trial workers, also on an existing cluster.
+        env = {k: v for k, v in os.environ.items() if k.startswith("GNP_STUDY_")}
+        runtime_env = {"env_vars": env} if env else None
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
         else:
+            # Ray turns 127.0.0.1 into the machine's address unless its single-machine mode is on
+            # (the flag Ray uses on macOS and Windows); with it every port of a local study stays on
+            # loopback.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False,
-                     log_to_driver=False, logging_level="WARNING")
+                     log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
     return ray.cluster_resources()
 
 
@@ -196,14 +203,14 @@ def check_resources(spec: StudySpec, resources: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ one stage
-def _tuner(name: str, param_space: dict, spec: StudySpec, storage: Path, callbacks: list, search_alg=None):
+def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None):
     from ray import tune
 
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_dict=spec.resolved()),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
-    exp_path = storage / name
+    exp_path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(str(exp_path)):
         return tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=False, param_space=param_space)
@@ -219,7 +226,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: Path, callbac
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -275,7 +282,7 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
     return trials, epochs
 
 
-def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, study_dir: Path,
+def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
               name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or resume) the trials of one stage as one Tune experiment.
 
@@ -283,7 +290,7 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, stu
         stage: stage name written into the tables.
         trial_configs: the trials (from :func:`gnp_study.protocol.plan`).
         spec: the study.
-        study_dir: the study folder (Tune storage is ``study_dir/ray``).
+        storage: Tune's ``storage_path``: ``<study folder>/ray`` as an absolute path or a URI.
         name: experiment name (default: ``stage``).
 
     Returns:
@@ -291,14 +298,13 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, stu
     """
     from ray import tune
 
-    storage = (study_dir / "ray").resolve()
     progress = _Progress(stage, len(trial_configs))
     space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
     results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
     return _collect(results, stage, spec)
 
 
-def run_optuna_search(spec: StudySpec, study_dir: Path) -> tuple[list[dict], pd.DataFrame]:
+def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.DataFrame]:
     """Stage 1 as an Optuna TPE search on the first seed (Ray Tune's ``OptunaSearch``).
 
     Returns:
@@ -320,7 +326,6 @@ def run_optuna_search(spec: StudySpec, study_dir: Path) -> tuple[list[dict], pd.
             space[key] = (tune.lograndint if rng.log else tune.randint)(int(rng.low), int(rng.high) + 1)
         else:
             space[key] = (tune.loguniform if rng.log else tune.uniform)(rng.low, rng.high)
-    storage = (study_dir / "ray").resolve()
     progress = _Progress("standard (Optuna search, seed %d)" % spec.seeds[0], st.num_samples)
     searcher = OptunaSearch(metric="best_test_error", mode="min", seed=spec.seeds[0])
     results = _tuner("standard_search", space, spec, storage, [progress.callback], search_alg=searcher).fit()
@@ -448,7 +453,16 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         StudyError: the folder holds another study, another driver holds it, the cluster lacks the
             resources a trial needs, or every configuration of a stage diverged or failed.
     """
-    study_dir = Path(study_dir)
+    uri = str(study_dir).rstrip("/") if "://" in str(study_dir) else None
+    if uri:
+        # Tune writes trials straight to <uri>/ray; the tables live in a local mirror that is uploaded
+        # after every stage, so the driver and the trials on other nodes meet in the same storage.
+        study_dir = _mirror_dir(uri)
+        _download(uri, study_dir)
+        storage = f"{uri}/ray"
+    else:
+        study_dir = Path(study_dir)
+        storage = str((study_dir / "ray").resolve())
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         probe = study_dir / ".write-test"
@@ -484,10 +498,10 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
             epochs = epochs[epochs["stage"] != stage]
             candidates = None
             if stage == "standard" and spec.stages.standard.search == "optuna":
-                candidates, search = run_optuna_search(spec, study_dir)
+                candidates, search = run_optuna_search(spec, storage)
                 write_parquet(study_dir / "search_trials.parquet", search)
             plan = protocol.plan(stage, spec, decisions, candidates)
-            t_new, e_new = run_stage(stage, plan, spec, study_dir)
+            t_new, e_new = run_stage(stage, plan, spec, storage)
             trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
             epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new
             write_parquet(trials_path, trials)
@@ -504,6 +518,8 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
                                      "n_trials": len(t_new)}
             info["wall_time_s"] = float(info.get("wall_time_s", 0.0)) + wall
             write_json(info_path, info)
+            if uri:
+                _upload(study_dir, uri)
         info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
         write_json(info_path, info)
         if spec.paper is not None:
@@ -512,9 +528,39 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
             from gnp_study.report import build_outputs
 
             build_outputs(study_dir)
+        if uri:
+            _upload(study_dir, uri)
         return decisions
     finally:
         lock.release()
+
+
+def _mirror_dir(uri: str) -> Path:
+    import hashlib
+
+    return Path(tempfile.gettempdir()) / "gnp-study-mirror" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+
+
+def _download(uri: str, local: Path) -> None:
+    """Copy a study folder's files (not its ``ray/`` storage) from a URI into ``local``."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    local.mkdir(parents=True, exist_ok=True)
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            pafs.copy_files(info.path, str(local / info.base_name), source_filesystem=fs)
+
+
+def _upload(local: Path, uri: str) -> None:
+    """Copy the study folder's files (not the lock) from ``local`` to the URI."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    fs.create_dir(path, recursive=True)
+    for f in local.iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            pafs.copy_files(str(f), f"{path}/{f.name}", destination_filesystem=fs)
 
 
 def _write_paper_reference(spec: StudySpec, study_dir: Path) -> None:
@@ -522,4 +568,6 @@ def _write_paper_reference(spec: StudySpec, study_dir: Path) -> None:
 
     ref = paper_reference(spec.paper.model, spec.paper.dataset, spec.paper.augmentation)
     if ref is not None and len(ref):
+        # The study measures top-1 error; ImageNet's top-5 rows have no measured counterpart.
+        ref = ref[ref["metric"].isin(["error", "top1_error"])]
         ref.to_csv(study_dir / "paper_reference.csv", index=False)

@@ -61,6 +61,13 @@ class DataSpec(_Strict):
     loader: Literal["torch", "device"] = Field(
         "torch", description="torch DataLoader, or the whole data set on the trial's device (gpu_data)")
 
+    @model_validator(mode="after")
+    def _device_loader(self):
+        if self.loader == "device" and self.augmentation not in ("none", "basic", "cutout"):
+            raise ValueError(f"loader 'device' augments batches with none, basic or cutout only, not "
+                             f"{self.augmentation!r}; use loader: torch")
+        return self
+
 
 class ModelSpec(_Strict):
     """Model by registry name (``gnp_study.models``) with extra constructor arguments."""

@@ -119,9 +119,22 @@ def _set_rng(device: torch.device, state) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator):
+def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator, device: torch.device):
     from torch.utils.data import DataLoader
 
+    if spec.data.loader == "device":
+        # The whole (normalised, un-augmented) data set on the trial's device; flips, crops and cutout
+        # are drawn per batch there (gnp_study.gpu_data), so small trials are not starved by the CPU.
+        from gnp_study.data import DATASETS
+        from gnp_study.gpu_data import from_dataset
+
+        facts = DATASETS[spec.data.dataset]
+        train = from_dataset(data.train, t["batch_size"], raw=False, augment=spec.data.augmentation,
+                             cutout_size=facts.cutout_size or 0, flip=facts.hflip, device=device,
+                             generator=generator, shuffle=True)
+        test = from_dataset(data.test, max(256, t["batch_size"]), raw=False, augment="none", shuffle=False,
+                            device=device)
+        return train, test
     train = DataLoader(data.train, batch_size=t["batch_size"], shuffle=True, generator=generator,
                        num_workers=spec.data.num_workers, drop_last=False)
     test = DataLoader(data.test, batch_size=max(256, t["batch_size"]), shuffle=False,
@@ -184,7 +197,8 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
     torch.manual_seed(trial["seed"])
 
     d = spec.data
-    data = build_datasets(d.dataset, root=d.root, augmentation=d.augmentation, train_subset=d.train_subset,
+    on_device = d.loader == "device"  # augmentation then runs on the device, per batch
+    data = build_datasets(d.dataset, root=d.root, augmentation="none" if on_device else d.augmentation, train_subset=d.train_subset,
                           test_subset=d.test_subset, subset_seed=d.subset_seed, format=d.format)
     model = build_model(spec.model.name, data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size, **spec.model.kwargs).to(device)
@@ -198,7 +212,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
               normalize_g1=t["normalize_g1"], perturb_weight_decay=t["perturb_weight_decay"],
               max_grad_norm=t["grad_clip"], **base_kwargs)
     gen = torch.Generator().manual_seed(trial["seed"])
-    train_loader, test_loader = _loaders(spec, t, data, gen)
+    train_loader, test_loader = _loaders(spec, t, data, gen, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t, len(train_loader)))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
 

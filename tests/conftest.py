@@ -16,6 +16,9 @@ import pytest
 
 # Every Ray process started by the tests (heads, drivers, workers) uses the same auth mode.
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# Keep every Ray process of the tests on loopback: without this flag Ray replaces 127.0.0.1 by the
+# machine's address (services.resolve_ip_for_localhost).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
