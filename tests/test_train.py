@@ -115,3 +115,21 @@ def test_device_loader_rejects_augmentations_it_cannot_run():
                                           "loader": "device"},
                     "model": {"name": "resnet8"}, "training": {"epochs": 2, "batch_size": 64, "lr": 0.05},
                     "seeds": [0]})
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu():
+    """The GPU options run on CPU too (bf16 autocast is supported there); the model still learns."""
+    s = parse_spec({"name": "t", "data": {"dataset": "digits", "train_subset": 600},
+                    "model": {"name": "small_cnn"},
+                    "training": {"epochs": 4, "batch_size": 32, "lr": 0.1, "precision": "bf16",
+                                 "channels_last": True},
+                    "seeds": [0]})
+    res, reports = run(s, trial())
+    assert res.status == "completed"
+    assert all(math.isfinite(m["train_loss"]) for m, _ in reports)
+    assert reports[-1][0]["test_error"] < 15.0
+    # the bf16 run is a different computation from fp32 (autocast really took effect)
+    s32 = s.model_copy(deep=True)
+    s32.training.precision = "fp32"
+    _, r32 = run(s32, trial())
+    assert r32[0][0]["train_loss"] != reports[0][0]["train_loss"]
