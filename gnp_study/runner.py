@@ -301,7 +301,14 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
     progress = _Progress(stage, len(trial_configs))
     space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
     results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
-    return _collect(results, stage, spec)
+    trials, epochs = _collect(results, stage, spec)
+    # Plan order, whatever order Tune finished or restored the trials in: the tables (and every sum
+    # over seeds computed from them) are then the same for a resumed study as for an uninterrupted one.
+    order = {tc.trial_id: i for i, tc in enumerate(trial_configs)}
+    trials = trials.sort_values("trial_id", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    epochs = epochs.sort_values(["trial_id", "epoch"], key=lambda c: c.map(order) if c.name == "trial_id" else c,
+                                kind="stable").reset_index(drop=True)
+    return trials, epochs
 
 
 def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.DataFrame]:
