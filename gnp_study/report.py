@@ -35,7 +35,7 @@ from matplotlib import colormaps  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from gnp_study.results import (  # noqa: E402
     SCHEMES,
@@ -426,6 +426,7 @@ def figure3(study: Study | str | Path) -> Figure:
     ax_e.set_ylabel("test error (%)")
     ax_e.set_title("test error")
     for ax in (ax_g, ax_e):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
         if drawn == 0:
             ax.text(0.5, 0.5, "no epochs to plot yet\n(gnp stage not run at this r)", ha="center", va="center",
