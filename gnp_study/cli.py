@@ -39,6 +39,10 @@ def _load_checked(study: str | None):
     from gnp_study.spec import load_spec
 
     spec = load_spec(study)
+    if spec.data.root and "://" not in spec.data.root and not Path(spec.data.root).is_absolute():
+        # Trials run in their own working directories (Ray Tune's trial folders): a root relative to
+        # where the user ran the command is made absolute here, before it is stored and validated.
+        spec.data.root = str(Path(spec.data.root).resolve())
     check_data(spec.data.dataset, spec.data.root, spec.data.format)
     return spec
 

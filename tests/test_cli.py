@@ -1,0 +1,67 @@
+"""Command-line glue that needs no Ray: help texts, validation, relative data roots, plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from gnp_study.cli import _load_checked, build_parser, main
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_imagefolder(root):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in CLASSES:
+            d = root / split / c
+            d.mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / "0000.png")
+
+
+def test_relative_data_root_is_made_absolute_where_the_command_runs(tmp_path, monkeypatch):
+    write_imagefolder(tmp_path / "data" / "c10")
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "s", "data": {"dataset": "cifar10", "root": "data/c10", "format": "imagefolder"},
+        "model": {"name": "resnet8"}, "training": {"epochs": 1, "batch_size": 8, "lr": 0.1}, "seeds": [0]}))
+    monkeypatch.chdir(tmp_path)
+    spec = _load_checked(str(study))
+    assert spec.data.root == str(tmp_path / "data" / "c10")
+    assert spec.resolved()["data"]["root"] == str(tmp_path / "data" / "c10")
+
+
+@pytest.mark.parametrize("argv", [["run", "greedy", "--help"], ["plan", "--help"], ["report", "--help"],
+                                  ["validate", "--help"], ["submit", "--help"], ["status", "--help"],
+                                  ["logs", "--help"], ["stop", "--help"]])
+def test_every_verb_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: gnp-study" in out and len(out.splitlines()) > 3
+
+
+def test_run_greedy_help_says_what_it_writes(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "greedy", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in ("trials.parquet", "epochs.parquet", "decisions.json", "figure2.png", "figure3.png",
+                 "report.html", "resumes"):
+        assert name in out
+
+
+def test_plan_of_the_default_study_counts_every_stage(capsys):
+    assert main(["plan", "--epoch-time", "2"]) == 0
+    out = capsys.readouterr().out
+    # digits: lr grid of 3 x 3 seeds; 5 r x 3 seeds; 17 alphas x 3 seeds x (best r + 2 Figure-2 r) at most
+    assert "9 trials" in out and "15 trials" in out and "153 trials" in out and "177 trials" in out
+    # estimate: (9 x 15 x 2 s) + (168 x 15 x 2 x 2 s) = 10350 s = 2.9 trial-hours
+    assert "2.9 trial-hours" in out
+
+
+def test_validate_default_study(capsys):
+    assert main(["validate"]) == 0
+    assert "valid study 'digits'" in capsys.readouterr().out
