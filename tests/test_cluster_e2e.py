@@ -2,8 +2,9 @@
 a worker node process; a tiny study submitted as a Ray job, followed to success, its outputs checked in
 the study folder, and every Ray process stopped by the process id this test started.
 
-Ray 2.60 replaces ``--node-ip-address=127.0.0.1`` by the machine's own address (it refuses loopback for
-nodes of a cluster); the job server is bound to 127.0.0.1 (``--dashboard-host``). Every process runs with
+In cluster mode Ray 2.60 replaces ``--node-ip-address=127.0.0.1`` by the machine's own address, so the
+nodes bind the loopback addresses 127.0.0.2 and 127.0.0.3, which it leaves alone; the job server is bound
+to 127.0.0.1 (``--dashboard-host``). Every process runs with
 ``RAY_AUTH_MODE=disabled``. Every wait is bounded. Each node gets its own free dashboard-agent port
 (Ray's fixed default, 52365, collides with any other Ray on the machine and the head's job agent then
 never registers) and its own temp dir.
@@ -38,6 +39,7 @@ JOB_TIMEOUT_S = 300
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
        "MPLBACKEND": "Agg"}
 ENV.pop("RAY_ADDRESS", None)
+ENV["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # multi-node on one machine (see Cluster)
 ENV.pop("RAY_API_SERVER_ADDRESS", None)
 
 
@@ -75,17 +77,20 @@ class Cluster:
         self.log_dir = Path(tempfile.mkdtemp(prefix="gnpray-logs"))
         self.procs: list[subprocess.Popen] = []
         self.job_address = f"http://127.0.0.1:{self.dashboard_port}"
-        self.gcs_address = f"127.0.0.1:{self.port}"
-        self._spawn("head", [_ray(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+        # Multi-node needs Ray's cluster mode, in which Ray rewrites 127.0.0.1 (and only that loopback
+        # address) to the machine's address; the nodes therefore bind 127.0.0.2, 127.0.0.3, ...: other
+        # loopback addresses, so all traffic stays on the loopback interface.
+        self.gcs_address = f"127.0.0.2:{self.port}"
+        self._spawn("head", [_ray(), "start", "--head", "--node-ip-address=127.0.0.2", f"--port={self.port}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                              "--include-dashboard=true", f"--num-cpus={num_cpus}", "--num-gpus=0",
                              f"--dashboard-agent-listen-port={_free_port()}",
                              "--disable-usage-stats", f"--temp-dir={self.temp_dir}", "--block"])
         jobs.wait_for_nodes(self.job_address, 1, timeout_s=START_TIMEOUT_S, poll_s=1.0)
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
-        proc = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env or ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs.append(proc)
         return proc
@@ -96,7 +101,7 @@ class Cluster:
         temp = tempfile.mkdtemp(prefix="gnpw", dir="/tmp")
         self.temp_dirs.append(temp)
         self._spawn(f"worker{len(self.procs)}", [
-            _ray(), "start", f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1",
+            _ray(), "start", f"--address={self.gcs_address}", f"--node-ip-address=127.0.0.{len(self.procs) + 2}",
             f"--num-cpus={num_cpus}", "--num-gpus=0", f"--dashboard-agent-listen-port={_free_port()}",
             "--disable-usage-stats", f"--temp-dir={temp}", "--block"])
         jobs.wait_for_nodes(self.job_address, len(self.procs), timeout_s=START_TIMEOUT_S, poll_s=1.0)
