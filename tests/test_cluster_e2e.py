@@ -55,13 +55,13 @@ def _ray() -> str:
 
 def _stop(procs: list[subprocess.Popen]) -> None:
     """Stop processes this test started, with their children, by their own process group ids
-    (``ray start --block`` shuts its node down on SIGTERM; SIGKILL after 60 s)."""
+    (``ray start --block`` shuts its node down on SIGTERM; SIGKILL after 10 s)."""
     for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
     for proc in procs:
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
