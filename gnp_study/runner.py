@@ -167,6 +167,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        # Tune's own console tables would interleave with the study's progress line (verbose=0 alone
+        # does not silence the new output engine).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         # Trials checkpoint every epoch by design (resume loses at most one epoch): no warning for it.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # The driver's GNP_STUDY_* settings reach the trial workers, also on an existing cluster.
@@ -221,6 +224,9 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
             search_alg=search_alg,
             num_samples=spec.stages.standard.num_samples if search_alg is not None else 1,
             max_concurrent_trials=spec.resources.max_concurrent_trials,
+            # A trial's worker process is kept for the next trial: torch and the data load once per
+            # worker, not once per trial (seconds per trial for small models).
+            reuse_actors=True,
             metric="best_test_error" if search_alg is not None else None,
             mode="min" if search_alg is not None else None,
         ),

@@ -58,8 +58,8 @@ def test_plan_of_the_default_study_counts_every_stage(capsys):
     out = capsys.readouterr().out
     # digits: lr grid of 3 x 3 seeds; 5 r x 3 seeds; 17 alphas x 3 seeds x (best r + 2 Figure-2 r) at most
     assert "9 trials" in out and "15 trials" in out and "153 trials" in out and "177 trials" in out
-    # estimate: (9 x 15 x 2 s) + (168 x 15 x 2 x 2 s) = 10350 s = 2.9 trial-hours
-    assert "2.9 trial-hours" in out
+    # estimate: (9 x 12 x 2 s) + (168 x 12 x 2 x 2 s) = 8280 s = 2.3 trial-hours
+    assert "2.3 trial-hours" in out
 
 
 def test_validate_default_study(capsys):
