@@ -66,8 +66,9 @@ EXPECTED["figure3_wrn26_10_cifar10_basic"] = greedy(1, 5, 1 + 5, 5)
 # CPU study: lr in 2 values, r in {0.05, 0.1}, alphas {0.5, 0.8} + one of B_a + one of B_b, Figure-2 r
 # = both r values (so the best r is one of them: 2 r values in stage 3), 2 seeds.
 EXPECTED["cifar10_quick"] = greedy(2, 2, 4, 2, gnp_r_values=2)
-# Default digits study: lr in 3 values, the full r grid, 9 + 8 alphas at the best r and r = 0.05, 0.1.
-EXPECTED["digits"] = greedy(3, 5, 17, 3, gnp_r_values=3)
+# Default digits study: lr in 3 values, the full r grid, 9 + 8 alphas at the best r and r = 0.05, 0.1;
+# five seeds.
+EXPECTED["digits"] = greedy(3, 5, 17, 5, gnp_r_values=3)
 
 SHIPPED = sorted(p.stem for p in SPACES.glob("*.yaml"))
 PAPER_FILES = [s for s in SHIPPED if s.startswith(("table", "figure"))]
