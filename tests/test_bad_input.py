@@ -179,7 +179,7 @@ def test_changed_study_is_refused_with_a_diff(tmp_path, capsys):
     before = snapshot(out)
     code, err = run_cli(["run", "greedy", str(changed), "--output", str(out)], capsys)
     assert code == 2 and "Traceback" not in err
-    assert "different spec" in err and "-  epochs: 20" in err and "+  epochs: 7" in err
+    assert "different spec" in err and "-  epochs: 15" in err and "+  epochs: 7" in err
     assert snapshot(out) == before
 
 

@@ -56,10 +56,10 @@ def test_run_greedy_help_says_what_it_writes(capsys):
 def test_plan_of_the_default_study_counts_every_stage(capsys):
     assert main(["plan", "--epoch-time", "2"]) == 0
     out = capsys.readouterr().out
-    # digits: lr grid of 3 x 5 seeds; 5 r x 5 seeds; 17 alphas x 5 seeds x (best r + 2 Figure-2 r) at most
-    assert "15 trials" in out and "25 trials" in out and "255 trials" in out and "295 trials" in out
-    # estimate: (15 x 20 x 2 s) + (280 x 20 x 2 x 2 s) = 23000 s = 6.4 trial-hours
-    assert "6.4 trial-hours" in out
+    # digits: lr grid of 3 x 4 seeds; 5 r x 4 seeds; 17 alphas x 4 seeds x (best r + 2 Figure-2 r) at most
+    assert "12 trials" in out and "20 trials" in out and "204 trials" in out and "236 trials" in out
+    # estimate: (12 x 15 x 2 s) + (224 x 15 x 2 x 2 s) = 13800 s = 3.8 trial-hours
+    assert "3.8 trial-hours" in out
 
 
 def test_validate_default_study(capsys):
