@@ -32,7 +32,8 @@ TINY = {
     "model": {"name": "small_cnn"},
     "training": {"epochs": 3, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     "stages": {
-        "standard": {"space": {"lr": [0.05, 0.1]}},
+        # lr = 1e4 diverges in its first epoch: the diverged path through the real CLI
+        "standard": {"space": {"lr": [0.05, 0.1, 1.0e4]}},
         "sam": {"r": [0.05, 0.1]},
         "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [-0.5, 1.5], "figure2_r": [0.05, 0.1]},
     },
@@ -121,6 +122,15 @@ def test_outputs_agree_with_each_other(reference):
         img = np.asarray(Image.open(out / name).convert("L"), dtype=float)
         assert img.shape[0] >= 300 and img.shape[1] >= 600, img.shape
         assert img.std() > 10
+    # the diverging configuration is recorded as diverged at epoch 1 for every seed, counted in the stage's
+    # candidates, never chosen, and the study went on
+    div = trials[trials["config"].str.contains('"lr": 10000.0')]
+    assert len(div) == 2 and (div["status"] == "diverged").all() and (div["diverged_epoch"] == 1).all()
+    assert div["best_test_error"].isna().all() and (div["epochs_run"] == 1).all()
+    cand = [c for c in decisions["standard"]["candidates"] if c["config_key"] == div["config_key"].iloc[0]][0]
+    assert cand["n"] == 0 and cand["n_diverged"] == 2
+    assert decisions["standard"]["config"]["lr"] != 1.0e4
+    assert set(decisions) == {"standard", "sam", "gnp"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "<table" in html
     assert "trials done" in text
