@@ -111,12 +111,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"  stage 2 sam     : {counts['sam']:5d} trials (alpha = 1, r in {spec.stages.sam.r})")
     print(f"  stage 3 gnp     : {counts['gnp']:5d} trials at most ({len(spec.stages.gnp.all_alpha())} alphas "
           f"at the best r and at Figure-2 r {spec.stages.gnp.figure2_r})")
-    print(f"  total           : {counts['total']:5d} trials")
+    print(f"  total           : {counts['total']:5d} trials at most")
     epoch_time = args.epoch_time
     source = "given"
     if epoch_time is None and args.measure:
         epoch_time, source = _measure_epoch(spec), "measured here"
-    if epoch_time is not None:
+    if epoch_time is None:
+        print("  (add --epoch-time SECONDS or --measure for an estimate of trial-hours / GPU hours)")
+    else:
         # alpha = 0 takes one forward-backward pass per step, every other trial two (Algorithm 1).
         one_pass = (counts["standard_search"] + counts["standard"]) * ep * epoch_time
         two_pass = (counts["sam"] + counts["gnp"]) * ep * 2 * epoch_time

@@ -145,7 +145,7 @@ def figure2(study: Study | str | Path) -> Figure:
 
     Returns:
         The Figure; its axes ``fig.axes[:n_panels]`` correspond to the panels in r order, its pixel size
-        at :data:`FIG_DPI` is ``(n_panels * 5.2 * 100, (4.4 + 0.7) * 100)``.
+        at :data:`FIG_DPI` is ``(max(n_panels, 1.6) * 5.2 * 100, (4.4 + 0.7) * 100)``.
 
     Raises:
         StudyFolderError: when given a folder that holds no readable study.
@@ -154,7 +154,8 @@ def figure2(study: Study | str | Path) -> Figure:
     radii, radii_note = figure2_radii(study)
     n_panels = max(len(radii), 1)
     width, height = FIG2_PANEL_SIZE
-    fig = Figure(figsize=(width * n_panels, height + FIG2_LEGEND_HEIGHT), layout="constrained")
+    # one panel alone is widened so that the title and the legend below it are not clipped
+    fig = Figure(figsize=(width * max(n_panels, 1.6), height + FIG2_LEGEND_HEIGHT), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     extra = {round(float(a), 9) for a in (study.stage_spec("gnp").get("alpha_extra") or [])}

@@ -37,6 +37,9 @@ EPOCH_COLUMNS = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "epoch
                  "epoch_time_s"]
 
 
+_UNFINISHED = "the trial ended before its last epoch"
+
+
 class StudyError(RuntimeError):
     """A study cannot start or continue; the message says why and what to do (CLI exit status 2)."""
 
@@ -56,6 +59,24 @@ def write_json(path: Path, data) -> None:
 def write_parquet(path: Path, df: pd.DataFrame) -> None:
     """Write a Parquet table atomically."""
     _atomic_write(path, lambda p: df.to_parquet(p, index=False))
+
+
+def read_json(path: Path, default: dict) -> dict:
+    """Read a JSON object written by the runner; an absent file gives ``default``.
+
+    Raises:
+        StudyError: the file exists but is not a JSON object.
+    """
+    if not path.exists():
+        return default
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StudyError(f"{path} is not readable JSON ({e}); restore it or start a new study folder (--new)")
+    if not isinstance(data, dict):
+        raise StudyError(f"{path} should hold a JSON object, found {type(data).__name__}; restore it or start "
+                         f"a new study folder (--new)")
+    return data
 
 
 def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -170,6 +191,9 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
         # Tune's own console tables would interleave with the study's progress line (verbose=0 alone
         # does not silence the new output engine).
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Ctrl-C must stop the driver (the stage resumes on the next run), not make Tune end the running
+        # trials early and return them as if the stage were complete.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         # Trials checkpoint every epoch by design (resume loses at most one epoch): no warning for it.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # The driver's GNP_STUDY_* settings reach the trial workers, also on an existing cluster.
@@ -246,6 +270,8 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
     trial_rows, epoch_frames = [], []
     for res in results:
         cfg = res.config
+        if cfg is None:  # a trial Tune never started (the stage was interrupted)
+            continue
         if "trial" in cfg:
             trial = cfg["trial"]
         else:
@@ -262,7 +288,7 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
         if res.error is not None:
             status, error = "failed", f"{type(res.error).__name__}: {res.error}"[-2000:]
         elif status == "running":
-            status, error = "failed", "the trial ended before its last epoch"
+            status, error = "failed", _UNFINISHED
         ep = pd.DataFrame({
             "trial_id": trial["trial_id"], "stage": stage, "config_key": trial["config_key"],
             "alpha": float(trial["config"]["alpha"]), "r": float(trial["config"]["r"]), "seed": int(trial["seed"]),
@@ -387,8 +413,8 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
     if not stored.exists():
         return
     try:
-        old = yaml.safe_load(stored.read_text())
-    except yaml.YAMLError as e:
+        old = yaml.safe_load(stored.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise StudyError(f"{stored} is not readable YAML ({e}); use a new study folder (--output or --new)")
     new = spec.resolved()
     if old != new:
@@ -491,10 +517,17 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         trials = read_table(trials_path, TRIAL_COLUMNS)
         epochs = read_table(epochs_path, EPOCH_COLUMNS)
         decisions_path = study_dir / "decisions.json"
-        decisions = json.loads(decisions_path.read_text()) if decisions_path.exists() else {}
+        decisions = read_json(decisions_path, {})
+        bad = [k for k, v in decisions.items() if k not in STAGES or not isinstance(v, dict)]
+        if bad:
+            raise StudyError(f"{decisions_path} holds unknown or malformed entries {bad}; restore it or start "
+                             f"a new study folder (--new)")
         info_path = study_dir / "run_info.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {
-            "started": _dt.datetime.now().isoformat(timespec="seconds"), "stages": {}, "wall_time_s": 0.0}
+        info = read_json(info_path, {
+            "started": _dt.datetime.now().isoformat(timespec="seconds"), "stages": {}, "wall_time_s": 0.0})
+        if not isinstance(info.get("stages", {}), dict):
+            raise StudyError(f"{info_path} is malformed ('stages' is not a mapping); restore it or delete it")
+        info.setdefault("stages", {})
         check_checkpoints(study_dir, decisions)
         resources = connect(address)
         check_resources(spec, resources)
@@ -515,6 +548,10 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
                 write_parquet(study_dir / "search_trials.parquet", search)
             plan = protocol.plan(stage, spec, decisions, candidates)
             t_new, e_new = run_stage(stage, plan, spec, storage)
+            unfinished = len(plan) - len(t_new) + int((t_new["error"] == _UNFINISHED).sum())
+            if unfinished:
+                raise StudyError(f"stage {stage!r} was interrupted with {unfinished} of {len(plan)} trials "
+                                 f"unfinished; run the same command again to resume it")
             trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
             epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new
             write_parquet(trials_path, trials)

@@ -56,7 +56,7 @@ class DataSpec(_Strict):
     augmentation: str = "none"
     train_subset: int | None = Field(None, gt=0, description="class-balanced subset of the training set")
     test_subset: int | None = Field(None, gt=0)
-    subset_seed: int = 0
+    subset_seed: int = Field(0, ge=0, lt=2**63)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per trial")
     loader: Literal["torch", "device"] = Field(
         "torch", description="torch DataLoader, or the whole data set on the trial's device (gpu_data)")
@@ -155,11 +155,18 @@ class StandardStage(_Strict):
         return self
 
 
-def _unique_finite(values: list[float], name: str, positive: bool = False) -> list[float]:
+#: Largest |alpha| accepted: far beyond the paper's B_b (2.0); larger values only overflow float32.
+MAX_ABS_ALPHA = 100.0
+
+
+def _unique_finite(values: list[float], name: str, positive: bool = False, bound: float | None = None
+                   ) -> list[float]:
     if not values:
         raise ValueError(f"{name}: empty grid")
     for v in values:
         _finite(v, name)
+        if bound is not None and abs(v) > bound:
+            raise ValueError(f"{name}: |value| must be at most {bound:g}, got {v}")
         if positive and v <= 0:
             raise ValueError(f"{name}: values must be > 0, got {v}")
     if len(set(values)) != len(values):
@@ -192,12 +199,12 @@ class GnpStage(_Strict):
     @field_validator("alpha")
     @classmethod
     def _alpha(cls, v):
-        return _unique_finite(v, "alpha")
+        return _unique_finite(v, "alpha", bound=MAX_ABS_ALPHA)
 
     @field_validator("alpha_extra")
     @classmethod
     def _extra(cls, v):
-        return _unique_finite(v, "alpha_extra") if v else v
+        return _unique_finite(v, "alpha_extra", bound=MAX_ABS_ALPHA) if v else v
 
     @field_validator("figure2_r")
     @classmethod
@@ -272,10 +279,32 @@ class StudySpec(_Strict):
             raise ValueError("at least one seed is needed")
         if len(set(v)) != len(v):
             raise ValueError(f"duplicate seeds in {v}")
+        bad = [s for s in v if not 0 <= s < 2**63]
+        if bad:
+            raise ValueError(f"seeds must be in [0, 2**63), got {bad}")
         return v
 
     @model_validator(mode="after")
     def _cross(self):
+        # Every value stage 1 may try must be a valid training value: checked by the training field
+        # itself, so a grid cannot smuggle in what `training:` would refuse (lr 0, batch size 0, ...).
+        base = self.training.model_dump()
+        for key, values in self.stages.standard.space.items():
+            tried = values if isinstance(values, list) else [values.low, values.high]
+            for v in tried:
+                if isinstance(v, bool):
+                    raise ValueError(f"stages.standard.space.{key}: {v!r} is not a number")
+                try:
+                    TrainingSpec.model_validate(dict(base, **{key: v}))
+                except ValidationError as err:
+                    why = "; ".join(e["msg"] for e in err.errors())
+                    raise ValueError(f"stages.standard.space.{key}: value {v!r} is invalid: {why}") from None
+        run = self.stages.gnp.all_alpha()
+        if self.stages.gnp.figure3_alpha is not None:
+            absent = [a for a in self.stages.gnp.figure3_alpha if a not in run]
+            if absent:
+                raise ValueError(f"stages.gnp.figure3_alpha {absent} are not run in stage 3 "
+                                 f"(alpha + alpha_extra: {run})")
         missing = [r for r in self.stages.gnp.figure2_r if r not in self.stages.sam.r]
         if missing:
             raise ValueError(f"stages.gnp.figure2_r {missing} must be values of stages.sam.r "
@@ -390,9 +419,11 @@ def load_spec(path: str | Path | None, *, check_names: bool = True) -> StudySpec
     """
     p = find_study(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"cannot read study file {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"study file {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

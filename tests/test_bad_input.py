@@ -67,6 +67,19 @@ SPEC_CASES = [
     ("negative-gpus", study_with(resources__gpus_per_trial=-1), "resources.gpus_per_trial"),
     ("negative-max-failures", study_with(max_failures=-1), "max_failures"),
     ("bad-base-optimizer", study_with(training__base_optimizer="lbfgs"), "training.base_optimizer"),
+    ("space-lr-negative", study_with(stages__standard__space={"lr": [-1.0, 0.05]}), "stages.standard.space.lr"),
+    ("space-batch-size-zero", study_with(stages__standard__space={"batch_size": [0]}),
+     "stages.standard.space.batch_size"),
+    ("space-momentum-above-one", study_with(stages__standard__space={"momentum": [1.5]}),
+     "stages.standard.space.momentum"),
+    ("space-weight-decay-negative", study_with(stages__standard__space={"weight_decay": [-1.0]}),
+     "stages.standard.space.weight_decay"),
+    ("optuna-range-out-of-bounds", study_with(stages__standard__search="optuna",
+                                              stages__standard__space={"momentum": {"low": 1.0, "high": 5.0}}),
+     "stages.standard.space.momentum"),
+    ("alpha-huge", study_with(stages__gnp__alpha_extra=[1e308]), "at most 100"),
+    ("figure3-alpha-not-run", study_with(stages__gnp__figure3_alpha=[7.0]), "figure3_alpha"),
+    ("seed-negative", study_with(seeds=[-1]), "seeds"),
     ("data-folder-missing", study_with(data__dataset="cifar10", data__root="/nonexistent/cifar"),
      "/nonexistent/cifar"),
 ]
@@ -208,3 +221,24 @@ def test_gpus_requested_without_gpus(tmp_path, existing_results, capsys, ray_hea
     assert "resources.gpus_per_trial" in err and "0 GPU" in err
     assert not (existing_results / "ray").exists() and not (existing_results / "trials.parquet").exists()
     assert {k: v for k, v in snapshot(existing_results).items() if k in before} == before
+
+
+def test_study_file_that_is_not_utf8(tmp_path, existing_results, capsys):
+    study = tmp_path / "bad.yaml"
+    study.write_bytes(b"name: \xff\xfe\n")
+    before = snapshot(existing_results)
+    code, err = run_cli(["run", "greedy", str(study), "--output", str(existing_results)], capsys)
+    assert_clean_failure(code, err, "not UTF-8", existing_results, before)
+
+
+@pytest.mark.parametrize("name, content", [("decisions.json", "{not json"), ("decisions.json", "[]"),
+                                           ("decisions.json", '{"standard": "x"}'),
+                                           ("run_info.json", "{not json")])
+def test_corrupted_json_in_the_study_folder(tmp_path, capsys, name, content):
+    study, out = _stored_study(tmp_path)
+    (out / name).write_text(content)
+    before = snapshot(out)
+    code, err = run_cli(["run", "greedy", str(study), "--output", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err and name in err
+    assert snapshot(out) == before
+    assert not (out / "ray").exists()

@@ -201,7 +201,8 @@ def test_crashed_trials_retry_from_checkpoint_and_failures_are_recorded(referenc
     assert trials.loc[others, "best_test_error"].equals(ref.loc[others, "best_test_error"])
 
 
-def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(reference, tmp_path, ray_head):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_interrupted_driver_resumes_without_losing_or_repeating_trials(reference, tmp_path, ray_head, sig):
     study, ref_out, _, _ = reference
     out = tmp_path / "resumed"
     proc = cli(["run", "greedy", str(study), "--output", str(out), "--address", ray_head])
@@ -222,8 +223,14 @@ def test_sigkilled_driver_resumes_without_losing_or_repeating_trials(reference, 
                 finished_before = done
                 break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    else:  # Ctrl-C: the driver stops at once, says how to resume, and decides nothing
+        os.kill(proc.pid, signal.SIGINT)
+        text = finish(proc, timeout=120)
+        assert proc.returncode == 130, text[-3000:]
+        assert "run the same command again to resume" in text and "Traceback" not in text
     assert finished_before, "no trial of stage 'sam' finished in time"
     assert not json.loads((out / "decisions.json").read_text()).get("sam")
     run_study(study, out, ray_head)
