@@ -528,6 +528,17 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         if not isinstance(info.get("stages", {}), dict):
             raise StudyError(f"{info_path} is malformed ('stages' is not a mapping); restore it or delete it")
         info.setdefault("stages", {})
+        if all(stage in decisions for stage in STAGES):
+            # Every stage is decided: nothing to train, no Ray; the outputs are rebuilt from the tables.
+            print(f"[gnp-study] every stage of {spec.name!r} is already decided in {study_dir}; rebuilding "
+                  f"the outputs only", file=sys.stderr)
+            if build_report:
+                from gnp_study.report import build_outputs
+
+                build_outputs(study_dir)
+            if uri:
+                _upload(study_dir, uri)
+            return decisions
         check_checkpoints(study_dir, decisions)
         resources = connect(address)
         check_resources(spec, resources)

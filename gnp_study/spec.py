@@ -348,6 +348,16 @@ def _check_registries(spec: StudySpec, source: str) -> None:
     if spec.data.dataset not in data.DATASETS:
         raise SpecError(f"invalid study {source}: data.dataset: unknown data set {spec.data.dataset!r}; "
                         f"accepted: {', '.join(sorted(data.DATASETS))}")
+    facts = data.DATASETS[spec.data.dataset]
+    try:  # build the model on the meta device: checks model.kwargs without allocating any weights
+        import torch
+
+        with torch.device("meta"):
+            models.build_model(spec.model.name, facts.num_classes, in_channels=facts.in_channels,
+                               image_size=facts.image_size, **spec.model.kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"invalid study {source}: model.kwargs {spec.model.kwargs} are not accepted by model "
+                        f"{spec.model.name!r}: {e}") from None
     if spec.data.augmentation not in data.AUGMENTATIONS:
         raise SpecError(f"invalid study {source}: data.augmentation: unknown augmentation "
                         f"{spec.data.augmentation!r}; accepted: {', '.join(data.AUGMENTATIONS)}")

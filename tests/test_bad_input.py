@@ -80,6 +80,7 @@ SPEC_CASES = [
     ("alpha-huge", study_with(stages__gnp__alpha_extra=[1e308]), "at most 100"),
     ("figure3-alpha-not-run", study_with(stages__gnp__figure3_alpha=[7.0]), "figure3_alpha"),
     ("seed-negative", study_with(seeds=[-1]), "seeds"),
+    ("model-kwargs-unknown", study_with(model__kwargs={"bogus": 1}), "model.kwargs"),
     ("data-folder-missing", study_with(data__dataset="cifar10", data__root="/nonexistent/cifar"),
      "/nonexistent/cifar"),
 ]

@@ -148,6 +148,17 @@ def test_report_rebuilds_without_ray(reference, tmp_path):
     assert (out / "results.csv").read_text() == before
 
 
+def test_running_a_finished_study_again_trains_nothing(reference):
+    study, out, _, _ = reference
+    before = (out / "trials.parquet").read_bytes()
+    # an unreachable Ray address: the run must not need Ray at all
+    proc = cli(["run", "greedy", str(study), "--output", str(out), "--address", "127.0.0.1:1"])
+    text = finish(proc, timeout=300)
+    assert proc.returncode == 0, text[-3000:]
+    assert "already decided" in text
+    assert (out / "trials.parquet").read_bytes() == before
+
+
 def _compare_to_reference(ref_out: Path, out: Path):
     ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id").sort_index()
     got = pd.read_parquet(out / "trials.parquet").set_index("trial_id").sort_index()
