@@ -201,8 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gnp-study`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from gnp_study.runner import StudyInterrupted
+
     try:
         return int(args.func(args) or 0)
+    except StudyInterrupted as e:
+        print(f"gnp-study: interrupted: {e}", file=sys.stderr)
+        return 130
     except _user_errors() as e:
         print(f"gnp-study: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -44,6 +44,10 @@ class StudyError(RuntimeError):
     """A study cannot start or continue; the message says why and what to do (CLI exit status 2)."""
 
 
+class StudyInterrupted(StudyError):
+    """A stage ended with unfinished trials (Ctrl-C); rerunning the command resumes it (exit status 130)."""
+
+
 # --------------------------------------------------------------------------------------------- storage
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -191,9 +195,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
         # Tune's own console tables would interleave with the study's progress line (verbose=0 alone
         # does not silence the new output engine).
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # Ctrl-C must stop the driver (the stage resumes on the next run), not make Tune end the running
-        # trials early and return them as if the stage were complete.
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         # Trials checkpoint every epoch by design (resume loses at most one epoch): no warning for it.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # The driver's GNP_STUDY_* settings reach the trial workers, also on an existing cluster.
@@ -561,8 +562,10 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
             t_new, e_new = run_stage(stage, plan, spec, storage)
             unfinished = len(plan) - len(t_new) + int((t_new["error"] == _UNFINISHED).sum())
             if unfinished:
-                raise StudyError(f"stage {stage!r} was interrupted with {unfinished} of {len(plan)} trials "
-                                 f"unfinished; run the same command again to resume it")
+                # Ctrl-C: Tune stops the stage gracefully, saving a consistent experiment state, and returns
+                # the unfinished trials; nothing is decided from them.
+                raise StudyInterrupted(f"stage {stage!r} was interrupted with {unfinished} of {len(plan)} "
+                                       f"trials unfinished; run the same command again to resume it")
             trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
             epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new
             write_parquet(trials_path, trials)
