@@ -99,6 +99,17 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- the trainable
+def _trial_of(config: dict, spec: StudySpec) -> dict:
+    """The trial (``TrialConfig.to_dict()``) of a Tune config: a planned trial, or an Optuna search sample
+    of stage 1 (searched fields at flat keys, run on the first seed)."""
+    if "trial" in config:
+        return config["trial"]
+    overrides = {k: config[k] for k in spec.stages.standard.space}
+    if "batch_size" in overrides:
+        overrides["batch_size"] = int(round(overrides["batch_size"]))
+    return TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
+
+
 def _trainable(config: dict, spec_dict: dict) -> None:
     """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample."""
     import ray
@@ -108,13 +119,7 @@ def _trainable(config: dict, spec_dict: dict) -> None:
     from gnp_study.train import train_trial
 
     spec = parse_spec(spec_dict, check_names=False)
-    if "trial" in config:
-        trial = config["trial"]
-    else:  # Optuna search sample of stage 1: searched fields at flat keys, one seed
-        overrides = {k: config[k] for k in spec.stages.standard.space}
-        if "batch_size" in overrides:
-            overrides["batch_size"] = int(round(overrides["batch_size"]))
-        trial = TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
+    trial = _trial_of(config, spec)
     state = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -273,11 +278,7 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
         cfg = res.config
         if cfg is None:  # a trial Tune never started (the stage was interrupted)
             continue
-        if "trial" in cfg:
-            trial = cfg["trial"]
-        else:
-            overrides = {k: cfg[k] for k in spec.stages.standard.space}
-            trial = TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
+        trial = _trial_of(cfg, spec)
         df = res.metrics_dataframe
         if df is not None and "epoch" in df.columns and len(df):
             df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
@@ -475,6 +476,63 @@ def lock_study(study_dir: Path):
     return lock
 
 
+def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str | None,
+                        address: str | None, trials: pd.DataFrame, epochs: pd.DataFrame, decisions: dict,
+                        info: dict) -> None:
+    """Run every stage not yet in ``decisions`` (updated in place), writing the tables, decisions.json
+    and run_info.json after each; the body of :func:`run_greedy` once the folder is checked and locked."""
+    trials_path, epochs_path = study_dir / "trials.parquet", study_dir / "epochs.parquet"
+    decisions_path, info_path = study_dir / "decisions.json", study_dir / "run_info.json"
+    check_checkpoints(study_dir, decisions)
+    resources = connect(address)
+    check_resources(spec, resources)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
+    info.update(versions=_versions(), hardware=_hardware(resources), finished=None,
+                ray_address=address or os.environ.get("RAY_ADDRESS"))
+    write_json(info_path, info)
+    for stage in STAGES:
+        if stage in decisions:
+            continue
+        t0 = time.time()
+        # Rows of an interrupted stage (if any made it to disk) are rebuilt from Tune's experiment.
+        trials = trials[trials["stage"] != stage]
+        epochs = epochs[epochs["stage"] != stage]
+        candidates = None
+        if stage == "standard" and spec.stages.standard.search == "optuna":
+            candidates, search = run_optuna_search(spec, storage)
+            write_parquet(study_dir / "search_trials.parquet", search)
+        plan = protocol.plan(stage, spec, decisions, candidates)
+        t_new, e_new = run_stage(stage, plan, spec, storage)
+        unfinished = len(plan) - len(t_new) + int((t_new["error"] == _UNFINISHED).sum())
+        if unfinished:
+            # Ctrl-C: Tune stops the stage gracefully, saving a consistent experiment state, and returns
+            # the unfinished trials; nothing is decided from them.
+            raise StudyInterrupted(f"stage {stage!r} was interrupted with {unfinished} of {len(plan)} "
+                                   f"trials unfinished; run the same command again to resume it")
+        trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
+        epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new
+        write_parquet(trials_path, trials)
+        write_parquet(epochs_path, epochs)
+        try:
+            decisions[stage] = protocol.decide(stage, trials, spec, decisions)
+        except protocol.ProtocolError as e:
+            raise StudyError(str(e)) from None
+        write_json(decisions_path, decisions)
+        wall = time.time() - t0
+        cpu_h = float((t_new["wall_time_s"] * t_new["cpus"]).sum()) / 3600
+        gpu_h = float((t_new["wall_time_s"] * t_new["gpus"]).sum()) / 3600
+        info["stages"][stage] = {"wall_time_s": wall, "cpu_hours": cpu_h, "gpu_hours": gpu_h,
+                                 "n_trials": len(t_new)}
+        info["wall_time_s"] = float(info.get("wall_time_s", 0.0)) + wall
+        write_json(info_path, info)
+        if uri:
+            _upload(study_dir, uri)
+    info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    write_json(info_path, info)
+    if spec.paper is not None:
+        _write_paper_reference(spec, study_dir)
+
+
 def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = None,
                build_report: bool = True) -> dict:
     """Run (or resume) the whole greedy protocol of a study in ``study_dir``.
@@ -514,9 +572,8 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
     lock = lock_study(study_dir)
     try:
         check_study_folder(spec, study_dir)
-        trials_path, epochs_path = study_dir / "trials.parquet", study_dir / "epochs.parquet"
-        trials = read_table(trials_path, TRIAL_COLUMNS)
-        epochs = read_table(epochs_path, EPOCH_COLUMNS)
+        trials = read_table(study_dir / "trials.parquet", TRIAL_COLUMNS)
+        epochs = read_table(study_dir / "epochs.parquet", EPOCH_COLUMNS)
         decisions_path = study_dir / "decisions.json"
         decisions = read_json(decisions_path, {})
         bad = [k for k, v in decisions.items() if k not in STAGES or not isinstance(v, dict)]
@@ -529,65 +586,11 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         if not isinstance(info.get("stages", {}), dict):
             raise StudyError(f"{info_path} is malformed ('stages' is not a mapping); restore it or delete it")
         info.setdefault("stages", {})
-        if all(stage in decisions for stage in STAGES):
-            # Every stage is decided: nothing to train, no Ray; the outputs are rebuilt from the tables.
+        if any(stage not in decisions for stage in STAGES):
+            _run_pending_stages(spec, study_dir, storage, uri, address, trials, epochs, decisions, info)
+        else:  # nothing to train and no Ray: the outputs are rebuilt from the tables
             print(f"[gnp-study] every stage of {spec.name!r} is already decided in {study_dir}; rebuilding "
                   f"the outputs only", file=sys.stderr)
-            if build_report:
-                from gnp_study.report import build_outputs
-
-                build_outputs(study_dir)
-            if uri:
-                _upload(study_dir, uri)
-            return decisions
-        check_checkpoints(study_dir, decisions)
-        resources = connect(address)
-        check_resources(spec, resources)
-        (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
-        info.update(versions=_versions(), hardware=_hardware(resources), finished=None,
-                    ray_address=address or os.environ.get("RAY_ADDRESS"))
-        write_json(info_path, info)
-        for stage in STAGES:
-            if stage in decisions:
-                continue
-            t0 = time.time()
-            # Rows of an interrupted stage (if any made it to disk) are rebuilt from Tune's experiment.
-            trials = trials[trials["stage"] != stage]
-            epochs = epochs[epochs["stage"] != stage]
-            candidates = None
-            if stage == "standard" and spec.stages.standard.search == "optuna":
-                candidates, search = run_optuna_search(spec, storage)
-                write_parquet(study_dir / "search_trials.parquet", search)
-            plan = protocol.plan(stage, spec, decisions, candidates)
-            t_new, e_new = run_stage(stage, plan, spec, storage)
-            unfinished = len(plan) - len(t_new) + int((t_new["error"] == _UNFINISHED).sum())
-            if unfinished:
-                # Ctrl-C: Tune stops the stage gracefully, saving a consistent experiment state, and returns
-                # the unfinished trials; nothing is decided from them.
-                raise StudyInterrupted(f"stage {stage!r} was interrupted with {unfinished} of {len(plan)} "
-                                       f"trials unfinished; run the same command again to resume it")
-            trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
-            epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new
-            write_parquet(trials_path, trials)
-            write_parquet(epochs_path, epochs)
-            try:
-                decisions[stage] = protocol.decide(stage, trials, spec, decisions)
-            except protocol.ProtocolError as e:
-                raise StudyError(str(e)) from None
-            write_json(decisions_path, decisions)
-            wall = time.time() - t0
-            cpu_h = float((t_new["wall_time_s"] * t_new["cpus"]).sum()) / 3600
-            gpu_h = float((t_new["wall_time_s"] * t_new["gpus"]).sum()) / 3600
-            info["stages"][stage] = {"wall_time_s": wall, "cpu_hours": cpu_h, "gpu_hours": gpu_h,
-                                     "n_trials": len(t_new)}
-            info["wall_time_s"] = float(info.get("wall_time_s", 0.0)) + wall
-            write_json(info_path, info)
-            if uri:
-                _upload(study_dir, uri)
-        info["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
-        write_json(info_path, info)
-        if spec.paper is not None:
-            _write_paper_reference(spec, study_dir)
         if build_report:
             from gnp_study.report import build_outputs
 
