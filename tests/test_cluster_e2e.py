@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import free_port, ray_bin
 from gnp_study import jobs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -41,16 +41,6 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"
 ENV.pop("RAY_ADDRESS", None)
 ENV["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"  # multi-node on one machine (see Cluster)
 ENV.pop("RAY_API_SERVER_ADDRESS", None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray() -> str:
-    return str(Path(sys.executable).with_name("ray"))
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -71,7 +61,7 @@ class Cluster:
     """A Ray head started here; ``add_worker`` starts a worker node process joined to it."""
 
     def __init__(self, num_cpus: int = 2):
-        self.port, self.dashboard_port = _free_port(), _free_port()
+        self.port, self.dashboard_port = free_port(), free_port()
         self.temp_dir = tempfile.mkdtemp(prefix="gnpr", dir="/tmp")  # short: Ray's socket paths
         self.temp_dirs = [self.temp_dir]
         self.log_dir = Path(tempfile.mkdtemp(prefix="gnpray-logs"))
@@ -81,10 +71,10 @@ class Cluster:
         # address) to the machine's address; the nodes therefore bind 127.0.0.2, 127.0.0.3, ...: other
         # loopback addresses, so all traffic stays on the loopback interface.
         self.gcs_address = f"127.0.0.2:{self.port}"
-        self._spawn("head", [_ray(), "start", "--head", "--node-ip-address=127.0.0.2", f"--port={self.port}",
+        self._spawn("head", [ray_bin(), "start", "--head", "--node-ip-address=127.0.0.2", f"--port={self.port}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                              "--include-dashboard=true", f"--num-cpus={num_cpus}", "--num-gpus=0",
-                             f"--dashboard-agent-listen-port={_free_port()}",
+                             f"--dashboard-agent-listen-port={free_port()}",
                              "--disable-usage-stats", f"--temp-dir={self.temp_dir}", "--block"])
         jobs.wait_for_nodes(self.job_address, 1, timeout_s=START_TIMEOUT_S, poll_s=1.0)
 
@@ -101,8 +91,8 @@ class Cluster:
         temp = tempfile.mkdtemp(prefix="gnpw", dir="/tmp")
         self.temp_dirs.append(temp)
         self._spawn(f"worker{len(self.procs)}", [
-            _ray(), "start", f"--address={self.gcs_address}", f"--node-ip-address=127.0.0.{len(self.procs) + 2}",
-            f"--num-cpus={num_cpus}", "--num-gpus=0", f"--dashboard-agent-listen-port={_free_port()}",
+            ray_bin(), "start", f"--address={self.gcs_address}", f"--node-ip-address=127.0.0.{len(self.procs) + 2}",
+            f"--num-cpus={num_cpus}", "--num-gpus=0", f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats", f"--temp-dir={temp}", "--block"])
         jobs.wait_for_nodes(self.job_address, len(self.procs), timeout_s=START_TIMEOUT_S, poll_s=1.0)
 
