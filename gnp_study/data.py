@@ -49,6 +49,7 @@ Augmentations (:data:`AUGMENTATIONS`; Section 4 of the paper):
 
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 import pickle
@@ -62,8 +63,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 __all__ = [
-    "AUGMENTATIONS", "DATASETS", "DataBundle", "DataError", "DatasetSpec", "Cutout", "RandomCutMix",
-    "build_datasets", "build_transforms", "check_data", "class_balanced_indices",
+    "AUGMENTATIONS", "DATASETS", "LABEL_NOISE_KINDS", "DataBundle", "DataError", "DatasetSpec", "Cutout",
+    "NoisyLabels", "RandomCutMix", "build_datasets", "build_transforms", "check_data", "check_split_sizes",
+    "class_balanced_indices", "noisy_labels", "validation_split",
 ]
 
 AUGMENTATIONS: tuple[str, ...] = ("none", "basic", "cutout", "autoaugment_cutmix", "vit_heavy", "imagenet")
@@ -91,6 +93,9 @@ class DatasetSpec:
         fixed_classes: whether an ImageFolder copy must have exactly ``num_classes`` class folders
             (False for ImageNet, so class subsets such as Imagenette load; the bundle then reports the
             number of folders found).
+        n_train: images in the official training split (digits: the 80% split), or None where copies
+            vary in size (ImageNet subsets). Used to reject subset and validation sizes before a trial
+            starts (:func:`check_split_sizes`); a smaller local copy is checked when it is loaded.
     """
 
     name: str
@@ -105,6 +110,7 @@ class DatasetSpec:
     cutout_size: int | None = None
     source: str = ""
     fixed_classes: bool = True
+    n_train: int | None = None
 
 
 _CIFAR_AUGS = ("none", "basic", "cutout", "autoaugment_cutmix", "vit_heavy")
@@ -112,23 +118,24 @@ _CIFAR_AUGS = ("none", "basic", "cutout", "autoaugment_cutmix", "vit_heavy")
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         "digits", 10, 1, 8, (0.3054,), (0.3761,), ("sklearn",), ("none",), hflip=False,
-        source="sklearn.datasets.load_digits; mean/std of the 80% training split scaled by 1/16"),
+        n_train=1437, source="sklearn.datasets.load_digits; mean/std of the 80% training split scaled by 1/16"),
     "cifar10": DatasetSpec(
         "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), ("python", "imagefolder"),
-        _CIFAR_AUGS, cutout_size=16,
+        _CIFAR_AUGS, cutout_size=16, n_train=50000,
         source="Krizhevsky 2009; per-channel mean/std of the 50,000 training images; cutout 16 (DeVries & Taylor 2017)"),
     "cifar100": DatasetSpec(
         "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), ("python", "imagefolder"),
-        _CIFAR_AUGS, cutout_size=8,
+        _CIFAR_AUGS, cutout_size=8, n_train=50000,
         source="Krizhevsky 2009; per-channel mean/std of the 50,000 training images; cutout 8 (DeVries & Taylor 2017)"),
     "svhn": DatasetSpec(
         "svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), ("mat",), ("none", "basic"),
-        hflip=False, source="Netzer et al. 2011; per-channel mean/std of the 73,257 training images"),
+        hflip=False, n_train=73257,
+        source="Netzer et al. 2011; per-channel mean/std of the 73,257 training images"),
     "mnist": DatasetSpec(
         "mnist", 10, 1, 28, (0.1307,), (0.3081,), ("idx",), ("none", "basic"), hflip=False,
-        source="LeCun et al. 1998; mean/std of the 60,000 training images"),
+        n_train=60000, source="LeCun et al. 1998; mean/std of the 60,000 training images"),
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), ("idx",), ("none", "basic"),
+        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,), ("idx",), ("none", "basic"), n_train=60000,
         source="Xiao et al. 2017; mean/std of the 60,000 training images"),
     "imagenet": DatasetSpec(
         "imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), ("imagefolder",),
@@ -148,7 +155,10 @@ class DataBundle:
             224 for ImageNet).
         batch_transform: callable ``(images (B,C,H,W), labels (B,)) -> (images, labels)`` to apply to each
             training batch (CutMix; labels become ``(B, num_classes)`` float), or None.
-        info: JSON-friendly facts: dataset, root, format, augmentation, n_train, n_test, mean, std, ...
+        info: JSON-friendly facts: dataset, root, format, augmentation, n_train, n_test, n_val, mean, std,
+            validation_size/seed, label_noise (fraction, kind, seed, n_changed), ...
+        val: the validation split carved out of the training data (test transforms, clean labels), or
+            None when the study has none (the paper's protocol).
     """
 
     train: Dataset
@@ -158,6 +168,7 @@ class DataBundle:
     image_size: int
     batch_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
     info: dict = field(default_factory=dict)
+    val: Dataset | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -655,6 +666,172 @@ def class_balanced_indices(targets: Sequence[int] | np.ndarray | Tensor, n: int,
     return sorted(out)
 
 
+def validation_split(targets: Sequence[int] | np.ndarray | Tensor, size: int, seed: int = 0,
+                     train_subset: int | None = None, subset_seed: int = 0) -> tuple[list[int], list[int]]:
+    """Split a training set into the images trained on and a fixed, class-balanced validation split.
+
+    The training images are chosen first and exactly as without a validation split (the
+    ``train_subset`` images of :func:`class_balanced_indices` with ``subset_seed``, or every image), so
+    a study with a validation split trains on the same images as the same study without one; the
+    validation images are then a class-balanced draw (:func:`class_balanced_indices` with ``seed``)
+    from the images left over. Without ``train_subset`` the training set shrinks by ``size`` images.
+    The split depends only on the labels and the seeds, never on a trial, so every configuration and
+    every trial seed of a study sees the same split (hold-out validation, e.g. Hastie, Tibshirani &
+    Friedman 2009, Sec. 7.2).
+
+    Args:
+        targets: integer labels of the whole training set, length N.
+        size: validation images, >= 1.
+        seed: the validation split's seed.
+        train_subset: training images kept (None: all images not taken for validation).
+        subset_seed: seed of the training subset.
+    Returns:
+        ``(train_indices, val_indices)``: sorted, disjoint lists of indices into ``targets``.
+    Raises:
+        ValueError: ``size`` < 1 or more than the images left after the training subset (the message
+            names ``data.validation.size``), or ``train_subset`` outside [1, N].
+    """
+    y = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets).astype(np.int64).ravel()
+    n = len(y)
+    if train_subset is not None:
+        if not 1 <= train_subset <= n:
+            raise ValueError(f"data.train_subset: must be in [1, {n}] (the training images), got {train_subset}")
+        train = class_balanced_indices(y, train_subset, subset_seed)
+        left = np.setdiff1d(np.arange(n), train)
+    else:
+        train, left = [], np.arange(n)
+    room = len(left) - (0 if train_subset is not None else 1)  # without a subset keep >= 1 training image
+    if not 1 <= size <= room:
+        raise ValueError(f"data.validation.size: must be in [1, {room}] ({n} training images"
+                         f"{f', {train_subset} taken by data.train_subset' if train_subset is not None else ''}), "
+                         f"got {size}")
+    val = sorted(int(left[i]) for i in class_balanced_indices(y[left], size, seed))
+    if train_subset is None:
+        train = sorted(set(range(n)) - set(val))
+    return list(train), val
+
+
+def check_split_sizes(name: str, train_subset: int | None, validation_size: int | None,
+                      n_train: int | None = None) -> None:
+    """Check that the training subset and the validation split fit the training set, before any trial.
+
+    Args:
+        name: a key of :data:`DATASETS`.
+        train_subset, validation_size: the study's ``data.train_subset`` and ``data.validation.size``
+            (None: not set).
+        n_train: training images of the copy at hand; default the data set's official count
+            (:attr:`DatasetSpec.n_train`; nothing is checked when that is unknown).
+    Raises:
+        ValueError: a size that does not fit; the message names the field (``data.train_subset`` or
+            ``data.validation.size``) and the numbers.
+    """
+    n = DATASETS[name].n_train if n_train is None else n_train
+    if n is None:
+        return
+    if train_subset is not None and train_subset > n:
+        raise ValueError(f"data.train_subset: {train_subset} is more than the {n} training images of {name}")
+    if validation_size is not None:
+        room = n - train_subset if train_subset is not None else n - 1
+        if validation_size > room:
+            taken = f", {train_subset} taken by data.train_subset" if train_subset is not None else ""
+            raise ValueError(f"data.validation.size: {validation_size} validation images do not fit: {name} has "
+                             f"{n} training images{taken}, leaving at most {room}")
+
+
+#: Kinds of training-label noise (see :func:`noisy_labels`).
+LABEL_NOISE_KINDS: tuple[str, ...] = ("symmetric", "pairflip")
+
+
+def noisy_labels(targets: Sequence[int] | np.ndarray | Tensor, fraction: float, kind: str, num_classes: int,
+                 seed: int = 0) -> np.ndarray:
+    """Corrupt a fixed fraction of labels, reproducibly from ``seed`` alone.
+
+    Exactly ``k = floor(fraction * N + 0.5)`` images (the nearest integer, halves up), drawn uniformly
+    without replacement with ``numpy.random.default_rng(seed)``, get a WRONG label; the others keep
+    theirs, so ``fraction`` is the fraction of wrong labels.
+
+    - ``symmetric``: the new label is uniform over the ``num_classes - 1`` other classes, never the true
+      one. (The convention of Zhang et al. 2017 and of Foret et al. 2021, Sec. 3.3 draws from all classes,
+      so a drawn label may be right by chance: their fraction f corresponds to f (K - 1) / K here.)
+    - ``pairflip``: label c becomes (c + 1) mod ``num_classes`` (the "pair flipping" noise of Han et al.
+      2018, Co-teaching).
+
+    Args:
+        targets: clean integer labels in ``[0, num_classes)``, length N.
+        fraction: in [0, 1).
+        kind: one of :data:`LABEL_NOISE_KINDS`.
+        num_classes: K >= 2.
+        seed: the noise seed (independent of any trial seed).
+    Returns:
+        int64 array of N labels; ``(result != targets).sum() == k``.
+    Raises:
+        ValueError: fraction outside [0, 1), unknown kind, K < 2, or labels outside [0, K).
+    """
+    y = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets).astype(np.int64).ravel()
+    if isinstance(fraction, bool) or not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.label_noise.fraction: must be in [0, 1), got {fraction!r}")
+    if kind not in LABEL_NOISE_KINDS:
+        raise ValueError(f"data.label_noise.kind: unknown kind {kind!r}; accepted: {', '.join(LABEL_NOISE_KINDS)}")
+    if num_classes < 2:
+        raise ValueError(f"label noise needs at least 2 classes, got {num_classes}")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), found {y.min()}..{y.max()}")
+    rng = np.random.default_rng(seed)
+    k = int(np.floor(fraction * len(y) + 0.5))
+    chosen = rng.choice(len(y), size=k, replace=False)
+    out = y.copy()
+    if kind == "symmetric":
+        out[chosen] = (y[chosen] + rng.integers(1, num_classes, size=k)) % num_classes
+    else:
+        out[chosen] = (y[chosen] + 1) % num_classes
+    return out
+
+
+class NoisyLabels(Dataset):
+    """A data set whose labels are replaced by a fixed array (training-label noise, Foret et al. 2021,
+    Sec. 3.3); images come unchanged from the wrapped data set, with its transform.
+
+    Attributes:
+        dataset: the wrapped data set (items ``(image, clean label)``).
+        targets: int64 tensor ``(N,)`` of the labels served; ``clean_targets`` the wrapped set's labels.
+        changed: bool tensor ``(N,)``, True where the served label differs from the clean one.
+    """
+
+    def __init__(self, dataset: Dataset, targets: np.ndarray | Tensor):
+        clean = torch.as_tensor(_labels_of(dataset), dtype=torch.int64)
+        targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+        if len(targets) != len(clean):
+            raise ValueError(f"{len(clean)} images but {len(targets)} labels")
+        self.dataset, self.targets, self.clean_targets = dataset, targets, clean
+        self.changed = targets != clean
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.dataset[i][0], int(self.targets[i])
+
+
+def _labels_of(ds: Dataset) -> np.ndarray:
+    """Integer labels of any data set built here (following Subset and NoisyLabels), without images."""
+    if isinstance(ds, Subset):
+        return _labels_of(ds.dataset)[np.asarray(ds.indices, dtype=np.int64)]
+    return _targets(ds).astype(np.int64)
+
+
+def _with_transform(ds: Dataset, transform: Callable | None) -> Dataset:
+    """A shallow copy of a torchvision data set that applies ``transform`` (the images are shared)."""
+    if not hasattr(ds, "transform"):
+        return ds  # in-memory tensors (digits) have no transform
+    out = copy.copy(ds)
+    out.transform = transform
+    if hasattr(out, "transforms"):
+        from torchvision.datasets.vision import StandardTransform
+
+        out.transforms = StandardTransform(transform, getattr(out, "target_transform", None))
+    return out
+
+
 def _targets(ds: Dataset) -> np.ndarray:
     for attr in ("targets", "labels"):
         t = getattr(ds, attr, None)
@@ -669,8 +846,10 @@ def _targets(ds: Dataset) -> np.ndarray:
 
 def build_datasets(name: str, *, root: str | os.PathLike | None = None, augmentation: str = "none",
                    train_subset: int | None = None, test_subset: int | None = None, subset_seed: int = 0,
-                   format: str = "auto") -> DataBundle:
-    """Build the training and test sets of a registered data set with the chosen augmentation.
+                   format: str = "auto", validation_size: int | None = None, validation_seed: int = 0,
+                   label_noise_fraction: float = 0.0, label_noise_kind: str = "symmetric",
+                   label_noise_seed: int = 0) -> DataBundle:
+    """Build the training, test and (optionally) validation sets of a registered data set.
 
     Args:
         name: a key of :data:`DATASETS` (digits, cifar10, cifar100, svhn, mnist, fashion_mnist, imagenet).
@@ -681,10 +860,17 @@ def build_datasets(name: str, *, root: str | os.PathLike | None = None, augmenta
         subset_seed: seed of the subsets.
         format: ``auto`` (detect from the files) or one of the data set's formats: ``python`` /
             ``imagefolder`` for CIFAR, ``idx`` for MNIST, ``mat`` for SVHN, ``imagefolder`` for ImageNet.
+        validation_size, validation_seed: if a size is given, a fixed class-balanced validation split of
+            that many training images, disjoint from the images trained on (:func:`validation_split`);
+            it uses the test transforms (no augmentation) and keeps its clean labels.
+        label_noise_fraction, label_noise_kind, label_noise_seed: training-label noise
+            (:func:`noisy_labels`) applied to the training images after the subset is taken; 0 leaves
+            the labels alone. Test and validation labels never change.
     Returns:
         :class:`DataBundle`; items are ``(float tensor (C, H, W), int label)``.
     Raises:
-        ValueError: unknown name, augmentation or format, or a subset size out of range.
+        ValueError: unknown name, augmentation or format, a subset or validation size out of range, or
+            bad label-noise values (messages name the study field).
         DataError: missing or malformed data; the message says which files were expected where.
     """
     spec = _spec(name)
@@ -694,33 +880,52 @@ def build_datasets(name: str, *, root: str | os.PathLike | None = None, augmenta
     image_size = spec.image_size
     if fmt == "sklearn":
         train, test = _digits()
+        test_tf = None
     else:
         assert r is not None
         train_tf, test_tf, batch, image_size = build_transforms(name, augmentation)
         train, test = _load(name, fmt, r, train_tf, test_tf)
     n_train_full, n_test_full = len(train), len(test)  # type: ignore[arg-type]
-    if train_subset is not None:
+    full = train
+    val: Dataset | None = None
+    if validation_size is not None:
+        check_split_sizes(name, train_subset, validation_size, n_train=n_train_full)
+        train_idx, val_idx = validation_split(_targets(full), validation_size, validation_seed,
+                                              train_subset, subset_seed)
+        train = Subset(full, train_idx)
+        val = Subset(_with_transform(full, test_tf), val_idx)
+    elif train_subset is not None:
         train = Subset(train, class_balanced_indices(_targets(train), train_subset, subset_seed))
     if test_subset is not None:
         test = Subset(test, class_balanced_indices(_targets(test), test_subset, subset_seed))
-    info: dict[str, Any] = {
-        "dataset": name, "root": r, "format": fmt, "augmentation": augmentation,
-        "n_train": len(train), "n_test": len(test),  # type: ignore[arg-type]
-        "n_train_full": n_train_full, "n_test_full": n_test_full,
-        "train_subset": train_subset, "test_subset": test_subset, "subset_seed": subset_seed,
-        "image_size": image_size, "mean": list(spec.mean), "std": list(spec.std),
-    }
     num_classes = spec.num_classes
     if not spec.fixed_classes and fmt == "imagefolder":
         num_classes = len(getattr(_base(train), "classes"))
         if batch is not None:
             batch = RandomCutMix(num_classes, alpha=batch.alpha, p=batch.p)
+    noise: dict[str, Any] | None = None
+    if label_noise_fraction or label_noise_kind not in LABEL_NOISE_KINDS:
+        labels = noisy_labels(_labels_of(train), label_noise_fraction, label_noise_kind, num_classes,
+                              label_noise_seed)
+        train = NoisyLabels(train, labels)
+        noise = {"fraction": float(label_noise_fraction), "kind": label_noise_kind, "seed": int(label_noise_seed),
+                 "n_changed": int(train.changed.sum())}
+    info: dict[str, Any] = {
+        "dataset": name, "root": r, "format": fmt, "augmentation": augmentation,
+        "n_train": len(train), "n_test": len(test),  # type: ignore[arg-type]
+        "n_val": len(val) if val is not None else 0,  # type: ignore[arg-type]
+        "n_train_full": n_train_full, "n_test_full": n_test_full,
+        "train_subset": train_subset, "test_subset": test_subset, "subset_seed": subset_seed,
+        "validation_size": validation_size, "validation_seed": validation_seed if validation_size else None,
+        "label_noise": noise,
+        "image_size": image_size, "mean": list(spec.mean), "std": list(spec.std),
+    }
     info["num_classes"] = num_classes
-    return DataBundle(train, test, num_classes, spec.in_channels, image_size, batch, info)
+    return DataBundle(train, test, num_classes, spec.in_channels, image_size, batch, info, val)
 
 
 def _base(ds: Dataset) -> Dataset:
-    while isinstance(ds, Subset):
+    while isinstance(ds, (Subset, NoisyLabels)):
         ds = ds.dataset
     return ds
 

@@ -29,12 +29,14 @@ from gnp_study import protocol
 from gnp_study.protocol import STAGES, TrialConfig
 from gnp_study.spec import StudySpec, parse_spec
 
+# best_val_error / test_error_at_best_val (trials) and val_loss / val_error (epochs) are NaN unless the
+# study sets data.validation (see gnp_study.train).
 TRIAL_COLUMNS = ["trial_id", "stage", "config_key", "config", "alpha", "r", "seed", "status",
                  "best_test_error", "final_test_error", "epochs_run", "diverged_epoch", "error",
-                 "wall_time_s", "node", "cpus", "gpus"]
+                 "wall_time_s", "node", "cpus", "gpus", "best_val_error", "test_error_at_best_val"]
 EPOCH_COLUMNS = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "epoch", "train_loss",
                  "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr",
-                 "epoch_time_s"]
+                 "epoch_time_s", "val_loss", "val_error"]
 
 
 _UNFINISHED = "the trial ended before its last epoch"
@@ -300,6 +302,8 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
         epoch_frames.append(ep[EPOCH_COLUMNS])
         best = float(ep["best_test_error"].min()) if len(ep) and ep["best_test_error"].notna().any() else math.nan
         final = ep["test_error"].dropna()
+        val = ep["val_error"].dropna()  # empty without a validation split
+        at = val.idxmin() if len(val) else None  # idxmin: the first (earliest) epoch on ties
         trial_rows.append({
             "trial_id": trial["trial_id"], "stage": stage, "config_key": trial["config_key"],
             "config": json.dumps(trial["config"], sort_keys=True), "alpha": float(trial["config"]["alpha"]),
@@ -310,6 +314,8 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
             "error": error, "wall_time_s": float(ep["epoch_time_s"].sum()) if len(ep) else 0.0,
             "node": str(last.get("node", "")), "cpus": spec.resources.cpus_per_trial,
             "gpus": spec.resources.gpus_per_trial,
+            "best_val_error": float(val[at]) if at is not None else math.nan,
+            "test_error_at_best_val": float(ep.loc[at, "test_error"]) if at is not None else math.nan,
         })
     trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS)
     epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)

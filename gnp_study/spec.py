@@ -47,8 +47,63 @@ def _finite(v: float, what: str) -> float:
     return v
 
 
+def _no_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # pydantic's lax mode would read true/false as 1/0
+        raise ValueError(f"expected a number, not a boolean ({v!r})")
+    return v
+
+
+class ValidationSpec(_Strict):
+    """A fixed, class-balanced validation split carved out of the training data (issue 9, item 6).
+
+    When set, every stage decides on validation error instead of test error: each trial's score is its
+    best validation error during training (the epoch with the lowest validation error, the earliest on
+    ties), and the test error reported is the test error at that epoch. Absent (None): the paper's
+    protocol (Zhao et al. 2022, Sec. 4.1), which decides and reports on the best test error during
+    training. The split is disjoint from the images trained on (``data.train_subset`` keeps the same
+    images as without a split; without a subset the training set shrinks by ``size``), uses the test
+    transforms, is the same for every configuration and trial seed, and its labels are never corrupted
+    (``gnp_study.data.validation_split``).
+    """
+
+    size: int = Field(gt=0, description="validation images taken from the training data")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the class-balanced validation draw")
+
+    @field_validator("size", "seed", mode="before")
+    @classmethod
+    def _not_bool(cls, v):
+        return _no_bool(v)
+
+
+class LabelNoiseSpec(_Strict):
+    """Training-label noise, fixed once per study (Foret et al. 2021, SAM, Sec. 3.3; issue 13).
+
+    Exactly the nearest integer to ``fraction`` x (training images) labels are changed, after
+    ``data.train_subset`` is taken: ``symmetric`` gives each chosen image a class drawn uniformly from
+    the OTHER classes (never its true one, so ``fraction`` is the fraction of wrong labels), ``pairflip``
+    maps class c to (c + 1) mod K. The choice depends only on ``seed`` (and the data and subset), never on
+    a trial seed, so every configuration and trial sees the same labels; test and validation labels are
+    never changed (``gnp_study.data.noisy_labels``).
+    """
+
+    fraction: float = Field(ge=0, lt=1, description="fraction of training labels made wrong, in [0, 1)")
+    kind: Literal["symmetric", "pairflip"] = "symmetric"
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the corrupted labels (not the trial seed)")
+
+    @field_validator("fraction", "seed", mode="before")
+    @classmethod
+    def _not_bool(cls, v):
+        return _no_bool(v)
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction_finite(cls, v):
+        return _finite(v, "data.label_noise.fraction")
+
+
 class DataSpec(_Strict):
-    """Data set and augmentation (``gnp_study.data`` registry names)."""
+    """Data set and augmentation (``gnp_study.data`` registry names), with the optional validation split
+    (:class:`ValidationSpec`) and training-label noise (:class:`LabelNoiseSpec`)."""
 
     dataset: str = Field(description="registry name, e.g. digits, cifar10, cifar100, imagenet")
     root: str | None = Field(None, description="local folder with the data set files (None for digits)")
@@ -60,12 +115,24 @@ class DataSpec(_Strict):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per trial")
     loader: Literal["torch", "device"] = Field(
         "torch", description="torch DataLoader, or the whole data set on the trial's device (gpu_data)")
+    validation: ValidationSpec | None = Field(
+        None, description="validation split to decide on (None: the paper's protocol, best test error)")
+    label_noise: LabelNoiseSpec | None = Field(None, description="training-label noise (None: clean labels)")
 
     @model_validator(mode="after")
     def _device_loader(self):
         if self.loader == "device" and self.augmentation not in ("none", "basic", "cutout"):
             raise ValueError(f"loader 'device' augments batches with none, basic or cutout only, not "
                              f"{self.augmentation!r}; use loader: torch")
+        return self
+
+    @model_validator(mode="after")
+    def _split_sizes(self):
+        from gnp_study.data import DATASETS, check_split_sizes
+
+        if self.dataset in DATASETS:  # an unknown name is reported by the registry check
+            check_split_sizes(self.dataset, self.train_subset,
+                              self.validation.size if self.validation is not None else None)
         return self
 
 
@@ -320,9 +387,16 @@ class StudySpec(_Strict):
         return [a for a in run if a in B_B] + ([0.8] if 0.8 in run else [])
 
     def resolved(self) -> dict:
-        """The spec with every default filled in, as plain YAML-ready data (dict)."""
+        """The spec with every default filled in, as plain YAML-ready data (dict).
+
+        ``data.validation`` and ``data.label_noise`` appear only when set (absent means the paper's
+        protocol and clean labels), so study folders written before these options existed still resume.
+        """
         d = self.model_dump(mode="json")
         d["stages"]["gnp"]["figure3_alpha"] = self.figure3_alpha()
+        for key in ("validation", "label_noise"):  # unset: left out, so folders of older versions resume
+            if d["data"][key] is None:
+                del d["data"][key]
         return d
 
 

@@ -2,6 +2,34 @@
 
 This is the only place that trains. It knows nothing of Ray: :func:`train_trial` takes a ``report``
 callable (the runner passes one that calls ``ray.tune.report``) and an optional state to resume from.
+
+Paired design (issue 9): two trials with the same seed start from the same initial weights and see the
+same training batches in the same order, whatever their configuration (alpha, r, lr, ...). What is
+shared, exactly:
+
+- the initial weights: ``torch.manual_seed(seed)`` is the first draw of the trial; building the data
+  (fixed subsets, validation split and label noise use their own numpy seeds) and the optimizer draw
+  nothing from torch's generator, so the model's initialisation is the first thing drawn from it;
+- the batch order: the training loader shuffles with its own ``torch.Generator`` seeded with the trial
+  seed (and ``loader: device`` also draws its crops, flips and cutout centres from it), used by nothing
+  else;
+- the rest of torch's global stream (dropout, drop path, ShakeDrop, torchvision augmentations and
+  CutMix on ``loader: torch``): the same random numbers, step by step, for every alpha, including
+  alpha = 0 or r = 0 (one forward pass per step) against two passes. The closure saves the global
+  generator's state before the first pass and restores it before the second, so the second pass
+  replays the first pass's noise (Algorithm 1, line 6) and leaves the generator where one pass would.
+  This assumes a forward pass draws the same count of random numbers at any weights, which holds for
+  every model here. The evaluation loaders draw a fixed count per epoch (test loader: one base-seed
+  draw; the validation loader has its own generator and draws nothing from the global one, so adding
+  a validation split does not change the training run).
+
+A configuration that changes ``batch_size`` changes the batches themselves (same permutation stream,
+other cuts); ``tests/test_train.py`` checks the rest.
+
+Selection (issue 9, item 6): with ``data.validation`` set, every epoch is also evaluated on the
+validation split, and ``best_val_error`` / ``test_error_at_best_val`` follow the epoch of lowest
+validation error (the earliest on ties); without it they are NaN and the paper's best test error
+during training is the score.
 """
 
 from __future__ import annotations
@@ -30,13 +58,17 @@ class TrialDiverged(Exception):
 
 @dataclass
 class TrialResult:
-    """What a finished trial returns: ``status`` ("completed"/"diverged"), epochs run, best error (%)."""
+    """What a finished trial returns: ``status`` ("completed"/"diverged"), epochs run, best and final
+    test error (%), the diverged epoch, and with a validation split the best validation error (%) and
+    the test error (%) at its epoch (NaN without one)."""
 
     status: str
     epochs_run: int
     best_test_error: float
     final_test_error: float
     diverged_epoch: int | None
+    best_val_error: float = math.nan
+    test_error_at_best_val: float = math.nan
 
 
 def _effective(spec: StudySpec, config: dict) -> dict:
@@ -120,6 +152,11 @@ def _set_rng(device: torch.device, state) -> None:
 
 
 def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator, device: torch.device):
+    """(train, test, validation or None) loaders; only the training loader shuffles (with ``generator``).
+
+    The validation loader gets a generator of its own, so iterating it draws nothing from torch's global
+    generator and a study with a validation split trains exactly as the same study without one.
+    """
     from torch.utils.data import DataLoader
 
     if spec.data.loader == "device":
@@ -134,12 +171,17 @@ def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator, device:
                              generator=generator, shuffle=True)
         test = from_dataset(data.test, max(256, t["batch_size"]), raw=False, augment="none", shuffle=False,
                             device=device)
-        return train, test
+        val = None if data.val is None else from_dataset(
+            data.val, max(256, t["batch_size"]), raw=False, augment="none", shuffle=False, device=device)
+        return train, test, val
     train = DataLoader(data.train, batch_size=t["batch_size"], shuffle=True, generator=generator,
                        num_workers=spec.data.num_workers, drop_last=False)
     test = DataLoader(data.test, batch_size=max(256, t["batch_size"]), shuffle=False,
                       num_workers=spec.data.num_workers)
-    return train, test
+    val = None if data.val is None else DataLoader(
+        data.val, batch_size=max(256, t["batch_size"]), shuffle=False, num_workers=spec.data.num_workers,
+        generator=torch.Generator().manual_seed(0))
+    return train, test, val
 
 
 @torch.no_grad()
@@ -169,8 +211,11 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
             ``trial_id``, ``config_key``.
         report: called after every epoch as ``report(metrics, state)``; ``metrics`` is a flat dict
             (``epoch`` 1-based, ``train_loss``, ``train_error`` %, ``test_loss``, ``test_error`` %,
-            ``best_test_error`` %, ``grad_norm`` mean norm(g1), ``lr``, ``epoch_time_s``, ``status``
-            "running"/"completed"/"diverged", ``diverged_epoch``, ``node``), ``state`` is a checkpoint
+            ``best_test_error`` %, ``val_loss``, ``val_error`` %, ``best_val_error`` % (lowest so far),
+            ``test_error_at_best_val`` % (test error at that epoch, the earliest on ties; the four
+            validation metrics are NaN without ``data.validation``), ``grad_norm`` mean norm(g1), ``lr``,
+            ``epoch_time_s``, ``status`` "running"/"completed"/"diverged", ``diverged_epoch``,
+            ``node``), ``state`` is a checkpoint
             (dict of tensors and plain data for ``torch.save``) or ``None`` on epochs without one.
         resume_state: a state previously passed to ``report``: training continues after its epoch with
             the same model, optimizer, schedule and random-number state (bit for bit on CPU).
@@ -198,8 +243,14 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
 
     d = spec.data
     on_device = d.loader == "device"  # augmentation then runs on the device, per batch
-    data = build_datasets(d.dataset, root=d.root, augmentation="none" if on_device else d.augmentation, train_subset=d.train_subset,
-                          test_subset=d.test_subset, subset_seed=d.subset_seed, format=d.format)
+    noise = d.label_noise
+    data = build_datasets(d.dataset, root=d.root, augmentation="none" if on_device else d.augmentation,
+                          train_subset=d.train_subset, test_subset=d.test_subset, subset_seed=d.subset_seed,
+                          format=d.format, validation_size=d.validation.size if d.validation else None,
+                          validation_seed=d.validation.seed if d.validation else 0,
+                          label_noise_fraction=noise.fraction if noise else 0.0,
+                          label_noise_kind=noise.kind if noise else "symmetric",
+                          label_noise_seed=noise.seed if noise else 0)
     model = build_model(spec.model.name, data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size, **spec.model.kwargs).to(device)
     if t["channels_last"]:
@@ -212,11 +263,12 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
               normalize_g1=t["normalize_g1"], perturb_weight_decay=t["perturb_weight_decay"],
               max_grad_norm=t["grad_clip"], **base_kwargs)
     gen = torch.Generator().manual_seed(trial["seed"])
-    train_loader, test_loader = _loaders(spec, t, data, gen, device)
+    train_loader, test_loader, val_loader = _loaders(spec, t, data, gen, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t, len(train_loader)))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
 
     start_epoch, best = 0, math.inf
+    best_val, test_at_best_val = math.inf, math.nan  # validation selection (NaN/inf without a split)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         opt.load_state_dict(resume_state["optimizer"])
@@ -224,11 +276,17 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
         gen.set_state(resume_state["generator"])
         torch.set_rng_state(resume_state["torch_rng"])
         start_epoch, best = resume_state["epoch"], resume_state["best_test_error"]
+        # checkpoints written before validation splits existed lack these (paper mode: no split)
+        best_val = resume_state.get("best_val_error", math.inf)
+        test_at_best_val = resume_state.get("test_error_at_best_val", math.nan)
         if start_epoch >= t["epochs"]:
             # Finished before the driver went down: report the final epoch again, train nothing.
-            report(dict(resume_state["metrics"]), None)
-            m = resume_state["metrics"]
-            return TrialResult("completed", start_epoch, m["best_test_error"], m["test_error"], None)
+            m = dict(resume_state["metrics"])
+            for k in ("val_loss", "val_error", "best_val_error", "test_error_at_best_val"):
+                m.setdefault(k, math.nan)
+            report(m, None)
+            return TrialResult("completed", start_epoch, m["best_test_error"], m["test_error"], None,
+                               m["best_val_error"], m["test_error_at_best_val"])
     node = socket.gethostname()
     last_test = math.nan
     for epoch in range(start_epoch + 1, t["epochs"] + 1):
@@ -273,12 +331,17 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
         grad_norm = float(norm_sum) / max(1, steps)
         diverged = (not math.isfinite(train_loss) or not math.isfinite(grad_norm)
                     or train_loss > spec.divergence.max_loss or grad_norm > spec.divergence.max_grad_norm)
+        val_loss = val_error = math.nan
         if diverged:
             test_loss, test_error = math.nan, math.nan
         else:
             test_loss, test_error = evaluate(model, test_loader, device, t["precision"])
             best = min(best, test_error)
             last_test = test_error
+            if val_loader is not None:
+                val_loss, val_error = evaluate(model, val_loader, device, t["precision"])
+                if val_error < best_val:  # strict: the earliest epoch wins a tie
+                    best_val, test_at_best_val = val_error, test_error
         done = diverged or epoch == t["epochs"]
         status = "diverged" if diverged else ("completed" if done else "running")
         metrics = {
@@ -288,6 +351,10 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
             "test_loss": test_loss,
             "test_error": test_error,
             "best_test_error": best if math.isfinite(best) else math.nan,
+            "val_loss": val_loss,
+            "val_error": val_error,
+            "best_val_error": best_val if math.isfinite(best_val) else math.nan,
+            "test_error_at_best_val": test_at_best_val,
             "grad_norm": grad_norm,
             "lr": opt.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - t0,
@@ -305,9 +372,13 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch,
                 "best_test_error": best,
+                "best_val_error": best_val,
+                "test_error_at_best_val": test_at_best_val,
                 "metrics": metrics,
             })
         report(metrics, state)
         if diverged:
-            return TrialResult("diverged", epoch, metrics["best_test_error"], last_test, epoch)
-    return TrialResult("completed", t["epochs"], best if math.isfinite(best) else math.nan, last_test, None)
+            return TrialResult("diverged", epoch, metrics["best_test_error"], last_test, epoch,
+                               metrics["best_val_error"], test_at_best_val)
+    return TrialResult("completed", t["epochs"], best if math.isfinite(best) else math.nan, last_test, None,
+                       best_val if math.isfinite(best_val) else math.nan, test_at_best_val)
