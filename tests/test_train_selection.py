@@ -1,0 +1,142 @@
+"""Trials with a validation split and noisy labels, and the paired design of the study (issue 9, items 2
+and 6; issue 13): the same seed gives the same initial weights, the same batches and the same random
+stream in every configuration."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+
+import gnp_study.data as data
+import gnp_study.models as models
+from gnp_study.spec import parse_spec
+from gnp_study.train import train_trial
+
+BUILD_MODEL, BUILD_DATASETS = models.build_model, data.build_datasets  # before any monkeypatching
+
+VAL_KEYS = ("val_loss", "val_error", "best_val_error", "test_error_at_best_val")
+
+
+def spec(epochs=3, **data):
+    d = {"dataset": "digits", "train_subset": 300}
+    d.update(data)
+    return parse_spec({"name": "t", "data": d, "model": {"name": "small_cnn"},
+                       "training": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
+                                    "weight_decay": 5e-4},
+                       "seeds": [0]})
+
+
+def trial(alpha=0.8, r=0.05, seed=0, **config):
+    return {"stage": "gnp", "config": dict(config, alpha=alpha, r=r), "seed": seed, "trial_id": "t",
+            "config_key": "k"}
+
+
+def run(s, t, resume=None):
+    reports = []
+    res = train_trial(s, t, lambda m, st: reports.append((m, st)), resume_state=resume)
+    return res, reports
+
+
+# ------------------------------------------------------------------------------------- validation mode
+
+
+def test_validation_metrics_follow_the_epoch_of_lowest_validation_error():
+    res, reports = run(spec(epochs=4, validation={"size": 400}), trial())
+    m = [r for r, _ in reports]
+    val = [x["val_error"] for x in m]
+    test = [x["test_error"] for x in m]
+    assert all(0 <= v <= 100 and x["val_loss"] > 0 for v, x in zip(val, m))
+    # 400 validation images: every error is a whole number of images
+    assert all(abs(v * 4 - round(v * 4)) < 1e-9 for v in val)
+    for i, x in enumerate(m):
+        first_best = int(np.argmin(val[: i + 1]))  # numpy's argmin returns the first (earliest) minimum
+        assert x["best_val_error"] == min(val[: i + 1])
+        assert x["test_error_at_best_val"] == test[first_best]
+    assert res.best_val_error == min(val) and res.test_error_at_best_val == test[int(np.argmin(val))]
+
+
+def test_paper_mode_has_nan_validation_metrics_and_trains_the_same_run():
+    _, paper = run(spec(), trial())
+    _, val = run(spec(validation={"size": 400}), trial())
+    for (a, _), (b, _) in zip(paper, val):
+        assert all(math.isnan(a[k]) for k in VAL_KEYS)
+        # the validation loader draws nothing from the global generator: the training run is identical
+        for k in ("train_loss", "test_error", "test_loss", "grad_norm", "best_test_error"):
+            assert a[k] == b[k], k
+
+
+def test_resume_keeps_the_validation_selection_bit_for_bit():
+    s = spec(validation={"size": 400})
+    _, full = run(s, trial())
+    buf = io.BytesIO()
+    torch.save(full[0][1], buf)
+    buf.seek(0)
+    _, resumed = run(s, trial(), resume=torch.load(buf, weights_only=True))
+    assert [m["epoch"] for m, _ in resumed] == [2, 3]
+    for (a, _), (b, _) in zip(full[1:], resumed):
+        for k in VAL_KEYS + ("test_error", "train_loss"):
+            assert a[k] == b[k], k
+    res, again = run(s, trial(), resume=full[-1][1])  # finished: the last report again
+    assert all(again[0][0][k] == full[-1][0][k] for k in VAL_KEYS)
+    assert res.test_error_at_best_val == full[-1][0]["test_error_at_best_val"]
+
+
+# ------------------------------------------------------------------------------------- paired design
+
+
+class _Recording(torch.utils.data.Dataset):
+    """Wraps the training set and records which images are read, in order, and their labels."""
+
+    def __init__(self, ds, log):
+        self.ds, self.log = ds, log
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        self.log.append((int(i), int(y)))
+        return x, y
+
+
+def _observe(monkeypatch, s, t):
+    """Run one epoch of trial ``t`` and return (initial weights, images read with labels, torch RNG state
+    after the epoch). The model gets a dropout layer so that the random stream is actually used."""
+    seen: dict = {"order": []}
+
+    def model_with_dropout(*a, **k):
+        m = torch.nn.Sequential(BUILD_MODEL(*a, **k), torch.nn.Dropout(0.3))
+        seen["init"] = {n: v.clone() for n, v in m.state_dict().items()}
+        return m
+
+    def recording_data(*a, **k):
+        b = BUILD_DATASETS(*a, **k)
+        b.train = _Recording(b.train, seen["order"])
+        return b
+
+    monkeypatch.setattr(models, "build_model", model_with_dropout)
+    monkeypatch.setattr(data, "build_datasets", recording_data)
+    _, reports = run(s, t)
+    return seen["init"], seen["order"], reports[0][1]["torch_rng"]
+
+
+def test_same_seed_same_weights_batches_and_random_stream_in_every_configuration(monkeypatch):
+    s = spec(epochs=1, label_noise={"fraction": 0.4, "kind": "symmetric", "seed": 0})
+    configs = [trial(alpha=0.0, r=0.0), trial(alpha=0.8, r=0.1, lr=0.1), trial(alpha=1.0, r=0.05, lr=0.02)]
+    runs = [_observe(monkeypatch, s, c) for c in configs]
+    init0, order0, rng0 = runs[0]
+    assert len(order0) == 300 and sorted(i for i, _ in order0) == list(range(300))  # one pass, shuffled
+    assert [i for i, _ in order0] != list(range(300))
+    for init, order, rng in runs[1:]:
+        assert init.keys() == init0.keys() and all(torch.equal(init[k], init0[k]) for k in init0)
+        assert order == order0  # same images, same order, same (noisy) labels
+        # one forward pass per step (alpha = 0) or two: the global stream (dropout) ends in the same place
+        assert torch.equal(rng, rng0)
+    init1, order1, rng1 = _observe(monkeypatch, s, trial(alpha=0.0, r=0.0, seed=1))
+    assert any(not torch.equal(init1[k], init0[k]) for k in init0)
+    assert [i for i, _ in order1] != [i for i, _ in order0]
+    # the noisy labels come from the noise seed, not the trial seed: image i has the same label
+    assert dict(order1) == dict(order0)
