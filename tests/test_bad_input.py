@@ -83,6 +83,21 @@ SPEC_CASES = [
     ("model-kwargs-unknown", study_with(model__kwargs={"bogus": 1}), "model.kwargs"),
     ("data-folder-missing", study_with(data__dataset="cifar10", data__root="/nonexistent/cifar"),
      "/nonexistent/cifar"),
+    # the validation split (issue 9) and label noise (issue 13): digits trains on 300 of 1,437 images
+    ("validation-too-large", study_with(data__validation={"size": 1138}), "data.validation.size"),
+    ("validation-size-zero", study_with(data__validation={"size": 0}), "data.validation.size"),
+    ("validation-size-bool", study_with(data__validation={"size": True}), "data.validation.size"),
+    ("validation-seed-negative", study_with(data__validation={"size": 100, "seed": -1}), "data.validation.seed"),
+    ("train-subset-too-large", study_with(data__train_subset=5000), "data.train_subset"),
+    ("label-noise-fraction-one", study_with(data__label_noise={"fraction": 1.0}), "data.label_noise.fraction"),
+    ("label-noise-fraction-negative", study_with(data__label_noise={"fraction": -0.1}),
+     "data.label_noise.fraction"),
+    ("label-noise-fraction-bool", study_with(data__label_noise={"fraction": True}), "data.label_noise.fraction"),
+    ("label-noise-fraction-nan", study_with(data__label_noise={"fraction": float("nan")}),
+     "data.label_noise.fraction"),
+    ("label-noise-kind-unknown", study_with(data__label_noise={"fraction": 0.2, "kind": "uniform"}),
+     "data.label_noise.kind"),
+    ("label-noise-typo", study_with(data__label_noise={"fracton": 0.2}), "data.label_noise.fracton"),
 ]
 
 
@@ -123,6 +138,15 @@ def test_bad_study_file(case, content, must_contain, tmp_path, existing_results,
     before = snapshot(existing_results)
     code, err = run_cli(["run", "greedy", str(study), "--output", str(existing_results)], capsys)
     assert_clean_failure(code, err, must_contain, existing_results, before)
+
+
+@pytest.mark.parametrize("case, content, must_contain", [c for c in SPEC_CASES if c[2].startswith("data.")],
+                         ids=[c[0] for c in SPEC_CASES if c[2].startswith("data.")])
+def test_bad_data_option_fails_validate(case, content, must_contain, tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(content))
+    code, err = run_cli(["validate", str(study)], capsys)
+    assert code == 2 and must_contain in err and "Traceback" not in err, err
 
 
 def test_missing_study_file(tmp_path, existing_results, capsys):
