@@ -69,6 +69,9 @@ EXPECTED["cifar10_quick"] = greedy(2, 2, 4, 2, gnp_r_values=2)
 # Default digits study: lr in 3 values, the full r grid, 9 + 8 alphas at the best r and r = 0.05, 0.1;
 # four seeds.
 EXPECTED["digits"] = greedy(3, 5, 17, 4, gnp_r_values=3)
+# Noisy-label digits study (issue 13): lr in 2 values, r in 3, alphas 0.2, 0.4, 0.6, 0.8 at the best r
+# and the Figure-2 r = 0.1 (two r values at worst), six seeds.
+EXPECTED["digits_label_noise"] = greedy(2, 3, 4, 6, gnp_r_values=2)
 
 SHIPPED = sorted(p.stem for p in SPACES.glob("*.yaml"))
 PAPER_FILES = [s for s in SHIPPED if s.startswith(("table", "figure"))]
