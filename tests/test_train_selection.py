@@ -140,3 +140,39 @@ def test_same_seed_same_weights_batches_and_random_stream_in_every_configuration
     assert [i for i, _ in order1] != [i for i, _ in order0]
     # the noisy labels come from the noise seed, not the trial seed: image i has the same label
     assert dict(order1) == dict(order0)
+
+
+# ------------------------------------------------------------------------------------- study tables
+
+
+def test_tables_carry_the_validation_columns():
+    """runner._collect on hand-made Tune results: best_val_error is the lowest val_error and
+    test_error_at_best_val the test error of its earliest epoch; NaN in paper mode."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from gnp_study.protocol import TrialConfig
+    from gnp_study.runner import EPOCH_COLUMNS, TRIAL_COLUMNS, _collect
+
+    def result(seed, val, test):
+        t = TrialConfig("sam", {"alpha": 1.0, "r": 0.1}, seed).to_dict()
+        n = len(test)
+        df = pd.DataFrame({"epoch": range(1, n + 1), "train_loss": 1.0, "train_error": 10.0, "test_loss": 0.5,
+                           "test_error": test, "best_test_error": np.minimum.accumulate(test),
+                           "grad_norm": 1.0, "lr": 0.1, "epoch_time_s": 1.0, "val_error": val,
+                           "val_loss": [0.4 if v == v else math.nan for v in val],
+                           "status": ["running"] * (n - 1) + ["completed"], "node": "n"})
+        return SimpleNamespace(config={"trial": t}, metrics_dataframe=df, error=None)
+
+    s = spec()
+    # epochs 2 and 4 tie on validation (10.0): the earliest (2, test 7.0) is the one reported
+    trials, epochs = _collect([result(0, [12.0, 10.0, 11.0, 10.0], [8.0, 7.0, 5.0, 6.0]),
+                               result(1, [math.nan] * 3, [9.0, 8.0, 8.5])], "sam", s)
+    assert list(trials.columns) == TRIAL_COLUMNS and list(epochs.columns) == EPOCH_COLUMNS
+    row = trials.set_index("seed")
+    assert row.loc[0, "best_val_error"] == 10.0 and row.loc[0, "test_error_at_best_val"] == 7.0
+    assert row.loc[0, "best_test_error"] == 5.0  # the paper's score is still there, beside it
+    assert math.isnan(row.loc[1, "best_val_error"]) and math.isnan(row.loc[1, "test_error_at_best_val"])
+    assert epochs[epochs.seed == 0]["val_error"].tolist() == [12.0, 10.0, 11.0, 10.0]
+    assert epochs[epochs.seed == 1]["val_error"].isna().all() and epochs["val_loss"].notna().sum() == 4
