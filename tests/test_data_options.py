@@ -71,7 +71,7 @@ def test_validation_split_on_labels_directly():
 
 
 def test_split_sizes_checked_against_the_data_set():
-    assert DATASETS["digits"].n_train == 1437
+    assert DATASETS["digits"].n_train == len(build_datasets("digits").train) == 1437  # 80% of 1,797
     check_split_sizes("digits", 300, 1137)  # 1,437 - 300 = 1,137 fit exactly
     with pytest.raises(ValueError, match=r"data\.validation\.size: 1138 .* 1437 training images, 300 taken"):
         check_split_sizes("digits", 300, 1138)
