@@ -45,6 +45,12 @@ Augmentations (:data:`AUGMENTATIONS`; Section 4 of the paper):
   belong to the trainer's loss and to the model (``build_model(..., drop_path_rate=...)``).
 - ``imagenet``: RandomResizedCrop 224 and horizontal flip; evaluation resize 256, centre crop 224
   (He et al. 2016; Simonyan & Zisserman 2015).
+
+Study data options (all fixed by their own seeds, never by a trial's): ``train_subset`` (a class-balanced
+subset, :func:`class_balanced_indices`), a validation split carved out of the training data
+(:func:`validation_split`; test transforms, clean labels; ``bundle.val``) and training-label noise
+(:func:`noisy_labels`, served by :class:`NoisyLabels`; applied after the subset, never to validation or
+test labels).
 """
 
 from __future__ import annotations
