@@ -204,6 +204,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         # Trials checkpoint every epoch by design (resume loses at most one epoch): no warning for it.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        # No usage statistics sent to Ray's servers from a study (the study needs no network).
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # The driver's GNP_STUDY_* settings reach the trial workers, also on an existing cluster.
         env = {k: v for k, v in os.environ.items() if k.startswith("GNP_STUDY_")}
         runtime_env = {"env_vars": env} if env else None
@@ -238,9 +240,20 @@ def check_resources(spec: StudySpec, resources: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ one stage
+#: Ray Tune's result buffering (read when a Tuner starts): a trial worker keeps training through up to this
+#: many reports, for at least this many seconds, before it hands them to the driver in one batch; a report
+#: with a checkpoint, or the trial's last, ends a batch. Every report still reaches the driver, its logger
+#: callbacks and the result files; only the driver round trip per report is gone (see
+#: benchmarks/README.md: a report cost a worker a round trip through the driver, more than a small
+#: model's epoch).
+RESULT_BUFFER = {"TUNE_RESULT_BUFFER_LENGTH": "1000", "TUNE_RESULT_BUFFER_MIN_TIME_S": "5"}
+
+
 def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None):
     from ray import tune
 
+    for key, value in RESULT_BUFFER.items():
+        os.environ.setdefault(key, value)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_dict=spec.resolved()),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},

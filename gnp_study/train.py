@@ -151,6 +151,36 @@ def _set_rng(device: torch.device, state) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+_DATA_CACHE: dict = {}
+
+
+def _datasets(spec: StudySpec):
+    """The study's data sets (:func:`gnp_study.data.build_datasets` with ``spec.data``), built once per
+    process for one data spec.
+
+    A Ray worker is reused for many trials of a stage (``reuse_actors``): they all train on the same data,
+    so it is read, subset and wrapped once. The bundle holds no per-trial state (loaders, generators and
+    on-device copies are made per trial), so every trial sees what a fresh build would give it. One entry
+    is kept; another data spec replaces it.
+    """
+    from gnp_study.data import build_datasets
+
+    d = spec.data
+    key = d.model_dump_json()
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        on_device = d.loader == "device"  # augmentation then runs on the device, per batch
+        noise = d.label_noise
+        _DATA_CACHE[key] = build_datasets(
+            d.dataset, root=d.root, augmentation="none" if on_device else d.augmentation,
+            train_subset=d.train_subset, test_subset=d.test_subset, subset_seed=d.subset_seed, format=d.format,
+            validation_size=d.validation.size if d.validation else None,
+            validation_seed=d.validation.seed if d.validation else 0,
+            label_noise_fraction=noise.fraction if noise else 0.0,
+            label_noise_kind=noise.kind if noise else "symmetric", label_noise_seed=noise.seed if noise else 0)
+    return _DATA_CACHE[key]
+
+
 def _loaders(spec: StudySpec, t: dict, data, generator: torch.Generator, device: torch.device):
     """(train, test, validation or None) loaders; only the training loader shuffles (with ``generator``).
 
@@ -228,7 +258,6 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
     Raises:
         Whatever the model or data raise (the runner retries such a trial from its last checkpoint).
     """
-    from gnp_study.data import build_datasets
     from gnp_study.models import build_model
     from gnp_study.optim import GNP
 
@@ -241,16 +270,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     torch.manual_seed(trial["seed"])
 
-    d = spec.data
-    on_device = d.loader == "device"  # augmentation then runs on the device, per batch
-    noise = d.label_noise
-    data = build_datasets(d.dataset, root=d.root, augmentation="none" if on_device else d.augmentation,
-                          train_subset=d.train_subset, test_subset=d.test_subset, subset_seed=d.subset_seed,
-                          format=d.format, validation_size=d.validation.size if d.validation else None,
-                          validation_seed=d.validation.seed if d.validation else 0,
-                          label_noise_fraction=noise.fraction if noise else 0.0,
-                          label_noise_kind=noise.kind if noise else "symmetric",
-                          label_noise_seed=noise.seed if noise else 0)
+    data = _datasets(spec)
     model = build_model(spec.model.name, data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size, **spec.model.kwargs).to(device)
     if t["channels_last"]:
