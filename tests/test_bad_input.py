@@ -85,6 +85,28 @@ SPEC_CASES = [
      "/nonexistent/cifar"),
 ]
 
+# Issue 11 item 4: inputs that used to pass validation and fail inside every trial (or be read as 1.0).
+# digits has 1,437 training and 360 test images (scikit-learn's 1,797 split 80/20).
+ITEM4_CASES = [
+    ("train-subset-above-data", study_with(data__train_subset=1438), "data.train_subset"),
+    ("test-subset-above-data", study_with(data__test_subset=361), "data.test_subset"),
+    ("space-lr-true", study_with(stages__standard__space={"lr": [True]}), "stages.standard.space"),
+    ("epochs-true", study_with(training__epochs=True), "training.epochs"),
+    ("lr-true", study_with(training__lr=True), "training.lr"),
+    ("batch-size-true", study_with(training__batch_size=True), "training.batch_size"),
+    ("seeds-true", study_with(seeds=[True]), "seeds"),
+    ("r-true", study_with(stages__sam__r=[True, 0.05, 0.1]), "stages.sam.r"),
+    ("alpha-false", study_with(stages__gnp__alpha=[False, 0.5]), "stages.gnp.alpha"),
+    ("alpha-extra-true", study_with(stages__gnp__alpha_extra=[True]), "stages.gnp.alpha_extra"),
+    ("train-subset-true", study_with(data__train_subset=True), "data.train_subset"),
+    ("gpus-false", study_with(resources__gpus_per_trial=False), "resources.gpus_per_trial"),
+    ("max-failures-true", study_with(max_failures=True), "max_failures"),
+    ("optuna-low-true", study_with(stages__standard__search="optuna",
+                                   stages__standard__space={"lr": {"low": True, "high": 2.0}}),
+     "stages.standard.space.lr"),
+]
+SPEC_CASES += ITEM4_CASES
+
 
 def snapshot(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -243,3 +265,37 @@ def test_corrupted_json_in_the_study_folder(tmp_path, capsys, name, content):
     assert code == 2 and "Traceback" not in err and name in err
     assert snapshot(out) == before
     assert not (out / "ray").exists()
+
+
+@pytest.mark.parametrize("case, content, must_contain", ITEM4_CASES, ids=[c[0] for c in ITEM4_CASES])
+def test_validate_rejects_item4_inputs_in_one_line(case, content, must_contain, tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(content))
+    code, err = run_cli(["validate", str(study)], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if case != "optuna-low-true":  # pydantic reports each arm of the list-or-range union on its own line
+        assert len(lines) == 1, err
+    assert lines[0].startswith("gnp-study: error: ") and must_contain in err and "Traceback" not in err
+    if "subset" in case and "true" not in case:
+        assert "1437" in err if case.startswith("train") else "360" in err
+
+
+@pytest.mark.parametrize("value", [1437, 300])
+def test_a_subset_within_the_data_is_valid(value, tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(study_with(data__train_subset=value, data__test_subset=360)))
+    code, err = run_cli(["validate", str(study)], capsys)
+    assert code == 0, err
+
+
+def test_booleans_stay_accepted_where_the_field_is_a_switch(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(study_with(training__nesterov=True, training__normalize_g1=False,
+                                               stages__standard__search="optuna",
+                                               stages__standard__space={"lr": {"low": 0.01, "high": 0.5,
+                                                                               "log": True}})))
+    code, err = run_cli(["validate", str(study)], capsys)
+    assert code == 0, err
+    spec = load_spec(study)
+    assert spec.training.nesterov is True and spec.stages.standard.space["lr"].log is True
