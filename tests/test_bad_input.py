@@ -299,3 +299,95 @@ def test_booleans_stay_accepted_where_the_field_is_a_switch(tmp_path, capsys):
     assert code == 0, err
     spec = load_spec(study)
     assert spec.training.nesterov is True and spec.stages.standard.space["lr"].log is True
+
+
+def _trials_with(path: Path, column: str, values) -> None:
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    df[column] = values(df[column])
+    df.to_parquet(path, index=False)
+
+
+def _json_with(path: Path, change) -> None:
+    import json
+
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _yaml_with(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+# (case id, file damaged, how, text the message must hold besides the file name). Each parses but is malformed.
+MALFORMED_FOLDER_CASES = [
+    ("decisions-unknown-key", "decisions.json", lambda p: _json_with(p, lambda d: d.update(stages=5)), "'stages'"),
+    ("decision-is-a-number", "decisions.json", lambda p: _json_with(p, lambda d: d.update(standard=5)),
+     "'standard' must be a mapping"),
+    ("decision-is-a-list", "decisions.json", lambda p: _json_with(p, lambda d: d.update(sam=[1, 2])),
+     "'sam' must be a mapping"),
+    ("decision-r-is-text", "decisions.json", lambda p: _json_with(p, lambda d: d["sam"].update(r="x")), "'sam.r'"),
+    ("decision-alpha-null", "decisions.json", lambda p: _json_with(p, lambda d: d["gnp"].update(alpha=None)),
+     "'gnp.alpha'"),
+    ("candidates-a-number", "decisions.json", lambda p: _json_with(p, lambda d: d["gnp"].update(candidates=5)),
+     "'gnp.candidates'"),
+    ("candidate-without-mean", "decisions.json",
+     lambda p: _json_with(p, lambda d: d["sam"].update(candidates=[{"config_key": "{}"}])), "lacks 'mean'"),
+    ("run-info-stages-5", "run_info.json", lambda p: _json_with(p, lambda d: d.update(stages=5)),
+     "'stages' must be a mapping"),
+    ("run-info-stage-a-number", "run_info.json", lambda p: _json_with(p, lambda d: d["stages"].update(sam=5)),
+     "'stages.sam'"),
+    ("run-info-hours-text", "run_info.json",
+     lambda p: _json_with(p, lambda d: d["stages"]["sam"].update(cpu_hours="many")), "'stages.sam.cpu_hours'"),
+    ("run-info-versions-5", "run_info.json", lambda p: _json_with(p, lambda d: d.update(versions=5)), "'versions'"),
+    ("study-yaml-a-list", "study.yaml", lambda p: p.write_text("- a\n- b\n"), "mapping"),
+    ("study-yaml-stages-5", "study.yaml", lambda p: _yaml_with(p, lambda d: d.update(stages=5)), "'stages'"),
+    ("study-yaml-gnp-alpha-5", "study.yaml", lambda p: _yaml_with(p, lambda d: d["stages"]["gnp"].update(alpha=5)),
+     "'stages.gnp.alpha'"),
+    ("study-yaml-figure2-r-text", "study.yaml",
+     lambda p: _yaml_with(p, lambda d: d["stages"]["gnp"].update(figure2_r=["a"])), "'stages.gnp.figure2_r'"),
+    ("study-yaml-data-5", "study.yaml", lambda p: _yaml_with(p, lambda d: d.update(data=5)), "'data'"),
+    ("trials-missing-column", "trials.parquet",
+     lambda p: __import__("pandas").read_parquet(p).drop(columns=["seed"]).to_parquet(p, index=False), "'seed'"),
+    ("trials-alpha-text", "trials.parquet", lambda p: _trials_with(p, "alpha", lambda c: c.astype(str)), "'alpha'"),
+    ("trials-error-a-number", "trials.parquet", lambda p: _trials_with(p, "error", lambda c: [1] * len(c)),
+     "'error'"),
+    ("trials-best-error-text", "trials.parquet",
+     lambda p: _trials_with(p, "best_test_error", lambda c: c.astype(str)), "'best_test_error'"),
+    ("epochs-epoch-text", "epochs.parquet", lambda p: _trials_with(p, "epoch", lambda c: c.astype(str)), "'epoch'"),
+]
+
+
+@pytest.fixture(scope="module")
+def reported_study(tmp_path_factory) -> Path:
+    """A synthetic study folder with its outputs built (which a failed report must leave as they are)."""
+    from study_fixtures import make_study
+
+    from gnp_study.report import build_outputs
+
+    folder = tmp_path_factory.mktemp("reported") / "study"
+    make_study(folder)
+    build_outputs(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case, name, damage, must_contain", MALFORMED_FOLDER_CASES,
+                         ids=[c[0] for c in MALFORMED_FOLDER_CASES])
+def test_report_refuses_a_malformed_study_folder_before_writing(case, name, damage, must_contain, tmp_path,
+                                                                 capsys, reported_study):
+    import shutil
+
+    folder = tmp_path / "study"
+    shutil.copytree(reported_study, folder)
+    damage(folder / name)
+    before = snapshot(folder)
+    code, err = run_cli(["report", str(folder)], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gnp-study: error: "), err
+    assert str(folder / name) in err and must_contain in err, err
+    assert snapshot(folder) == before, "nothing is rewritten before the folder is checked"
