@@ -3,6 +3,7 @@ started, and no existing result file changed (issue: long studies must survive).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import zipfile
 from pathlib import Path
@@ -391,3 +392,36 @@ def test_report_refuses_a_malformed_study_folder_before_writing(case, name, dama
     assert len(lines) == 1 and lines[0].startswith("gnp-study: error: "), err
     assert str(folder / name) in err and must_contain in err, err
     assert snapshot(folder) == before, "nothing is rewritten before the folder is checked"
+
+
+def _number_paths(node, path=()):
+    """Every place in a resolved spec that holds a number or a list of numbers (booleans excluded)."""
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _number_paths(v, path + (k,))
+    elif is_num(node) or (isinstance(node, list) and node and all(is_num(v) for v in node)):
+        yield path
+
+
+def test_a_boolean_is_refused_wherever_the_resolved_spec_holds_a_number():
+    from gnp_study.spec import SpecError, parse_spec
+
+    resolved = load_spec(ROOT / "search_spaces" / "digits.yaml").resolved()
+    paths = list(_number_paths(resolved))
+    assert ("training", "lr") in paths and ("seeds",) in paths and ("stages", "sam", "r") in paths
+    for path in paths:
+        raw = copy.deepcopy(resolved)
+        node = raw
+        for k in path[:-1]:
+            node = node[k]
+        old = node[path[-1]]
+        node[path[-1]] = [True] + old[1:] if isinstance(old, list) else True
+        with pytest.raises(SpecError) as err:
+            parse_spec(raw, "digits", check_names=False)
+        msg = str(err.value)
+        assert "boolean" in msg and msg.count("\n") == 0, (path, msg)
+        # the field's dotted path (a mapping's key, as stages.standard.space's lr, follows the path)
+        assert ".".join(path) in msg or (".".join(path[:-1]) in msg and f"{path[-1]}[0]" in msg), (path, msg)
