@@ -43,7 +43,8 @@ def _load_checked(study: str | None):
         # Trials run in their own working directories (Ray Tune's trial folders): a root relative to
         # where the user ran the command is made absolute here, before it is stored and validated.
         spec.data.root = str(Path(spec.data.root).resolve())
-    check_data(spec.data.dataset, spec.data.root, spec.data.format)
+    check_data(spec.data.dataset, spec.data.root, spec.data.format,
+               train_subset=spec.data.train_subset, test_subset=spec.data.test_subset)
     return spec
 
 

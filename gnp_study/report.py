@@ -700,17 +700,21 @@ def build_outputs(study_dir: str | Path) -> dict[str, Path]:
         ``"figure2.png"``, ``"figure3.png"``, ``"report.html"``.
 
     Raises:
-        StudyFolderError: the folder holds no readable study.
+        StudyFolderError: the folder holds no readable study, or a file that parses but is malformed
+            (see :func:`gnp_study.results.load_study`); nothing is written then.
     """
     study = load_study(study_dir)
     table = study_results_table(study)
-    paths = write_study_tables(study, table)
+    # Everything is drawn and rendered before the first file is written, so a study folder that cannot be
+    # reported keeps its previous outputs (write_study_tables renders results.md before writing it).
     fig2, fig3 = _png_bytes(figure2(study)), _png_bytes(figure3(study))
+    html = _render_html(study, table, fig2, fig3)
+    paths = write_study_tables(study, table)
     paths[FIGURE2_PNG] = study.path / FIGURE2_PNG
     paths[FIGURE2_PNG].write_bytes(fig2)
     paths[FIGURE3_PNG] = study.path / FIGURE3_PNG
     paths[FIGURE3_PNG].write_bytes(fig3)
     report = study.path / REPORT_HTML
-    report.write_text(_render_html(study, table, fig2, fig3), encoding="utf-8")
+    report.write_text(html, encoding="utf-8")
     paths[REPORT_HTML] = report
     return paths

@@ -436,6 +436,130 @@ def _read_parquet(path: Path, required: list[str]) -> pd.DataFrame:
     return df
 
 
+# What the outputs read from each file, checked before anything is written (a file that parses but
+# holds the wrong shapes must be refused with its name, not end in a traceback half-way through).
+
+#: Keys of ``decisions.json``: the stages (the runner refuses any other key too).
+DECISION_STAGES = tuple(stage for stage, _ in SCHEMES)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v) and float(v).is_integer() and v >= 0
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _need(ok: bool, path: Path, what: str, value: Any) -> None:
+    if not ok:
+        raise StudyFolderError(f"{path}: {what}, found {_kind(value)} ({json.dumps(value, default=str)[:60]})")
+
+
+def _check_spec(path: Path, spec: dict[str, Any]) -> None:
+    """study.yaml: the sections the outputs read are mappings; the grids and seeds are lists of numbers."""
+    for key in ("name", "description"):
+        if spec.get(key) is not None:
+            _need(isinstance(spec[key], str), path, f"'{key}' must be a string", spec[key])
+    for key in ("data", "model", "training", "stages", "resources"):
+        if spec.get(key) is not None:
+            _need(isinstance(spec[key], dict), path, f"'{key}' must be a mapping", spec[key])
+    if spec.get("seeds") is not None:
+        _need(isinstance(spec["seeds"], list) and all(_is_count(v) for v in spec["seeds"]), path,
+              "'seeds' must be a list of non-negative integers", spec["seeds"])
+    stages = spec.get("stages") or {}
+    for stage in DECISION_STAGES:
+        if stages.get(stage) is not None:
+            _need(isinstance(stages[stage], dict), path, f"'stages.{stage}' must be a mapping", stages[stage])
+    grids = [("sam", "r"), ("gnp", "alpha"), ("gnp", "alpha_extra"), ("gnp", "figure2_r"),
+             ("gnp", "figure3_alpha")]
+    for stage, key in grids:
+        value = (stages.get(stage) or {}).get(key)
+        if value is not None:
+            _need(isinstance(value, list) and all(_is_number(v) for v in value), path,
+                  f"'stages.{stage}.{key}' must be a list of numbers", value)
+
+
+def _check_decisions(path: Path, decisions: dict[str, Any]) -> None:
+    """decisions.json: one mapping per decided stage with the fields :func:`gnp_study.protocol.decide`
+    writes (config_key, mean, std, n, n_seeds, candidates; r for sam, alpha and r for gnp)."""
+    for stage, dec in decisions.items():
+        if stage not in DECISION_STAGES:
+            raise StudyFolderError(f"{path}: unknown key {stage!r}; expected only the stages "
+                                   f"{', '.join(DECISION_STAGES)}")
+        _need(isinstance(dec, dict), path, f"'{stage}' must be a mapping (the stage's decision)", dec)
+        if "config_key" in dec:
+            _need(isinstance(dec["config_key"], str), path, f"'{stage}.config_key' must be a string",
+                  dec["config_key"])
+        if "config" in dec:
+            _need(isinstance(dec["config"], dict), path, f"'{stage}.config' must be a mapping", dec["config"])
+        required = {"sam": ("r",), "gnp": ("alpha", "r")}.get(stage, ())
+        for key in ("mean", "std", "alpha", "r"):
+            if key in required or dec.get(key) is not None:
+                _need(_is_number(dec.get(key)), path, f"'{stage}.{key}' must be a number", dec.get(key))
+        for key in ("n", "n_seeds"):
+            if key in dec:
+                _need(_is_count(dec[key]), path, f"'{stage}.{key}' must be a non-negative integer", dec[key])
+        cands = dec.get("candidates", [])
+        _need(isinstance(cands, list), path, f"'{stage}.candidates' must be a list", cands)
+        for i, cand in enumerate(cands):
+            where = f"'{stage}.candidates[{i}]"
+            _need(isinstance(cand, dict), path, f"{where}' must be a mapping", cand)
+            for key in ("config_key", "mean", "n", "n_seeds"):
+                if key not in cand:
+                    raise StudyFolderError(f"{path}: {where}' lacks {key!r}")
+            _need(isinstance(cand["config_key"], str), path, f"{where}.config_key' must be a string",
+                  cand["config_key"])
+            for key in ("mean", "std"):
+                if cand.get(key) is not None:
+                    _need(_is_number(cand[key]), path, f"{where}.{key}' must be a number or null", cand[key])
+            for key in ("n", "n_seeds", "n_diverged", "n_failed"):
+                if key in cand:
+                    _need(_is_count(cand[key]), path, f"{where}.{key}' must be a non-negative integer",
+                          cand[key])
+
+
+def _check_run_info(path: Path, info: dict[str, Any]) -> None:
+    """run_info.json: 'stages' maps stage names to mappings of numbers; the rest as the runner writes it."""
+    for key in ("stages", "hardware", "versions"):
+        if info.get(key) is not None:
+            _need(isinstance(info[key], dict), path, f"'{key}' must be a mapping", info[key])
+    for key in ("started", "finished", "ray_address"):
+        if info.get(key) is not None:
+            _need(isinstance(info[key], str), path, f"'{key}' must be a string or null", info[key])
+    if info.get("wall_time_s") is not None:
+        _need(_is_number(info["wall_time_s"]), path, "'wall_time_s' must be a number", info["wall_time_s"])
+    for stage, facts in (info.get("stages") or {}).items():
+        _need(isinstance(facts, dict), path, f"'stages.{stage}' must be a mapping", facts)
+        for key in ("wall_time_s", "cpu_hours", "gpu_hours"):
+            if facts.get(key) is not None:
+                _need(_is_number(facts[key]), path, f"'stages.{stage}.{key}' must be a number", facts[key])
+        if facts.get("n_trials") is not None:
+            _need(_is_count(facts["n_trials"]), path, f"'stages.{stage}.n_trials' must be a non-negative "
+                  f"integer", facts["n_trials"])
+
+
+def _check_columns(path: Path, df: pd.DataFrame, numeric: list[str], text: list[str]) -> None:
+    """Numeric columns hold numbers (not booleans, not text); text columns hold strings (or nulls)."""
+    if df.empty:
+        return
+    for col in numeric:
+        if col in df.columns and (pd.api.types.is_bool_dtype(df[col])
+                                  or not pd.api.types.is_numeric_dtype(df[col])):
+            raise StudyFolderError(f"{path}: column {col!r} must hold numbers, found dtype {df[col].dtype}")
+    for col in text:
+        if col in df.columns:
+            bad = df[col][df[col].notna() & ~df[col].map(lambda v: isinstance(v, str))]
+            if len(bad):
+                raise StudyFolderError(f"{path}: column {col!r} must hold text, found {bad.iloc[0]} "
+                                       f"({type(bad.iloc[0]).__name__}) in row {bad.index[0]}")
+
+
 def load_study(study_dir: str | Path) -> Study:
     """Read a study folder into a :class:`Study`.
 
@@ -452,7 +576,9 @@ def load_study(study_dir: str | Path) -> Study:
 
     Raises:
         StudyFolderError: the folder does not exist or holds no study; a required file is missing; any
-            present file is corrupt (unparsable) or lacks required columns. The message names the file.
+            present file is corrupt (unparsable), lacks required columns, or parses but holds what the
+            outputs cannot read (a column of the wrong type, a decision or a stage's facts that is not a
+            mapping, a grid that is not a list of numbers). The message names the file and what is wrong.
     """
     root = Path(study_dir)
     if not root.is_dir():
@@ -502,6 +628,13 @@ def load_study(study_dir: str | Path) -> Study:
             _paper_rows(paper)
         except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
             raise StudyFolderError(f"{paper_path}: unusable paper reference ({exc})") from exc
+    _check_spec(spec_path, spec)
+    _check_columns(trials_path, trials, numeric=["alpha", "r", "seed", "best_test_error", "diverged_epoch"],
+                   text=["stage", "config_key", "status", "error"])
+    _check_columns(epochs_path, epochs, numeric=["alpha", "r", "seed", "epoch", "test_error", "grad_norm"],
+                   text=["stage"])
+    _check_decisions(decisions_path, decisions)
+    _check_run_info(info_path, run_info)
     return Study(root, spec, decisions, trials, epochs, run_info, paper, missing)
 
 
