@@ -61,7 +61,9 @@ def test_gnp_vs_sam_percent_undefined_cases():
 def test_format_mean_std():
     assert format_mean_std(5.2, 0.10817, 3, 3) == "5.20 ± 0.11"
     assert format_mean_std(4.785, 0.1485, 2, 3, n_diverged=1) == "4.79 ± 0.15 (2/3)"
-    assert format_mean_std(4.0, float("nan"), 1, 1) == "4.00 ± 0.00"
+    # one seed: the spread is unknown, never shown as 0.00
+    assert format_mean_std(4.0, float("nan"), 1, 1) == "4.00 ± n/a"
+    assert format_mean_std(4.0, 0.0, 1, 1) == "4.00 ± n/a"
     assert format_mean_std(float("nan"), float("nan"), 0, 3, n_diverged=3) == "diverged (0/3)"
     assert format_mean_std(float("nan"), float("nan"), 0, 2, n_failed=2) == "failed (0/2)"
     assert format_mean_std(float("nan"), float("nan"), 0, 2, n_diverged=1, n_failed=1) == "no completed seed (0/2)"
@@ -80,7 +82,8 @@ def test_aggregate_seeds_counts_and_single_seed_std():
         }
     )
     agg = aggregate_seeds(trials).set_index("config_key")
-    assert agg.loc["a", "mean"] == 4.0 and agg.loc["a", "std"] == 0.0  # diverged 3.0 not averaged in
+    assert agg.loc["a", "mean"] == 4.0  # diverged 3.0 not averaged in
+    assert math.isnan(agg.loc["a", "std"]) and math.isnan(agg.loc["a", "ci_low"])  # one seed: unknown spread
     assert (agg.loc["a", "n"], agg.loc["a", "n_seeds"], agg.loc["a", "n_diverged"]) == (1, 2, 1)
     assert math.isnan(agg.loc["b", "mean"]) and agg.loc["b", "n"] == 0 and agg.loc["b", "n_diverged"] == 2
 
@@ -175,8 +178,9 @@ def test_write_tables(tmp_path):
 def test_write_tables_partial_study_says_what_is_missing(tmp_path):
     s = make_study(tmp_path / "s", stages=("standard", "sam"), paper=False)
     md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
-    assert "Not decided yet: gnp" in md and "Derived figure undefined: no mean for GNP" in md
-    assert "Paper" not in md
+    assert "Not decided yet: gnp" in md
+    assert "GNP − Standard is not available yet" in md and "X% larger" in md  # the figure is not stated
+    assert "- Paper:" not in md and "Paper test error" not in md  # no reference rows
 
 
 # ---------------------------------------------------------------- load_study
