@@ -146,8 +146,14 @@ def paired_t_power(diff: float, sd: float, n: int, level: float = 1 - CONFIDENCE
         raise ValueError(f"power needs a positive sd, got {sd}")
     df = n - 1
     crit = float(_st.t.ppf(1 - level / 2, df))
-    nc = float(diff) / float(sd) * math.sqrt(n)
-    return float(_st.nct.sf(crit, df, nc) + _st.nct.cdf(-crit, df, nc))
+    nc = abs(float(diff)) / float(sd) * math.sqrt(n)  # the power is symmetric in the sign of diff
+    near = float(_st.nct.sf(crit, df, nc))
+    with np.errstate(all="ignore"):
+        far = float(_st.nct.cdf(-crit, df, nc))
+    # The far tail is below 1 - near; scipy can return NaN for it when it underflows (large nc).
+    if not math.isfinite(far):
+        far = 0.0
+    return min(1.0, near + far)
 
 
 def seeds_needed(diff: float, sd: float, power: float = POWER, level: float = 1 - CONFIDENCE,
