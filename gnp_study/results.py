@@ -699,7 +699,8 @@ def load_study(study_dir: str | Path) -> Study:
     """Read a study folder into a :class:`Study`.
 
     Required: the folder, ``study.yaml`` (a YAML mapping) and ``trials.parquet`` (with the columns of
-    :data:`TRIALS_REQUIRED`). Optional (empty when absent, listed in ``Study.missing``):
+    :data:`TRIALS_REQUIRED`, and ``best_val_error`` and ``test_error_at_best_val`` for a study in
+    validation mode, :func:`selection`). Optional (empty when absent, listed in ``Study.missing``):
     ``decisions.json``, ``epochs.parquet`` (columns :data:`EPOCHS_REQUIRED`), ``run_info.json``,
     ``paper_reference.csv`` (columns scheme, mean, std).
 
@@ -732,7 +733,9 @@ def load_study(study_dir: str | Path) -> Study:
         raise StudyFolderError(f"{spec_path}: expected a YAML mapping, found {type(spec).__name__}")
     if not trials_path.exists():
         raise StudyFolderError(f"{trials_path}: missing; no stage of this study has recorded trials yet")
-    trials = _read_parquet(trials_path, TRIALS_REQUIRED)
+    sel = selection(spec)
+    trials = _read_parquet(trials_path, TRIALS_REQUIRED + (
+        [sel.decide_column, sel.report_column] if sel.mode == VALIDATION_MODE else []))
 
     missing: list[str] = []
     decisions_path = root / DECISIONS_JSON
