@@ -70,7 +70,7 @@ ERROR_BARS = ("ci", "std")
 #: Legend text of each kind of error bar.
 ERROR_BAR_LABELS = {"ci": "95% CI of the mean over seeds (Student t)", "std": "± 1 std over seeds"}
 #: Legend text of the ring drawn around the chosen alpha and the alphas not distinguishable from it.
-TIED_LABEL = "chosen alpha and alphas tied with it (paired 95% CI of the difference includes 0)"
+TIED_LABEL = "chosen alpha and alphas tied with it\n(paired 95% CI of the difference includes 0)"
 #: The paper's extra alpha set B_b (Section 4.1, parameter study), used when the spec has no
 #: figure3_alpha.
 B_B_DEFAULT = (1.1, 1.2, 1.3, 1.5, 2.0)
@@ -231,7 +231,7 @@ def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
     if handles:
         order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
         handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
-        ncols = min(len(handles), 4 if n_panels > 1 else 3)
+        ncols = min(len(handles), 4 if n_panels > 2 else 3)
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
                    ncols=ncols, fontsize=9 if n_panels > 1 else 8, frameon=False)
     data = study.spec.get("data") or {}
@@ -698,7 +698,7 @@ def _certainty_text(dec: dict[str, Any], n_eligible: int) -> str:
         else:
             parts.append("margin to the runner-up: fewer than 2 paired seeds, no CI")
     n_tied = len(dec.get("indistinguishable") or [])
-    parts.append(f"{n_tied} of the other {max(n_eligible - 1, 0)} candidates not distinguishable from it at 95%")
+    parts.append(f"not distinguishable from it at 95%: {n_tied} of the other {max(n_eligible - 1, 0)} candidates")
     return "; ".join(parts) + "."
 
 
@@ -765,7 +765,7 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
     counts_html, bad_html = _trial_counts(study)
     r3, alphas3, _ = figure3_setting(study)
     sel = selection(study.spec)
-    verdicts = verdict_lines(study, table)
+    verdicts = verdict_lines(study, table, stages=False)  # each decision's certainty is shown with it
     b_r = best_r(study)
     f2 = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
     return template.render(

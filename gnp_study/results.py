@@ -547,8 +547,8 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
             else:
                 text += f"; runner-up {ru_text}: fewer than 2 paired seeds, no CI"
         n_ind = len(dec.get("indistinguishable") or [])
-        text += (f"; {n_ind} of the other {max(len(eligible) - 1, 0)} candidates are not distinguishable from "
-                 f"it at 95%" if eligible else "")
+        text += (f"; not distinguishable from it at 95%: {n_ind} of the other {max(len(eligible) - 1, 0)} "
+                 f"candidates" if eligible else "")
         lines.append(text)
     return lines
 
@@ -565,7 +565,7 @@ def _candidate_text(stage: str, cand: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt_value(v)}" for k, v in cfg.items() if k not in _SCHEME_KEYS) or "defaults"
 
 
-def verdict_lines(study: "Study", table: pd.DataFrame | None = None) -> list[str]:
+def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: bool = True) -> list[str]:
     """The study's answer in words, as results.md, report.html and the console summary state it.
 
     Lines: the selection mode; GNP − Standard, SAM − Standard and GNP − SAM (paired over seeds, 95% CI,
@@ -575,6 +575,7 @@ def verdict_lines(study: "Study", table: pd.DataFrame | None = None) -> list[str
 
     Args:
         study: a loaded :class:`Study`; table: its :func:`study_results_table` (computed when None).
+        stages: add the stage certainty lines (report.html shows them with each decision instead).
 
     Returns:
         A list of sentences (no Markdown).
@@ -590,7 +591,8 @@ def verdict_lines(study: "Study", table: pd.DataFrame | None = None) -> list[str
         lines.append(f"{a} − {b}: not available yet (stage not decided)." if p is None else
                      paired_text(a, b, p) + ".")
     lines.append(improvement_text(table, comps))
-    lines.extend(s + "." for s in stage_certainty_lines(study.decisions))
+    if stages:
+        lines.extend(s + "." for s in stage_certainty_lines(study.decisions))
     return lines
 
 
