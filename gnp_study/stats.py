@@ -373,9 +373,24 @@ def fmt_signed(v: float, decimals: int = 2) -> str:
     return ("−" if v < 0 else "+") + f"{abs(v):.{decimals}f}"
 
 
+def _p_value(v: float) -> str:
+    if not _finite(v):
+        return "n/a"
+    return "< 0.001" if v < 0.001 else f"= {v:.3f}" if v < 0.01 else f"= {v:.2f}"
+
+
+def _p_text(p: Paired) -> str:
+    """``"paired t-test p = 0.31"``, with the Wilcoxon signed-rank p-value from 6 pairs on."""
+    text = f"paired t-test p {_p_value(p.p_t)}"
+    if p.n >= WILCOXON_MIN_N:
+        text += f", Wilcoxon p {_p_value(p.p_wilcoxon)}"
+    return text
+
+
 def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2) -> str:
     """One verdict in words, e.g. ``"GNP − SAM = −0.14 points, 95% CI −0.90 to +0.62, paired over 4 seeds:
-    not resolved; about 37 seeds would resolve a difference this size (80% power)"``.
+    not resolved (paired t-test p = 0.55); about 37 seeds would resolve a difference this size (80%
+    power)"``.
 
     Args:
         name_a, name_b: display names; p: the :func:`paired` result of a - b.
@@ -395,10 +410,11 @@ def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2) -> str:
                 f"(one seed gives no confidence interval; seeds needed cannot be estimated)")
     text = (f"{head} = {fmt_signed(p.diff, decimals)} points, 95% CI {fmt_signed(p.ci_low, decimals)} to "
             f"{fmt_signed(p.ci_high, decimals)}, {pair_note}: ")
+    tests = _p_text(p)
     if p.resolved:
         better = name_a if p.diff < 0 else name_b
-        return text + f"resolved ({better} has the lower error)"
-    text += "not resolved"
+        return text + f"resolved ({better} has the lower error; {tests})"
+    text += f"not resolved ({tests})"
     if p.seeds_needed is not None:
         text += f"; about {p.seeds_needed} seeds would resolve a difference this size (80% power)"
     elif p.power_note:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
@@ -387,3 +388,23 @@ def test_report_shows_the_decisions_certainty(tmp_path):
     assert "probability of being best 0.70" in text
     assert "margin to the runner-up +0.20 points, paired 95% CI −0.50 to +0.90 over 2 seeds: not resolved" in text
     assert "+0.20 (−0.50 to +0.90, 2 seeds)" in text and "P(best)" in text
+
+
+def test_figure2_in_validation_mode_shows_the_reported_column(tmp_path):
+    s = make_study(tmp_path / "v")
+    spec = yaml.safe_load((s.path / "study.yaml").read_text())
+    spec["data"]["validation"] = {"size": 200, "seed": 3}
+    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    t = pd.read_parquet(s.path / "trials.parquet")
+    t["best_val_error"] = t["best_test_error"] + 1.0
+    t["test_error_at_best_val"] = t["best_test_error"] + 0.5
+    t.to_parquet(s.path / "trials.parquet", index=False)
+    fig = figure2(load_study(s.path))
+    ax = fig.axes[0]
+    ok = t[(t["config_key"] == s.decisions["standard"]["config_key"]) & (t["status"] == "completed")]
+    by_x = {round(x, 6): y for x, y, _ in _points(ax)}
+    assert by_x[0.0] == pytest.approx(ok["test_error_at_best_val"].mean())
+    assert "validation" in ax.get_ylabel() or "val" in ax.get_ylabel()
+    assert "test error at best validation epoch" in fig.get_suptitle()
+    text = render_report(s.path, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'class="mode validation"' in text and "optimistic by construction" not in text

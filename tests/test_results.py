@@ -279,6 +279,7 @@ def test_verdicts_unresolved_sam_suppresses_the_percentage(tmp_path):
     d = np.array([4.48 - std[0], 5.79 - std[2]])
     lo, hi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
     assert f"95% CI −{abs(lo):.2f} to +{hi:.2f}, paired over 2 seeds (of 2 and 3 completed): not resolved" in ss
+    assert f"(paired t-test p = {sps.ttest_1samp(d, 0).pvalue:.2f})" in ss
     assert "seeds would resolve a difference this size (80% power)" in ss
     md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
     assert "SAM − Standard is not resolved" in md and "not stated (not resolved)" in md and "69%" not in md

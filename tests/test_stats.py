@@ -130,13 +130,17 @@ def test_paired_rejects_duplicate_seeds():
 def test_paired_text_resolved_and_not():
     res = paired({s: 1.0 + 0.01 * s for s in range(4)}, {s: 2.0 + 0.02 * s for s in range(4)})
     t = paired_text("GNP", "SAM", res)
-    assert t.startswith("GNP − SAM = −1.0") and t.endswith("resolved (GNP has the lower error)")
+    assert t.startswith("GNP − SAM = −1.0") and ": resolved (GNP has the lower error; paired t-test p " in t
     noisy = paired({0: 1.0, 1: 3.0, 2: 2.0, 3: 2.5}, {0: 2.0, 1: 2.0, 2: 2.2, 3: 2.4})
     t = paired_text("GNP", "SAM", noisy)
     d = np.array([-1.0, 1.0, -0.2, 0.1])
     lo, hi = stats.t.interval(0.95, 3, loc=d.mean(), scale=stats.sem(d))
     assert f"= {fmt_signed(d.mean())} points, 95% CI {fmt_signed(lo)} to {fmt_signed(hi)}, paired over 4 seeds" in t
-    assert ": not resolved; about " in t and "(80% power)" in t
+    assert f": not resolved (paired t-test p = {stats.ttest_1samp(d, 0).pvalue:.2f}); about " in t
+    assert "(80% power)" in t
+    # six distinct positive differences: exact two-sided signed-rank p = 2/64 = 0.03125
+    six = paired({s: 2.0 + 0.1 * (s + 1) for s in range(6)}, {s: 2.0 for s in range(6)})
+    assert "Wilcoxon p = 0.03)" in paired_text("A", "B", six)
 
 
 # ---------------------------------------------------------------- power and seeds needed
