@@ -376,6 +376,8 @@ MALFORMED_FOLDER_CASES = [
     ("study-yaml-figure2-r-text", "study.yaml",
      lambda p: _yaml_with(p, lambda d: d["stages"]["gnp"].update(figure2_r=["a"])), "'stages.gnp.figure2_r'"),
     ("study-yaml-data-5", "study.yaml", lambda p: _yaml_with(p, lambda d: d.update(data=5)), "'data'"),
+    ("study-yaml-validation-5", "study.yaml",
+     lambda p: _yaml_with(p, lambda d: d["data"].update(validation=5)), "'data.validation'"),
     ("trials-missing-column", "trials.parquet",
      lambda p: __import__("pandas").read_parquet(p).drop(columns=["seed"]).to_parquet(p, index=False), "'seed'"),
     ("trials-alpha-text", "trials.parquet", lambda p: _trials_with(p, "alpha", lambda c: c.astype(str)), "'alpha'"),
