@@ -22,6 +22,7 @@ import datetime as _dt
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,8 @@ def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
     what = "best test error" if selection(study.spec).mode == PAPER_MODE else "test error at best validation epoch"
     bars = "95% CI of the mean" if error_bars == "ci" else "± 1 std"
     sup = f"{study.name}: {what} vs alpha ({data.get('dataset', '?')}, {model}), mean and {bars} over seeds"
+    # One panel is narrow: wrap the title to the figure's width instead of letting it run off both sides.
+    sup = "\n".join(textwrap.wrap(sup, width=int(fig.get_figwidth() * 12)))
     if fig_notes:
         sup += "\n" + "; ".join(fig_notes)
     fig.suptitle(sup, fontsize=11)
