@@ -43,7 +43,8 @@ def _load_checked(study: str | None):
         # Trials run in their own working directories (Ray Tune's trial folders): a root relative to
         # where the user ran the command is made absolute here, before it is stored and validated.
         spec.data.root = str(Path(spec.data.root).resolve())
-    check_data(spec.data.dataset, spec.data.root, spec.data.format)
+    check_data(spec.data.dataset, spec.data.root, spec.data.format,
+               train_subset=spec.data.train_subset, test_subset=spec.data.test_subset)
     return spec
 
 
@@ -62,13 +63,50 @@ def cmd_run_greedy(args: argparse.Namespace) -> int:
     spec = _load_checked(args.study)
     out = _output_dir(spec, args.output, args.new)
     print(f"[gnp-study] study {spec.name!r} -> {out}", file=sys.stderr)
-    decisions = run_greedy(spec, out, address=args.address, build_report=True)
-    print(f"[gnp-study] standard {decisions['standard']['mean']:.2f}%  "
-          f"SAM (r={decisions['sam']['r']:g}) {decisions['sam']['mean']:.2f}%  "
-          f"GNP (alpha={decisions['gnp']['alpha']:g}, r={decisions['gnp']['r']:g}) {decisions['gnp']['mean']:.2f}%")
+    run_greedy(spec, out, address=args.address, build_report=True)
+    print_summary(out)
     for name in ("results.md", "figure2.png", "figure3.png", "report.html"):
         print(f"  {out}/{name}")
     return 0
+
+
+def summary_lines(study_dir: str | Path) -> list[str]:
+    """The console summary of a finished (or partly run) study: the results table's three rows with their
+    mean ± std and 95% CI, then the verdicts in words (:func:`gnp_study.results.verdict_lines`).
+
+    Args:
+        study_dir: the study folder (a storage URI is read from its local mirror).
+
+    Returns:
+        Lines of text.
+
+    Raises:
+        StudyFolderError: the folder holds no readable study.
+    """
+    from gnp_study.results import load_study, study_results_table, verdict_lines
+
+    if "://" in str(study_dir):
+        from gnp_study.runner import _mirror_dir
+
+        study_dir = _mirror_dir(str(study_dir).rstrip("/"))
+    study = load_study(study_dir)
+    table = study_results_table(study)
+    verdicts = verdict_lines(study, table)
+    lines = [f"[gnp-study] {study.name}: {verdicts[0]}"]
+    for _, row in table.iterrows():
+        ci = f", 95% CI {row['ci95']}" if row["ci95"] not in ("", "n/a") else ""
+        lines.append(f"  {row['scheme']:<8} {row['configuration']:<28} {row['test_error']}{ci} "
+                     f"({int(row['n'])}/{int(row['n_seeds'])} seeds)")
+    lines += [f"  - {v}" for v in verdicts[1:]]
+    if any("seeds would resolve" in v for v in verdicts):
+        lines.append("  (gnp-study plan STUDY --seeds N prices a run with N seeds)")
+    return lines
+
+
+def print_summary(study_dir: str | Path) -> None:
+    """Print :func:`summary_lines` to stdout."""
+    for line in summary_lines(study_dir):
+        print(line)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -101,10 +139,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from gnp_study.spec import load_spec
 
     spec = _load_checked(args.study) if args.check_data else load_spec(args.study)
-    counts = count_trials(spec)
+    n_seeds = len(spec.seeds) if args.seeds is None else args.seeds
+    counts = count_trials(spec, n_seeds)
     ep = spec.training.epochs
+    seeds_text = (f"{n_seeds} seeds" if args.seeds is None else
+                  f"{n_seeds} seeds (--seeds; the study file has {len(spec.seeds)})")
     print(f"study {spec.name!r}: {spec.model.name} on {spec.data.dataset} ({spec.data.augmentation}), "
-          f"{ep} epochs, {len(spec.seeds)} seeds")
+          f"{ep} epochs, {seeds_text}")
     if counts["standard_search"]:
         print(f"  stage 1 search : {counts['standard_search']:5d} trials (Optuna TPE on seed {spec.seeds[0]})")
     print(f"  stage 1 standard: {counts['standard']:5d} trials (alpha = 0)")
@@ -133,10 +174,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from gnp_study.report import build_outputs
 
-    paths = build_outputs(Path(args.study_dir))
+    paths = build_outputs(Path(args.study_dir), error_bars=args.error_bars)
     for p in paths.values():
         print(p)
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a usage error, exit status 2)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"need at least 1 seed, got {v}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--epoch-time", type=float, default=None, help="seconds per standard epoch of one trial")
     pl.add_argument("--measure", action="store_true", help="measure one standard epoch here (needs the data)")
     pl.add_argument("--check-data", action="store_true", help="also check that the data folder is there")
+    pl.add_argument("--seeds", type=_positive_int, default=None, metavar="N",
+                    help="price the study with N seeds instead of the study file's (e.g. the seeds a verdict "
+                         "says would resolve a comparison)")
     pl.set_defaults(func=cmd_plan)
 
     v = sub.add_parser("validate", help="validate a study file and its data folder",
@@ -187,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild results.md, results.csv, figure2.png, figure3.png and report.html "
                                    "in a study folder from its stored tables, without Ray or training.")
     r.add_argument("study_dir", help="the study folder")
+    r.add_argument("--error-bars", choices=("ci", "std"), default="ci",
+                   help="Figure 2's error bars and band: the 95%% CI of the mean over seeds (ci, default) or "
+                        "± 1 std over seeds (std)")
     r.set_defaults(func=cmd_report)
 
     try:

@@ -606,7 +606,8 @@ def _check_mat(name: str, root: str) -> None:
             raise DataError(f"{name}: {p} is not a MATLAB 5 .mat file (as scipy.io.savemat writes)")
 
 
-def check_data(name: str, root: str | os.PathLike | None, format: str = "auto") -> None:
+def check_data(name: str, root: str | os.PathLike | None, format: str = "auto", *,
+               train_subset: int | None = None, test_subset: int | None = None) -> None:
     """Check cheaply (folder listings and file headers, no image decoding) that ``name`` can be read.
 
     Meant for validating a study before any trial starts.
@@ -615,14 +616,15 @@ def check_data(name: str, root: str | os.PathLike | None, format: str = "auto") 
         name: a key of :data:`DATASETS`.
         root: the data folder (ignored for ``digits``).
         format: ``auto`` or one of the data set's formats (see the module docstring).
+        train_subset, test_subset: subset sizes the study asks for (``data.train_subset`` /
+            ``data.test_subset``); when given, the split's size is read (:func:`split_sizes`) and a
+            larger subset is refused.
     Raises:
         ValueError: unknown name or format.
-        DataError: missing or malformed files; the message says which files were expected where.
+        DataError: missing or malformed files (the message says which files were expected where), or a
+            subset larger than its split (the message names the field and the split's size).
     """
     fmt, r = _resolve_format(name, None if root is None else os.fspath(root), format)
-    if fmt == "sklearn":
-        return
-    assert r is not None
     if fmt == "python":
         _check_python(name, r)
     elif fmt == "imagefolder":
@@ -631,6 +633,86 @@ def check_data(name: str, root: str | os.PathLike | None, format: str = "auto") 
         _check_idx(name, r)
     elif fmt == "mat":
         _check_mat(name, r)
+    if train_subset is None and test_subset is None:
+        return
+    n_train, n_test = _split_sizes(name, fmt, r)
+    for field, n, split, size in (("train_subset", train_subset, "training", n_train),
+                                  ("test_subset", test_subset, "test", n_test)):
+        if n is not None and n > size:
+            where = f" in {r}" if r is not None else ""
+            raise DataError(f"data.{field}: {n} is larger than the {split} set of {name}{where}, which "
+                            f"holds {size} examples; use at most {size}")
+
+
+def split_sizes(name: str, root: str | os.PathLike | None, format: str = "auto") -> tuple[int, int]:
+    """The number of examples of the training and of the test split, read cheaply (no image decoding).
+
+    Args:
+        name, root, format: as for :func:`check_data`.
+    Returns:
+        ``(n_train, n_test)``, the lengths :func:`build_datasets` gives before any subset (digits: 1437 and
+        360, the 80/20 split of scikit-learn's 1,797 images).
+    Raises:
+        ValueError, DataError: as :func:`check_data`.
+
+    Source: the counts come from the files: CIFAR pickle batches (their ``data`` arrays), the image files
+    torchvision's ``ImageFolder`` would list, the IDX headers, and the ``X`` shape of each SVHN ``.mat``
+    file (``scipy.io.whosmat``, which reads no image data).
+    """
+    fmt, r = _resolve_format(name, None if root is None else os.fspath(root), format)
+    check_data(name, r, fmt)
+    return _split_sizes(name, fmt, r)
+
+
+def _split_sizes(name: str, fmt: str, root: str | None) -> tuple[int, int]:
+    """:func:`split_sizes` for a resolved and checked format and root."""
+    if fmt == "sklearn":
+        train, test = _digits()
+        return len(train), len(test)
+    assert root is not None
+    try:
+        if fmt == "python":
+            folder, files, _, _ = _CIFAR_FILES[name]
+            counts = []
+            for f in files:
+                with open(os.path.join(root, folder, f), "rb") as fh:
+                    counts.append(len(pickle.load(fh, encoding="latin1")["data"]))
+            return sum(counts[:-1]), counts[-1]
+        if fmt == "imagefolder":
+            from torchvision.datasets.folder import IMG_EXTENSIONS
+
+            def count(split_dir: str) -> int:
+                n = 0
+                for cls in _list_classes(split_dir):
+                    for _, _, names in os.walk(os.path.join(split_dir, cls), followlinks=True):
+                        n += sum(f.lower().endswith(IMG_EXTENSIONS) for f in names)
+                return n
+
+            tr, te = _IMAGEFOLDER_SPLITS[name]
+            return count(os.path.join(root, tr)), count(os.path.join(root, te))
+        if fmt == "idx":
+            d = _check_idx(name, root)
+            sizes = []
+            for stem in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+                p = _idx_path(d, stem)
+                assert p is not None
+                with (gzip.open if p.endswith(".gz") else open)(p, "rb") as fh:
+                    sizes.append(int.from_bytes(fh.read(8)[4:8], "big"))
+            return sizes[0], sizes[1]
+        if fmt == "mat":
+            from scipy.io import whosmat
+
+            sizes = []
+            for f in _SVHN_FILES:
+                shapes = {v[0]: v[1] for v in whosmat(os.path.join(root, f))}
+                sizes.append(int(shapes["X"][-1]))
+            return sizes[0], sizes[1]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unpickling/header errors all mean malformed files
+        raise DataError(f"{name}: cannot count the examples under {root} ({type(e).__name__}: {e}); "
+                        f"expected {_expected(name, root, fmt)}") from e
+    raise AssertionError(fmt)  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -233,6 +233,11 @@ def submit_study(study_path: str | os.PathLike, address: str | None, *, output: 
                 raise JobError(f"the job server refused the study: {_one_line(e)}") from None
 
 
+def _status_value(status) -> str:
+    """``JobStatus.RUNNING`` (an enum) or ``"RUNNING"`` -> ``"RUNNING"``."""
+    return str(getattr(status, "value", status))
+
+
 def job_status(job_id: str, address: str | None) -> str:
     """The job's status: PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED (Ray's ``JobStatus`` values).
 
@@ -241,41 +246,89 @@ def job_status(job_id: str, address: str | None) -> str:
     """
     client = _client(address)
     try:
-        return str(client.get_job_status(job_id).value)
+        return _status_value(client.get_job_status(job_id))
     except Exception as e:
         raise JobError(f"cannot get the status of job {job_id!r}: {_one_line(e)}") from None
 
 
-def follow_logs(job_id: str, address: str | None, out: TextIO = sys.stdout) -> str:
-    """Copy the job's driver log to ``out`` as it grows, until the job ends.
+#: Job statuses after which a job's log no longer grows (Ray's ``JobStatus.is_terminal``).
+TERMINAL_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
+
+#: Seconds :func:`follow_logs` waits before re-attaching to a log stream that ended while the job runs;
+#: doubled after each wait that brought no new text, up to :data:`FOLLOW_MAX_POLL_S`.
+FOLLOW_POLL_S = 1.0
+FOLLOW_MAX_POLL_S = 30.0
+
+
+def follow_logs(job_id: str, address: str | None, out: TextIO | None = None, *, client=None) -> str:
+    """Copy the job's driver log to ``out`` as it grows, until the job reaches a terminal status.
+
+    Ray's log stream (``JobSubmissionClient.tail_job_logs``) can end, or break, while the job still runs
+    (a long job that prints rarely). When it does and the job is not in a terminal status, this catches
+    up from the stored log (``get_job_logs``) and re-attaches after a pause (:data:`FOLLOW_POLL_S`,
+    doubled while nothing new arrives, at most :data:`FOLLOW_MAX_POLL_S`); there is no deadline. Every
+    stream and the stored log start at the log's first character, so the count of characters written
+    so far tells which part of a re-attached stream is new: no line is written twice or skipped.
 
     Args:
         job_id: the submission id :func:`submit_study` returned.
         address: the job server (as in :func:`submit_study`).
-        out: where the log text goes (written and flushed chunk by chunk).
+        out: where the log text goes (written and flushed chunk by chunk; default ``sys.stdout`` at the
+            time of the call).
+        client: a ``JobSubmissionClient`` (or an object with its ``get_job_status``, ``get_job_logs``
+            and ``tail_job_logs`` methods) to use instead of connecting to ``address``.
 
     Returns:
-        The job's final status (see :func:`job_status`).
+        The job's terminal status: SUCCEEDED, FAILED or STOPPED (:data:`TERMINAL_STATUSES`).
 
     Raises:
-        JobError: unreachable job server or unknown job id.
+        JobError: unreachable job server or unknown job id (also when the server stops answering while
+            the job is followed).
     """
-    client = _client(address)
-    try:
-        client.get_job_status(job_id)
-    except Exception as e:
-        raise JobError(f"cannot follow job {job_id!r}: {_one_line(e)}") from None
+    client = _client(address) if client is None else client
+    out = sys.stdout if out is None else out
 
-    async def _tail() -> None:
-        async for chunk in client.tail_job_logs(job_id):
-            out.write(chunk)
+    def status() -> str:
+        try:
+            return _status_value(client.get_job_status(job_id))
+        except Exception as e:
+            raise JobError(f"cannot follow job {job_id!r}: {_one_line(e)}") from None
+
+    status()
+    written = 0  # characters of the log written to `out` so far
+
+    def emit(text: str, start: int) -> None:
+        """Write the part of ``text`` beyond ``written``; ``text`` starts at the log's character ``start``."""
+        nonlocal written
+        end = start + len(text)
+        if end > written:
+            out.write(text[max(written - start, 0):])
             out.flush()
+            written = end
 
-    try:
-        asyncio.run(_tail())
-    except Exception as e:
-        raise JobError(f"lost the log stream of job {job_id!r}: {_one_line(e)}") from None
-    return job_status(job_id, address)
+    async def tail() -> None:
+        seen = 0  # each stream starts again at the log's first character
+        async for chunk in client.tail_job_logs(job_id):
+            if chunk:
+                emit(chunk, seen)
+                seen += len(chunk)
+
+    delay = FOLLOW_POLL_S
+    while True:
+        before = written
+        try:
+            asyncio.run(tail())
+        except Exception:  # noqa: BLE001 - a broken stream is re-attached like one that ended
+            pass
+        final = status()
+        try:
+            emit(client.get_job_logs(job_id), 0)  # whatever the stream did not deliver
+        except Exception as e:
+            raise JobError(f"cannot read the logs of job {job_id!r}: {_one_line(e)}") from None
+        if final in TERMINAL_STATUSES:
+            return final
+        delay = FOLLOW_POLL_S if written > before else min(2 * delay, FOLLOW_MAX_POLL_S)
+        time.sleep(delay)
 
 
 def stop_job(job_id: str, address: str | None) -> bool:

@@ -9,7 +9,10 @@ Section 4.1 of Zhao, Zhang & Hu (2022):
 
 :func:`plan` turns a stage into :class:`TrialConfig` objects, :func:`decide` picks a stage's winner from a
 trials table. Every configuration runs over all seeds; the metric is the best test error seen during
-training; seeds aggregate to mean +- std (:func:`gnp_study.results.aggregate_seeds`).
+training (paper mode) or the best validation error (validation mode, :func:`gnp_study.results.selection`);
+seeds aggregate to mean +- std (:func:`gnp_study.results.aggregate_seeds`). A decision also says how sure
+it is (:func:`gnp_study.stats`): each candidate's probability of being best, the margin to the runner-up
+with its paired CI, and the candidates not distinguishable from the winner.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from gnp_study.results import aggregate_seeds
+from gnp_study import stats
+from gnp_study.results import aggregate_seeds, selection
 from gnp_study.spec import StudySpec
 
 STAGES = ("standard", "sam", "gnp")
@@ -141,16 +145,23 @@ def plan(stage: str, spec: StudySpec, decisions: dict, standard_candidates: list
     raise ProtocolError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
-def count_trials(spec: StudySpec) -> dict[str, int]:
+def count_trials(spec: StudySpec, n_seeds: int | None = None) -> dict[str, int]:
     """Trials per stage and in total, before anything runs (Figure-2 r assumed distinct from best r
     unless the r grid has one value).
+
+    Args:
+        spec: the study.
+        n_seeds: price the study with this many seeds instead of ``len(spec.seeds)`` (``plan --seeds``);
+            the Optuna search of stage 1 runs on one seed either way.
 
     Returns:
         ``{"standard": n1, "standard_search": n0, "sam": n2, "gnp": n3, "total": n}`` where
         ``standard_search`` is the Optuna search on one seed (0 for a grid).
     """
     st = spec.stages.standard
-    n_seeds = len(spec.seeds)
+    n_seeds = len(spec.seeds) if n_seeds is None else int(n_seeds)
+    if n_seeds < 1:
+        raise ProtocolError(f"seeds: need at least 1, got {n_seeds}")
     if st.search == "optuna":
         search, n1 = st.num_samples, min(st.top_k, st.num_samples) * n_seeds
     else:
@@ -172,18 +183,66 @@ def _rank(agg: pd.DataFrame) -> pd.DataFrame:
 
 
 def _candidates(agg: pd.DataFrame) -> list[dict]:
-    cols = ["config_key", "alpha", "r", "mean", "std", "n", "n_seeds", "n_diverged", "n_failed"]
+    cols = ["config_key", "alpha", "r", "mean", "std", "sem", "ci_low", "ci_high", "n", "n_seeds", "n_diverged",
+            "n_failed"]
     out = []
     for row in agg[cols].to_dict("records"):
         out.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     return out
 
 
+#: How the probability of being best is computed (stored in decisions.json beside the numbers).
+BOOTSTRAP_METHOD = (
+    "bootstrap over seeds: {b} resamples of the seeds with replacement (numpy default_rng({seed})), the same "
+    "drawn seeds for every candidate (pairing kept); in each resample the choice rule picks the winner "
+    "(fewest diverged or failed seeds, then lowest mean); ties share the resample")
+
+
+def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best_key: str, metric: str) -> dict:
+    """The fields of a decision that say how sure it is; fills ``prob_best`` and ``vs_winner`` into
+    ``candidates`` (in place) and returns ``margin``, ``indistinguishable`` and ``bootstrap``."""
+    ok = df["status"] == "completed"
+    keys = agg["config_key"].tolist()
+    values = (df.assign(_v=df[metric].astype(float).where(ok))
+              .pivot_table(index="seed", columns="config_key", values="_v", aggfunc="first", dropna=False)
+              .reindex(columns=keys))
+    bad = (df.assign(_b=df["status"].isin(["diverged", "failed"]))
+           .pivot_table(index="seed", columns="config_key", values="_b", aggfunc="max", dropna=False)
+           .reindex(index=values.index, columns=keys).fillna(False).astype(bool))
+    pb = stats.prob_best(values, bad)
+    best_values = values[best_key]
+    indistinguishable = []
+    for c in candidates:
+        c["prob_best"] = float(pb[c["config_key"]])
+        if c["config_key"] == best_key:
+            c["vs_winner"] = None
+            continue
+        cmp = stats.paired(values[c["config_key"]], best_values)
+        c["vs_winner"] = cmp.to_dict()
+        if (c.get("n") or 0) > 0 and not cmp.resolved:
+            indistinguishable.append(c["config_key"])
+    ranked = [k for k in _rank(agg).query("n > 0")["config_key"] if k != best_key]
+    margin = None
+    if ranked:
+        ru = ranked[0]
+        mean_of = dict(zip(agg["config_key"], agg["mean"]))
+        margin = {"runner_up": ru, "mean_difference": float(mean_of[ru] - mean_of[best_key]),
+                  "paired": stats.paired(values[ru], best_values).to_dict()}
+    return {
+        "margin": margin,
+        "indistinguishable": indistinguishable,
+        "bootstrap": {"resamples": stats.BOOTSTRAP_B, "seed": stats.BOOTSTRAP_SEED,
+                      "method": BOOTSTRAP_METHOD.format(b=stats.BOOTSTRAP_B, seed=stats.BOOTSTRAP_SEED)},
+    }
+
+
 def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | None = None) -> dict:
     """Choose the winner of a stage from its trials.
 
-    The winner has the lowest mean best test error over seeds among the configurations with the fewest
-    diverged or failed seeds; a configuration whose seeds all diverged or failed is never chosen. In
+    The winner has the lowest mean error over seeds among the configurations with the fewest diverged or
+    failed seeds; a configuration whose seeds all diverged or failed is never chosen. The error is the
+    study's decision column (:func:`gnp_study.results.selection`): ``best_test_error`` in paper mode,
+    ``best_val_error`` in validation mode. In
     stage ``gnp`` only the selectable grid (``stages.gnp.alpha``) at the best r competes (the extras B_a
     and B_b and the other Figure-2 r values are run for the figures).
 
@@ -194,12 +253,21 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
         decisions: earlier decisions (``gnp`` needs ``decisions["sam"]["r"]``).
 
     Returns:
-        A JSON-ready dict: ``config`` (the winning configuration), ``config_key``, ``mean``, ``std``, ``n``,
-        ``n_seeds``, ``candidates`` (every competing configuration, ranked), plus ``r`` for ``sam`` and
-        ``alpha`` and ``r`` for ``gnp``.
+        A JSON-ready dict: ``config`` (the winning configuration), ``config_key``, ``mean``, ``std`` (None
+        with one completed seed), ``n``, ``n_seeds``, ``selection`` (``"paper"`` or ``"validation"``),
+        ``metric`` (the column decided on), ``candidates`` (every competing configuration, ranked, each with
+        ``mean``, ``std``, ``sem``, ``ci_low``, ``ci_high``, ``n``..., ``prob_best`` (probability of being
+        chosen, :func:`gnp_study.stats.prob_best`) and ``vs_winner`` (the candidate minus the winner,
+        paired over the seeds both completed, :meth:`gnp_study.stats.Paired.to_dict`; None for the
+        winner)), ``margin`` (``runner_up`` config_key, ``mean_difference`` runner-up minus winner, and
+        ``paired``: that difference paired by seed with its 95% CI; None with a single eligible
+        candidate), ``indistinguishable`` (config_keys of the candidates with a completed seed whose paired
+        95% CI against the winner includes 0 or cannot be computed: fewer than 2 paired seeds) and
+        ``bootstrap`` (resamples, seed, method); plus ``r`` for ``sam`` and ``alpha`` and ``r`` for ``gnp``.
 
     Raises:
-        ProtocolError: no trial of the stage, or every configuration diverged or failed.
+        ProtocolError: no trial of the stage, every configuration diverged or failed, or the trials lack
+            the decision column.
     """
     df = trials[trials["stage"] == stage]
     if stage == "gnp":
@@ -207,7 +275,11 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
         df = df[(df["r"] == best_r) & df["alpha"].isin(spec.stages.gnp.alpha)]
     if df.empty:
         raise ProtocolError(f"stage {stage!r} has no trials to decide from")
-    agg = _rank(aggregate_seeds(df))
+    sel = selection(spec)
+    if sel.decide_column not in df.columns:
+        raise ProtocolError(f"stage {stage!r} decides on {sel.decide_column!r} ({sel.mode} mode) but the trials "
+                            f"table has no such column")
+    agg = _rank(aggregate_seeds(df, sel.decide_column))
     eligible = agg[agg["n"] > 0]
     if eligible.empty:
         raise ProtocolError(f"every configuration of stage {stage!r} diverged or failed "
@@ -215,15 +287,19 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
                             f"rate or check the failed trials' errors in trials.parquet")
     best = eligible.iloc[0]
     config = json.loads(best["config_key"])
+    candidates = _candidates(agg)
     out = {
         "config": config,
         "config_key": best["config_key"],
         "mean": float(best["mean"]),
-        "std": float(best["std"]),
+        "std": float(best["std"]) if math.isfinite(float(best["std"])) else None,
         "n": int(best["n"]),
         "n_seeds": int(best["n_seeds"]),
-        "candidates": _candidates(agg),
+        "selection": sel.mode,
+        "metric": sel.decide_column,
+        "candidates": candidates,
     }
+    out.update(_certainty(df, agg, candidates, best["config_key"], sel.decide_column))
     if stage == "sam":
         out["r"] = float(config["r"])
     if stage == "gnp":

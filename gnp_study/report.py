@@ -5,12 +5,14 @@ no training. Figures are drawn on :class:`matplotlib.figure.Figure` objects with
 state, safe in headless processes).
 
 Public API:
-    figure2(study) -> Figure        test error against alpha, one panel per Figure-2 r (paper Figure 2)
-    save_figure2(study, path) -> Path
+    figure2(study, error_bars) -> Figure   test error against alpha, one panel per Figure-2 r and the best r
+                                    (paper Figure 2); bars and band: 95% CI (default) or ± 1 std
+    save_figure2(study, path, error_bars) -> Path
     figure3(study) -> Figure        norm(g1) and test error against epoch for the Figure-3 alphas (Figure 3)
     save_figure3(study, path) -> Path
-    render_report(study_dir, out=None) -> Path      report.html, one file, figures embedded
-    build_outputs(study_dir) -> dict[str, Path]     results.md/csv, figure2.png, figure3.png, report.html
+    render_report(study_dir, out=None, error_bars) -> Path    report.html, one file, figures embedded
+    build_outputs(study_dir, error_bars) -> dict[str, Path]   results.md/csv, figure2.png, figure3.png,
+                                                              report.html
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import datetime as _dt
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,13 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
+from gnp_study.stats import fmt_signed  # noqa: E402
 from gnp_study.results import (  # noqa: E402
+    PAPER_MODE,
     SCHEMES,
     Study,
+    selection,
+    verdict_lines,
     write_study_tables,
     aggregate_seeds,
     derived_figure_text,
@@ -58,7 +65,13 @@ FIG2_LEGEND_HEIGHT = 0.7
 FIG3_SIZE = (12.0, 4.8)
 #: The paper's colours (Figure 2: standard green, SAM orange; Figure 3: B_b purple, alpha=0.8 red).
 COLORS = {"gnp": "tab:blue", "standard": "tab:green", "sam": "tab:orange", "diverged": "tab:red",
-          "failed": "dimgray", "chosen": "0.45"}
+          "failed": "dimgray", "chosen": "0.45", "tied": "goldenrod"}
+#: Error bars and bands of Figure 2: 95% Student-t CI of the mean over seeds, or ± 1 std over seeds.
+ERROR_BARS = ("ci", "std")
+#: Legend text of each kind of error bar.
+ERROR_BAR_LABELS = {"ci": "95% CI of the mean over seeds (Student t)", "std": "± 1 std over seeds"}
+#: Legend text of the ring drawn around the chosen alpha and the alphas not distinguishable from it.
+TIED_LABEL = "chosen alpha and alphas tied with it\n(paired 95% CI of the difference includes 0)"
 #: The paper's extra alpha set B_b (Section 4.1, parameter study), used when the spec has no
 #: figure3_alpha.
 B_B_DEFAULT = (1.1, 1.2, 1.3, 1.5, 2.0)
@@ -69,8 +82,8 @@ DIVERGED_Y = 0.95
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _FIG2_LEGEND_ORDER = ("Standard (alpha = 0)", "SAM (alpha = 1)", "GNP (basic alpha set)", "GNP (extra sets B_a, B_b)",
-                      "± 1 std over seeds", "chosen alpha (GNP row)", "diverged (all seeds)",
-                      "no completed seed (failed)")
+                      ERROR_BAR_LABELS["ci"], ERROR_BAR_LABELS["std"], "chosen alpha (GNP row)", TIED_LABEL,
+                      "diverged (all seeds)", "no completed seed (failed)")
 
 
 def _as_study(study: Study | str | Path) -> Study:
@@ -91,18 +104,25 @@ def _select(df: pd.DataFrame, stage: str, r: float | None = None, alpha: float |
     return df[mask]
 
 
+def _metric(study: Study) -> str:
+    """The trials column the figures show: the study's report column (``best_test_error`` in paper mode,
+    ``test_error_at_best_val`` in validation mode)."""
+    return selection(study.spec).report_column
+
+
 def _chosen_standard(study: Study) -> pd.Series | None:
     """The aggregated row of the chosen standard configuration, or None when not decided/not in trials."""
     key = (study.decisions.get("standard") or {}).get("config_key")
     if key is None:
         return None
-    agg = aggregate_seeds(study.trials[(study.trials["stage"] == "standard") & (study.trials["config_key"] == key)])
+    agg = aggregate_seeds(study.trials[(study.trials["stage"] == "standard") & (study.trials["config_key"] == key)],
+                          _metric(study))
     return agg.iloc[0] if len(agg) else None
 
 
 def _sam_at(study: Study, r: float) -> pd.Series | None:
     """The aggregated SAM (alpha = 1) configuration at radius r from the sam stage, or None."""
-    agg = aggregate_seeds(_select(study.trials, "sam", r=r))
+    agg = aggregate_seeds(_select(study.trials, "sam", r=r), _metric(study))
     if agg.empty:
         return None
     key = (study.decisions.get("sam") or {}).get("config_key")
@@ -111,14 +131,25 @@ def _sam_at(study: Study, r: float) -> pd.Series | None:
     return agg.sort_values(["n", "mean"], ascending=[False, True]).iloc[0]
 
 
+def best_r(study: Study) -> float | None:
+    """The best r of stage 2 (the sam decision's r; the r of the chosen GNP row), or None before it."""
+    r = (study.decisions.get("sam") or {}).get("r")
+    return None if r is None else float(r)
+
+
 def figure2_radii(study: Study) -> tuple[list[float], str]:
     """The r values of Figure 2's panels and a note on where they came from.
 
-    Returns ``spec.stages.gnp.figure2_r`` when given; else the chosen r of the gnp (or sam) decision; else
-    every r of the gnp stage's trials. The note is "" in the first case.
+    Returns ``spec.stages.gnp.figure2_r`` when given, plus the best r of stage 2 when it is not one of them
+    and the gnp stage has trials at it (stage 3 runs the alpha grid at the best r: the chosen GNP row
+    lives there), in increasing r; else the chosen r of the gnp (or sam) decision; else every r of the gnp
+    stage's trials. The note is "" in the first case.
     """
     radii = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
     if radii:
+        b = best_r(study)
+        if b is not None and not any(_close(b, r) for r in radii) and len(_select(study.trials, "gnp", r=b)):
+            radii = sorted(radii + [b])
         return radii, ""
     for stage in ("gnp", "sam"):
         r = (study.decisions.get(stage) or {}).get("r")
@@ -128,20 +159,33 @@ def figure2_radii(study: Study) -> tuple[list[float], str]:
     return rs, "no figure2_r in the spec: showing every r of the gnp stage"
 
 
-def figure2(study: Study | str | Path) -> Figure:
-    """Paper Figure 2: best test error against alpha, one panel per r in ``stages.gnp.figure2_r``.
+def _check_error_bars(error_bars: str) -> str:
+    if error_bars not in ERROR_BARS:
+        raise ValueError(f"error_bars must be one of {', '.join(ERROR_BARS)}, got {error_bars!r}")
+    return error_bars
 
-    Each panel shows, at its r: the gnp stage's configurations (mean over completed seeds with error bars
-    of one std, a band along the curve; the basic alpha set filled, the extra sets B_a / B_b hollow), the
+
+def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
+    """Paper Figure 2: best test error against alpha, one panel per r in ``stages.gnp.figure2_r`` and one
+    for the best r of stage 2 when it is not among them (:func:`figure2_radii`).
+
+    Each panel shows, at its r: the gnp stage's configurations (mean over completed seeds with error bars,
+    a band along the curve; the basic alpha set filled, the extra sets B_a / B_b hollow), the
     chosen Standard configuration at alpha = 0 (green) and the sam stage's trials at that r at alpha = 1
     (orange). An alpha whose seeds all diverged is drawn as a red "x" at the top of the axes (legend
     "diverged (all seeds)"), one whose seeds all failed as a grey "x"; partly completed points are
-    labelled "n/n_seeds". The chosen alpha is marked by a dotted vertical line on the chosen r's panel.
-    Missing parts (a stage not run, no trials at an r) are drawn as far as they exist and named in the
-    panel title; a panel with nothing to draw says so in its middle.
+    labelled "n/n_seeds". The chosen alpha is marked by a dotted vertical line on the chosen r's panel,
+    and a ring (:data:`TIED_LABEL`) is drawn around it and around every alpha the gnp decision lists as
+    not distinguishable from it (``decisions.json`` ``indistinguishable``), so the eye sees the tie.
+    Error bars and band: the 95% Student-t CI of the mean (``"ci"``) or ± 1 std (``"std"``), both over
+    the completed seeds; a point with one completed seed has no bar (its spread is unknown). The values
+    are the study's report column (:func:`gnp_study.results.selection`). Missing parts (a stage not run,
+    no trials at an r) are drawn as far as they exist and named in the panel title; a panel with nothing
+    to draw says so in its middle.
 
     Args:
         study: a loaded :class:`Study` or its folder.
+        error_bars: ``"ci"`` (default) or ``"std"``.
 
     Returns:
         The Figure; its axes ``fig.axes[:n_panels]`` correspond to the panels in r order, its pixel size
@@ -149,9 +193,13 @@ def figure2(study: Study | str | Path) -> Figure:
 
     Raises:
         StudyFolderError: when given a folder that holds no readable study.
+        ValueError: ``error_bars`` is not one of :data:`ERROR_BARS`.
     """
+    _check_error_bars(error_bars)
     study = _as_study(study)
     radii, radii_note = figure2_radii(study)
+    b_r = best_r(study)
+    in_f2 = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
     n_panels = max(len(radii), 1)
     width, height = FIG2_PANEL_SIZE
     # one panel alone is widened so that the title and the legend below it are not clipped
@@ -173,29 +221,45 @@ def figure2(study: Study | str | Path) -> Figure:
         ax.set_xticks([])
         ax.set_yticks([])
     for ax, r in zip(axes, radii):
-        notes = _figure2_panel(ax, study, r, std_row, extra, gnp_dec, handles)
+        notes = _figure2_panel(ax, study, r, std_row, extra, gnp_dec, handles, error_bars)
         title = f"r = {r:g}"
+        if b_r is not None and _close(r, b_r):
+            title += " (best r of stage 2" + ("" if any(_close(r, x) for x in in_f2) or not in_f2
+                                              else ", not a figure2_r") + ")"
         if notes:
             title += "\n(" + "; ".join(notes) + ")"
         ax.set_title(title, fontsize=10)
     if handles:
         order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
         handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
+        ncols = min(len(handles), 4 if n_panels > 2 else 3)
         fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                   ncols=min(len(handles), 4), fontsize=9, frameon=False)
+                   ncols=ncols, fontsize=9 if n_panels > 1 else 8, frameon=False)
     data = study.spec.get("data") or {}
     model = (study.spec.get("model") or {}).get("name", "?")
-    sup = f"{study.name}: best test error vs alpha ({data.get('dataset', '?')}, {model}), mean ± std over seeds"
+    what = "best test error" if selection(study.spec).mode == PAPER_MODE else "test error at best validation epoch"
+    bars = "95% CI of the mean" if error_bars == "ci" else "± 1 std"
+    sup = f"{study.name}: {what} vs alpha ({data.get('dataset', '?')}, {model}), mean and {bars} over seeds"
+    # One panel is narrow: wrap the title to the figure's width instead of letting it run off both sides.
+    sup = "\n".join(textwrap.wrap(sup, width=int(fig.get_figwidth() * 12)))
     if fig_notes:
         sup += "\n" + "; ".join(fig_notes)
     fig.suptitle(sup, fontsize=11)
     return fig
 
 
-def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dict, handles: dict) -> list[str]:
+def _bar(row, error_bars: str) -> float:
+    """Half-length of a point's error bar: the CI half-width or the std; NaN when unknown (n < 2)."""
+    if error_bars == "ci":
+        return float(row["ci_high"]) - float(row["mean"])
+    return float(row["std"])
+
+
+def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dict, handles: dict,
+                   error_bars: str = "ci") -> list[str]:
     """Draw one Figure-2 panel at radius r; returns notes on what is missing."""
     notes: list[str] = []
-    gnp = aggregate_seeds(_select(study.trials, "gnp", r=r))
+    gnp = aggregate_seeds(_select(study.trials, "gnp", r=r), _metric(study))
     gnp = gnp.assign(alpha=gnp["alpha"].astype(float)).sort_values("alpha") if len(gnp) else gnp
     sam_row = _sam_at(study, r)
     if std_row is None:
@@ -215,7 +279,7 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
         points.append((1.0, sam_row, "sam"))
     points.sort(key=lambda p: p[0])
 
-    ok = [(a, float(row["mean"]), float(row["std"]) if math.isfinite(float(row["std"])) else 0.0)
+    ok = [(a, float(row["mean"]), _bar(row, error_bars) if math.isfinite(_bar(row, error_bars)) else 0.0)
           for a, row, _ in points if int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
     if not points:
         ax.text(0.5, 0.5, f"no trials at r = {r:g} yet", ha="center", va="center", transform=ax.transAxes)
@@ -232,7 +296,7 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
             # two baselines alone, which would suggest values never measured in between
             ax.fill_between(xa, ya - sa, ya + sa, color=COLORS["gnp"], alpha=0.15, linewidth=0)
             ax.plot(xa, ya, color=COLORS["gnp"], linewidth=1.2, zorder=2)
-            handles.setdefault("± 1 std over seeds",
+            handles.setdefault(ERROR_BAR_LABELS[error_bars],
                                ax.fill_between([], [], [], color=COLORS["gnp"], alpha=0.15))
         lo, hi = float(np.min(ya - sa)), float(np.max(ya + sa))
         span = max(hi - lo, 0.05 * max(abs(hi), 1.0))
@@ -255,9 +319,10 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
         n, n_seeds = int(row["n"]), int(row["n_seeds"])
         if n > 0 and math.isfinite(float(row["mean"])):
             st = styles[kind]
-            s = float(row["std"]) if math.isfinite(float(row["std"])) else 0.0
-            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s], fmt=st["marker"], color=st["color"],
-                               mfc=st["mfc"], mec=st["color"], ms=6, capsize=3, zorder=4)
+            s = _bar(row, error_bars)
+            s = s if math.isfinite(s) else 0.0
+            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt=st["marker"],
+                               color=st["color"], mfc=st["mfc"], mec=st["color"], ms=6, capsize=3, zorder=4)
             handles.setdefault(st["label"], cont)
             if n < n_seeds:  # above the error bar's cap
                 ax.annotate(f"{n}/{n_seeds}", (a, float(row["mean"]) + s), textcoords="offset points",
@@ -275,6 +340,14 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
         chosen = float(gnp_dec["alpha"])
         line = ax.axvline(chosen, color=COLORS["chosen"], linestyle=":", linewidth=1.2, zorder=1)
         handles.setdefault("chosen alpha (GNP row)", line)
+        if "indistinguishable" in gnp_dec:
+            tied = set(gnp_dec.get("indistinguishable") or []) | {gnp_dec.get("config_key")}
+            ring = [(float(row["alpha"]), float(row["mean"])) for _, row in gnp.iterrows()
+                    if row["config_key"] in tied and int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
+            if ring:
+                (halo,) = ax.plot([x for x, _ in ring], [y for _, y in ring], linestyle="none", marker="o", ms=14,
+                                  mfc="none", mec=COLORS["tied"], mew=2.2, zorder=3, label=TIED_LABEL)
+                handles.setdefault(TIED_LABEL, halo)
     # x range: the planned alpha grid (basic set and extras) and [0, 1], even when stages are missing
     gspec = study.stage_spec("gnp")
     xs = [0.0, 1.0] + [float(a) for a in list(gspec.get("alpha") or []) + list(gspec.get("alpha_extra") or [])]
@@ -282,14 +355,16 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
     xspan = max(xs) - min(xs)
     ax.set_xlim(min(xs) - 0.06 * xspan, max(xs) + 0.06 * xspan)
     ax.set_xlabel("alpha (balance coefficient)")
-    ax.set_ylabel("best test error (%)")
+    ax.set_ylabel("best test error (%)" if selection(study.spec).mode == PAPER_MODE
+                  else "test error at best val. epoch (%)")
     ax.grid(True, alpha=0.3)
     return notes
 
 
-def save_figure2(study: Study | str | Path, path: str | Path) -> Path:
-    """Draw :func:`figure2` and save it as a PNG at :data:`FIG_DPI`; returns the path."""
-    return _save(figure2(study), path)
+def save_figure2(study: Study | str | Path, path: str | Path, error_bars: str = "ci") -> Path:
+    """Draw :func:`figure2` (``error_bars`` "ci" or "std") and save it as a PNG at :data:`FIG_DPI`; returns
+    the path."""
+    return _save(figure2(study, error_bars), path)
 
 
 def figure3_setting(study: Study) -> tuple[float | None, list[float], str]:
@@ -439,7 +514,12 @@ def figure3(study: Study | str | Path) -> Figure:
         if any(s for s in labels if "diverged" in s):
             handles.append(Line2D([], [], linestyle="none", marker="x", ms=8, mew=2, color=COLORS["diverged"]))
             labels.append("where a seed diverged")
-        ax_e.legend(handles, labels, fontsize=8, loc="upper right")
+        n_seeds = len(study.spec.get("seeds") or []) or int(
+            _select(study.trials, "gnp", r=r).groupby("config_key").size().max())
+        title = f"lines: mean over {n_seeds} seeds"
+        if any(s for s in labels if "diverged" in s):
+            title += "\n(a diverged seed left out from its divergence on)"
+        ax_e.legend(handles, labels, fontsize=8, loc="upper right", title=title, title_fontsize=8)
         _zoom_error_axis(ax_e)
     sup = f"{study.name}: evolution over epochs" + (f" at r = {r:g}" if r is not None else "")
     sup += " (mean over seeds)"
@@ -552,26 +632,77 @@ def _decision_views(study: Study) -> list[dict[str, Any]]:
             chosen = f"alpha = {dec.get('alpha'):g} at r = {dec.get('r'):g}"
         cands = pd.DataFrame(dec.get("candidates") or [])
         cand_html, common = "", ""
+        has_certainty = "indistinguishable" in dec
+        tied = set(dec.get("indistinguishable") or [])
         if len(cands):
             cands = cands.sort_values("mean", na_position="last")
             varying, common = _split_configs(cands["config_key"].tolist())
-            view = pd.DataFrame({
+            n_col = cands["n"].astype(int)
+            cols = {
                 "": ["✓" if k == dec.get("config_key") else "" for k in cands["config_key"]],
                 "configuration": varying,
                 "mean %": [_fmt(v) for v in cands["mean"]],
-                "std": [_fmt(v) for v in cands.get("std", pd.Series([np.nan] * len(cands)))],
-                "seeds completed": [f"{int(a)}/{int(b)}" for a, b in zip(cands["n"], cands["n_seeds"])],
-                "diverged": cands.get("n_diverged", pd.Series([0] * len(cands))).astype(int).tolist(),
-                "failed": cands.get("n_failed", pd.Series([0] * len(cands))).astype(int).tolist(),
-            })
-            cand_html = view.to_html(index=False, border=0, classes="candidates", escape=True)
+                "std": [_fmt(v) if n > 1 else ("n/a" if n == 1 else "") for v, n in
+                        zip(cands.get("std", pd.Series([np.nan] * len(cands))), n_col)],
+            }
+            if "ci_low" in cands.columns:
+                cols["95% CI"] = [f"{_fmt(lo)} to {_fmt(hi)}" if n > 1 and lo is not None and
+                                  math.isfinite(float(lo)) else ("n/a" if n == 1 else "")
+                                  for lo, hi, n in zip(cands["ci_low"], cands["ci_high"], n_col)]
+            if has_certainty and "prob_best" in cands.columns:
+                cols["P(best)"] = [_fmt(v) for v in cands["prob_best"]]
+                cols["minus chosen, paired (95% CI, seeds)"] = [_vs_text(v) for v in cands["vs_winner"]]
+                cols["tied with chosen"] = ["" if k == dec.get("config_key") else ("yes" if k in tied else
+                                            ("no" if n > 0 else "")) for k, n in zip(cands["config_key"], n_col)]
+            cols["seeds completed"] = [f"{int(a)}/{int(b)}" for a, b in zip(cands["n"], cands["n_seeds"])]
+            cols["diverged"] = cands.get("n_diverged", pd.Series([0] * len(cands))).astype(int).tolist()
+            cols["failed"] = cands.get("n_failed", pd.Series([0] * len(cands))).astype(int).tolist()
+            cand_html = pd.DataFrame(cols).to_html(index=False, border=0, classes="candidates", escape=True)
+        n_eligible = int((cands["n"] > 0).sum()) if len(cands) else 0
         views.append({
             "stage": stage, "name": name, "decided": True, "chosen": chosen,
-            "mean": _fmt(dec.get("mean")), "std": _fmt(dec.get("std")),
+            "mean": _fmt(dec.get("mean")), "std": _fmt(dec.get("std")) if (dec.get("n") or 0) > 1 else "n/a",
             "n": dec.get("n"), "n_seeds": dec.get("n_seeds"), "candidates_html": cand_html,
             "n_candidates": len(cands), "common": common,
+            "certainty": _certainty_text(dec, n_eligible) if has_certainty else "",
         })
     return views
+
+
+def _vs_text(vs: Any) -> str:
+    """A candidate's paired difference to the chosen one: "+0.12 (−0.30 to +0.54, 4 seeds)"."""
+    if not isinstance(vs, dict):
+        return ""
+    n = vs.get("n") or 0
+    if n == 0:
+        return "no common seed"
+    if n == 1:
+        return f"{fmt_signed(vs.get('diff'))} (1 seed, no CI)"
+    return f"{fmt_signed(vs.get('diff'))} ({fmt_signed(vs.get('ci_low'))} to {fmt_signed(vs.get('ci_high'))}, {n} seeds)"
+
+
+def _certainty_text(dec: dict[str, Any], n_eligible: int) -> str:
+    """How sure a stage's choice is, in words (from decisions.json)."""
+    key = dec.get("config_key")
+    cands = dec.get("candidates") or []
+    pb = next((c.get("prob_best") for c in cands if c.get("config_key") == key), None)
+    parts = []
+    if pb is not None:
+        parts.append(f"probability of being best {pb:.2f} (bootstrap over seeds, "
+                     f"{(dec.get('bootstrap') or {}).get('resamples', '?')} resamples)")
+    margin = dec.get("margin")
+    if margin and margin.get("paired"):
+        mp = margin["paired"]
+        if (mp.get("n") or 0) >= 2:
+            verdict = "resolved" if mp.get("resolved") else "not resolved"
+            parts.append(f"margin to the runner-up {fmt_signed(mp.get('diff'))} points, paired 95% CI "
+                         f"{fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over {mp.get('n')} "
+                         f"seeds: {verdict}")
+        else:
+            parts.append("margin to the runner-up: fewer than 2 paired seeds, no CI")
+    n_tied = len(dec.get("indistinguishable") or [])
+    parts.append(f"not distinguishable from it at 95%: {n_tied} of the other {max(n_eligible - 1, 0)} candidates")
+    return "; ".join(parts) + "."
 
 
 def _trial_counts(study: Study) -> tuple[str, str]:
@@ -630,12 +761,23 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: bytes) -> str:
+def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: bytes,
+                 error_bars: str = "ci") -> str:
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=select_autoescape(["html"]))
     template = env.get_template("report.html")
     counts_html, bad_html = _trial_counts(study)
     r3, alphas3, _ = figure3_setting(study)
+    sel = selection(study.spec)
+    verdicts = verdict_lines(study, table, stages=False)  # each decision's certainty is shown with it
+    b_r = best_r(study)
+    f2 = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
     return template.render(
+        selection=sel,
+        paper_mode=sel.mode == PAPER_MODE,
+        verdicts=verdicts[1:],
+        any_unresolved=any("seeds would resolve" in v for v in verdicts),
+        error_bars_label=ERROR_BAR_LABELS[error_bars],
+        best_r_panel=(f"{b_r:g}" if b_r is not None and f2 and not any(_close(b_r, r) for r in f2) else None),
         study=study,
         name=study.name,
         description=study.spec.get("description") or "",
@@ -645,7 +787,6 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
         seeds=study.spec.get("seeds") or [],
         generated=_dt.datetime.now().isoformat(timespec="seconds"),
         results_html=display_table(table).to_html(index=False, border=0, classes="results", escape=True),
-        derived=derived_figure_text(table),
         paper_derived=derived_figure_text(table, "paper_") if "paper_mean" in table.columns else None,
         has_partial=bool((table["n"] < table["n_seeds"]).any()),
         fig2_uri=_data_uri(fig2_png),
@@ -661,56 +802,67 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
     )
 
 
-def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
+def render_report(study_dir: str | Path, out: str | Path | None = None, error_bars: str = "ci") -> Path:
     """Write ``report.html``: one self-contained file (no external resources; figures as base64 PNG data
     URIs) from the template ``gnp_study/templates/report.html``.
 
-    It holds the results table (with the paper reference when the folder has ``paper_reference.csv``) and
-    the derived "GNP vs SAM improvement" figure, Figures 2 and 3, each stage's decision (chosen value,
-    mean, std, candidates), trial counts by status with the diverged / failed trials listed, the resolved
+    It holds the selection mode (paper or validation), the results table (with the paper reference when
+    the folder has ``paper_reference.csv``), the verdicts in words (:func:`gnp_study.results.verdict_lines`),
+    Figures 2 and 3, each stage's decision (chosen value, mean, std, candidates with their CI, probability
+    of being best and paired difference to the chosen one), trial counts by status with the diverged / failed trials listed, the resolved
     spec as YAML, software versions, hardware, and wall time and CPU/GPU hours per stage (``run_info.json``).
 
     Args:
         study_dir: the study folder.
         out: where to write; default ``<study_dir>/report.html``.
+        error_bars: Figure 2's bars, ``"ci"`` (95% CI, default) or ``"std"``.
 
     Returns:
         The path written.
 
     Raises:
         StudyFolderError: the folder holds no readable study (see :func:`gnp_study.results.load_study`).
+        ValueError: unknown ``error_bars``.
     """
+    _check_error_bars(error_bars)
     study = load_study(study_dir)
     table = study_results_table(study)
     out = Path(out) if out is not None else study.path / REPORT_HTML
-    out.write_text(_render_html(study, table, _png_bytes(figure2(study)), _png_bytes(figure3(study))),
-                   encoding="utf-8")
+    out.write_text(_render_html(study, table, _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study)),
+                                error_bars), encoding="utf-8")
     return out
 
 
-def build_outputs(study_dir: str | Path) -> dict[str, Path]:
+def build_outputs(study_dir: str | Path, error_bars: str = "ci") -> dict[str, Path]:
     """(Re)build every output of a study folder from its stored tables: ``results.md``, ``results.csv``,
     ``figure2.png``, ``figure3.png`` and ``report.html`` (no Ray, no training).
 
     Args:
         study_dir: the study folder.
+        error_bars: Figure 2's bars, ``"ci"`` (95% CI, default) or ``"std"``.
 
     Returns:
         ``{file name: path}`` for the five files, keys ``"results.md"``, ``"results.csv"``,
         ``"figure2.png"``, ``"figure3.png"``, ``"report.html"``.
 
     Raises:
-        StudyFolderError: the folder holds no readable study.
+        StudyFolderError: the folder holds no readable study, or a file that parses but is malformed
+            (see :func:`gnp_study.results.load_study`); nothing is written then.
+        ValueError: unknown ``error_bars``.
     """
+    _check_error_bars(error_bars)
     study = load_study(study_dir)
     table = study_results_table(study)
+    # Everything is drawn and rendered before the first file is written, so a study folder that cannot be
+    # reported keeps its previous outputs (write_study_tables renders results.md before writing it).
+    fig2, fig3 = _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study))
+    html = _render_html(study, table, fig2, fig3, error_bars)
     paths = write_study_tables(study, table)
-    fig2, fig3 = _png_bytes(figure2(study)), _png_bytes(figure3(study))
     paths[FIGURE2_PNG] = study.path / FIGURE2_PNG
     paths[FIGURE2_PNG].write_bytes(fig2)
     paths[FIGURE3_PNG] = study.path / FIGURE3_PNG
     paths[FIGURE3_PNG].write_bytes(fig3)
     report = study.path / REPORT_HTML
-    report.write_text(_render_html(study, table, fig2, fig3), encoding="utf-8")
+    report.write_text(html, encoding="utf-8")
     paths[REPORT_HTML] = report
     return paths

@@ -5,10 +5,15 @@ Works on plain pandas data (the ``trials.parquet`` / ``epochs.parquet`` schemas 
 either.
 
 Public API:
-    aggregate_seeds(trials) -> DataFrame                 one row per (stage, configuration): mean +- std
+    selection(spec) -> Selection                          paper mode or validation mode: which column decides,
+                                                          which one is reported
+    aggregate_seeds(trials, metric) -> DataFrame         one row per (stage, configuration): n, mean, std, CI
+    per_seed(trials, stage, config_key, metric) -> Series  one configuration's completed seeds
+    comparisons(trials, decisions, metric) -> dict       GNP - Standard, SAM - Standard, GNP - SAM, paired by seed
+    verdict_lines(study) -> list[str]                     the verdicts in words (results.md, console, report)
     results_table(trials, decisions, paper=None)          the Standard / SAM / GNP table (paper Table 1)
     gnp_vs_sam_percent(standard, sam, gnp) -> float       the paper's "70% more than SAM's improvement"
-    format_mean_std(mean, std, n, n_seeds, ...) -> str    "5.20 ± 0.10 (2/3)"
+    format_mean_std(mean, std, n, n_seeds, ...) -> str    "5.20 ± 0.10 (2/3)", "4.00 ± n/a" for one seed
     load_study(study_dir) -> Study                        read a study folder (raises StudyFolderError)
     write_tables(study_dir) -> {"results.md": Path, "results.csv": Path}
     write_study_tables(study, table=None) -> same, for a loaded Study
@@ -22,8 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
+
+from gnp_study.stats import Paired, describe, fmt_signed, paired, paired_text
 
 #: Trial statuses as written to ``trials.parquet``.
 STATUSES = ("completed", "diverged", "failed")
@@ -54,43 +62,149 @@ RESULTS_CSV = "results.csv"
 _SCHEME_KEYS = ("alpha", "r", "seed")
 
 
-def aggregate_seeds(trials: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate per-trial best test errors over seeds, one row per (stage, configuration).
+#: The two selection modes of a study (``data.validation`` absent or null: paper mode).
+PAPER_MODE, VALIDATION_MODE = "paper", "validation"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How a study chooses and how it scores (issue 9; paper Section 4.1).
+
+    Attributes:
+        mode: ``"paper"`` (no validation split: every stage decides on ``best_test_error``, the best test
+            error during training, and the same number is reported; the paper's protocol, optimistic by
+            construction) or ``"validation"`` (``data.validation`` set: stages decide on
+            ``best_val_error``, and the test error of the epoch chosen on validation,
+            ``test_error_at_best_val``, is reported).
+        decide_column: the ``trials.parquet`` column the stages decide on.
+        report_column: the column the results table and the comparisons report.
+        label: a short phrase for pages and the console.
+    """
+
+    mode: str
+    decide_column: str
+    report_column: str
+    label: str
+
+
+def selection(spec: Any) -> Selection:
+    """The :class:`Selection` of a study.
+
+    Args:
+        spec: a :class:`gnp_study.spec.StudySpec`, or the resolved ``study.yaml`` as a dict; validation
+            mode when ``data.validation`` is present and not null (an object with ``size`` and ``seed``).
+
+    Returns:
+        The :class:`Selection` (paper mode when the spec has no ``data.validation`` at all).
+    """
+    if isinstance(spec, dict):
+        val = (spec.get("data") or {}).get("validation")
+    else:
+        val = getattr(getattr(spec, "data", None), "validation", None)
+    if val is None:
+        return Selection(PAPER_MODE, "best_test_error", "best_test_error",
+                         "paper mode: best test error during training; chooses and scores on the same data "
+                         "(test set), optimistic by construction")
+    size = val.get("size") if isinstance(val, dict) else getattr(val, "size", None)
+    vseed = val.get("seed") if isinstance(val, dict) else getattr(val, "seed", None)
+    return Selection(VALIDATION_MODE, "best_val_error", "test_error_at_best_val",
+                     f"validation mode: stages decide on the best validation error (split of {size} training "
+                     f"images, seed {vseed}); reported: the test error at the epoch chosen on validation")
+
+
+def _check_metric(trials: pd.DataFrame, metric: str) -> None:
+    if metric not in trials.columns:
+        raise KeyError(f"trials table lacks column {metric!r} (the study's selection metric); it has "
+                       f"{list(trials.columns)}")
+
+
+def aggregate_seeds(trials: pd.DataFrame, metric: str = "best_test_error") -> pd.DataFrame:
+    """Aggregate per-trial errors over seeds, one row per (stage, configuration).
 
     Args:
         trials: one row per trial with at least the columns ``stage``, ``config_key``, ``alpha``, ``r``,
-            ``seed``, ``status`` and ``best_test_error`` (percent).
+            ``seed``, ``status`` and ``metric`` (percent).
+        metric: the column to aggregate: ``best_test_error`` (paper mode), ``best_val_error`` or
+            ``test_error_at_best_val`` (validation mode), see :func:`selection`.
 
     Returns:
-        DataFrame with the columns of :data:`CONFIG_COLUMNS` plus ``mean`` and ``std`` (percent; over the
-        trials whose status is ``"completed"``; std uses ddof=1 and is 0.0 for a single completed seed,
-        both NaN when no seed completed), ``n`` (completed seeds), ``n_seeds`` (all trials),
-        ``n_diverged`` and ``n_failed``. Diverged and failed trials are counted, never averaged in
-        silently: the paper's metric (best test error during training, Section 4.1) is only defined for
-        a run that trained to the end.
+        DataFrame with the columns of :data:`CONFIG_COLUMNS` plus ``mean``, ``std``, ``sem``, ``ci_low``,
+        ``ci_high`` (percent; over the trials whose status is ``"completed"``; std with ddof=1, sem =
+        std/sqrt(n), 95% Student-t interval of the mean, :func:`gnp_study.stats.describe`; std, sem and
+        the interval are NaN for a single completed seed, everything NaN when no seed completed), ``n``
+        (completed seeds), ``n_seeds`` (all trials), ``n_diverged`` and ``n_failed``. Diverged and failed
+        trials are counted, never averaged in silently: the paper's metric (best test error during
+        training, Section 4.1) is only defined for a run that trained to the end.
 
     Raises:
         KeyError: a required column is missing.
     """
-    required = CONFIG_COLUMNS + ["seed", "status", "best_test_error"]
+    required = CONFIG_COLUMNS + ["seed", "status", metric]
     missing = [c for c in required if c not in trials.columns]
     if missing:
         raise KeyError(f"trials table lacks column(s) {missing}; it has {list(trials.columns)}")
+    cols = CONFIG_COLUMNS + ["mean", "std", "sem", "ci_low", "ci_high", "n", "n_seeds", "n_diverged", "n_failed"]
     if trials.empty:
-        return pd.DataFrame(columns=CONFIG_COLUMNS + ["mean", "std", "n", "n_seeds", "n_diverged", "n_failed"])
+        return pd.DataFrame(columns=cols)
     df = trials.copy()
     ok = df["status"] == "completed"
-    df["_ok_error"] = df["best_test_error"].where(ok)
+    df["_ok_error"] = df[metric].astype(float).where(ok)
     grouped = df.groupby(CONFIG_COLUMNS, sort=False, dropna=False)
-    out = grouped.agg(
-        mean=("_ok_error", "mean"),
-        std=("_ok_error", "std"),
-        n=("_ok_error", "count"),
-        n_seeds=("seed", "size"),
-        n_diverged=("status", lambda s: int((s == "diverged").sum())),
-        n_failed=("status", lambda s: int((s == "failed").sum())),
-    ).reset_index()
-    out.loc[(out["n"] == 1), "std"] = 0.0
+    rows = []
+    for keys, g in grouped:
+        d = describe(g["_ok_error"])
+        rows.append(dict(zip(CONFIG_COLUMNS, keys), mean=d.mean, std=d.std, sem=d.sem, ci_low=d.ci_low,
+                         ci_high=d.ci_high, n=d.n, n_seeds=int(len(g)),
+                         n_diverged=int((g["status"] == "diverged").sum()),
+                         n_failed=int((g["status"] == "failed").sum())))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def per_seed(trials: pd.DataFrame, stage: str, config_key: str, metric: str = "best_test_error") -> pd.Series:
+    """One configuration's value per completed seed.
+
+    Args:
+        trials: the trials table; stage, config_key: the configuration; metric: the column.
+
+    Returns:
+        Series indexed by seed (int), the metric of the completed trials (diverged and failed left out).
+
+    Raises:
+        KeyError: ``metric`` is not a column.
+    """
+    _check_metric(trials, metric)
+    sel = trials[(trials["stage"] == stage) & (trials["config_key"] == config_key)
+                 & (trials["status"] == "completed")]
+    s = pd.Series(sel[metric].astype(float).to_numpy(), index=sel["seed"].astype(int).to_numpy(), dtype=float)
+    return s[np.isfinite(s.to_numpy())]
+
+
+#: The three comparisons of the study's answer: (a, b) means a - b, by scheme display name.
+COMPARISONS = (("GNP", "Standard"), ("SAM", "Standard"), ("GNP", "SAM"))
+
+
+def comparisons(trials: pd.DataFrame, decisions: dict[str, Any], metric: str = "best_test_error"
+                ) -> dict[tuple[str, str], Paired | None]:
+    """GNP - Standard, SAM - Standard and GNP - SAM, each between the chosen configurations and paired seed
+    by seed (:func:`gnp_study.stats.paired`).
+
+    Args:
+        trials: the trials table; decisions: ``decisions.json``; metric: the column compared (the study's
+            report column, :func:`selection`).
+
+    Returns:
+        ``{("GNP", "Standard"): Paired, ...}`` in :data:`COMPARISONS` order; None for a comparison whose
+        stage is not decided yet.
+    """
+    stage_of = {name: stage for stage, name in SCHEMES}
+    out: dict[tuple[str, str], Paired | None] = {}
+    for a, b in COMPARISONS:
+        ka = (decisions.get(stage_of[a]) or {}).get("config_key")
+        kb = (decisions.get(stage_of[b]) or {}).get("config_key")
+        if ka is None or kb is None:
+            out[(a, b)] = None
+            continue
+        out[(a, b)] = paired(per_seed(trials, stage_of[a], ka, metric), per_seed(trials, stage_of[b], kb, metric))
     return out
 
 
@@ -111,13 +225,14 @@ def format_mean_std(
     """Format one aggregated cell as the paper prints it, e.g. ``"5.20 ± 0.10"``.
 
     Args:
-        mean, std: percent test error over the completed seeds (std NaN is shown as 0, one seed).
+        mean, std: percent test error over the completed seeds (std NaN, as for a single seed, is shown
+            as "n/a": unknown, never 0).
         n: completed seeds; n_seeds: all seeds of the configuration.
         n_diverged, n_failed: how many of the n_seeds diverged / failed (used when none completed).
         decimals: digits after the point (the paper uses 2).
 
     Returns:
-        ``"m ± s"``; with ``" (n/n_seeds)"`` appended when some seeds did not complete; ``"diverged
+        ``"m ± s"`` (``"m ± n/a"`` with one completed seed); with ``" (n/n_seeds)"`` appended when some seeds did not complete; ``"diverged
         (0/3)"``, ``"failed (0/3)"`` or ``"no completed seed (0/3)"`` when none did; ``"not run"`` when the
         configuration has no trials (n_seeds == 0).
     """
@@ -132,8 +247,8 @@ def format_mean_std(
         else:
             word = "no completed seed"
         return f"{word} ({n}/{n_seeds})"
-    s = 0.0 if std is None or not math.isfinite(float(std)) else float(std)
-    text = f"{float(mean):.{decimals}f} ± {s:.{decimals}f}"
+    s = "n/a" if n < 2 or std is None or not math.isfinite(float(std)) else f"{float(std):.{decimals}f}"
+    text = f"{float(mean):.{decimals}f} ± {s}"
     if n < n_seeds:
         text += f" ({n}/{n_seeds})"
     return text
@@ -183,6 +298,20 @@ def _configuration_text(stage: str, decision: dict[str, Any]) -> str:
     return f"r={_fmt_value(decision.get('r'))}, alpha={_fmt_value(decision.get('alpha'))}"
 
 
+def _float(v: Any) -> float:
+    """float(v), NaN for None."""
+    return float("nan") if v is None else float(v)
+
+
+def _ci_text(lo: float, hi: float, n: int, decimals: int = 2) -> str:
+    """``"4.71 to 5.69"``; ``"n/a"`` for fewer than two completed seeds, ``""`` when no seed completed."""
+    if int(n) == 0:
+        return ""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "n/a"
+    return f"{lo:.{decimals}f} to {hi:.{decimals}f}"
+
+
 def _fmt_value(v: Any) -> str:
     """Short text for a hyper-parameter value (floats without trailing noise)."""
     if isinstance(v, float):
@@ -215,13 +344,14 @@ def results_table(
     decisions: dict[str, Any],
     paper: pd.DataFrame | None = None,
     decimals: int = 2,
+    metric: str = "best_test_error",
 ) -> pd.DataFrame:
     """The paper's results table (Table 1): one row each for Standard, SAM and GNP.
 
     Each row aggregates, over seeds, the trials of the configuration that the stage's decision chose
-    (``decisions[stage]["config_key"]``), with :func:`aggregate_seeds` (mean and ddof=1 std of the
-    per-trial best test error over completed seeds). When the decision's trials are absent from
-    ``trials`` the decision's own mean/std/n/n_seeds are used instead.
+    (``decisions[stage]["config_key"]``), with :func:`aggregate_seeds` (mean, ddof=1 std and 95% CI of
+    the per-trial ``metric`` over completed seeds). When the decision's trials are absent from
+    ``trials`` the decision's own mean/std/n/n_seeds are used instead (no CI then).
 
     Args:
         trials: ``trials.parquet`` rows (contract columns; at least those of :func:`aggregate_seeds`).
@@ -229,14 +359,20 @@ def results_table(
         paper: optional reference rows with columns ``scheme`` (Standard / SAM / GNP or Ours), ``mean``,
             ``std`` (percent); adds the ``paper_*`` columns.
         decimals: digits for the text column.
+        metric: the trials column reported (``best_test_error`` in paper mode, ``test_error_at_best_val``
+            in validation mode; :func:`selection`).
 
     Returns:
         DataFrame with exactly 3 rows (Standard, SAM, GNP) and the columns ``scheme``, ``stage``,
-        ``configuration``, ``config_key``, ``mean``, ``std`` (percent), ``n``, ``n_seeds``,
+        ``configuration``, ``config_key``, ``mean``, ``std``, ``ci_low``, ``ci_high`` (percent), ``n``,
+        ``n_seeds``,
         ``n_diverged``, ``n_failed``, ``test_error`` (text: "mean ± std", with "(n/n_seeds)" when some
         seeds diverged or failed), ``improvement`` (Standard's mean minus this row's mean, percentage
-        points; NaN on the Standard row), ``gnp_vs_sam_pct`` (on the GNP row only: how much larger GNP's
-        improvement is than SAM's, in percent, :func:`gnp_vs_sam_percent`; NaN elsewhere). With ``paper``:
+        points; NaN on the Standard row), ``improvement_resolved`` (the paired 95% CI of this row minus
+        Standard lies below 0; False on the Standard row), ``gnp_vs_sam_pct`` (on the GNP row only: how
+        much larger GNP's improvement is than SAM's, in percent, :func:`gnp_vs_sam_percent`; NaN
+        elsewhere; ``df.attrs["gnp_vs_sam_stated"]`` says whether both improvements are resolved, the
+        condition for stating it). With ``paper``:
         also ``paper_mean``, ``paper_std``, ``paper_test_error``, ``paper_improvement``,
         ``paper_gnp_vs_sam_pct``. ``df.attrs["gnp_vs_sam_pct"]`` (and ``"paper_gnp_vs_sam_pct"``) hold
         the derived figure too.
@@ -245,7 +381,7 @@ def results_table(
         KeyError: ``trials`` or ``paper`` lacks a required column.
         ValueError: ``paper`` names an unknown scheme.
     """
-    agg = aggregate_seeds(trials)
+    agg = aggregate_seeds(trials, metric)
     rows = []
     for stage, name in SCHEMES:
         decision = decisions.get(stage) or {}
@@ -256,6 +392,8 @@ def results_table(
             stats = {
                 "mean": float(a["mean"]),
                 "std": float(a["std"]),
+                "ci_low": float(a["ci_low"]),
+                "ci_high": float(a["ci_high"]),
                 "n": int(a["n"]),
                 "n_seeds": int(a["n_seeds"]),
                 "n_diverged": int(a["n_diverged"]),
@@ -265,16 +403,18 @@ def results_table(
             cands = [c for c in decision.get("candidates", []) if c.get("config_key") == key]
             cand = cands[0] if cands else {}
             stats = {
-                "mean": float(decision.get("mean", float("nan"))),
-                "std": float(decision.get("std", float("nan"))),
+                "mean": _float(decision.get("mean")),
+                "std": _float(decision.get("std")),
+                "ci_low": float("nan"),
+                "ci_high": float("nan"),
                 "n": int(decision.get("n", 0)),
                 "n_seeds": int(decision.get("n_seeds", 0)),
                 "n_diverged": int(cand.get("n_diverged", 0)),
                 "n_failed": int(cand.get("n_failed", 0)),
             }
         else:
-            stats = {"mean": float("nan"), "std": float("nan"), "n": 0, "n_seeds": 0, "n_diverged": 0,
-                     "n_failed": 0}
+            stats = {"mean": float("nan"), "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                     "n": 0, "n_seeds": 0, "n_diverged": 0, "n_failed": 0}
         rows.append(
             {
                 "scheme": name,
@@ -282,15 +422,27 @@ def results_table(
                 "configuration": _configuration_text(stage, decision),
                 "config_key": key if key is not None else "",
                 **stats,
-                "test_error": format_mean_std(decimals=decimals, **stats),
+                "test_error": format_mean_std(stats["mean"], stats["std"], stats["n"], stats["n_seeds"],
+                                              stats["n_diverged"], stats["n_failed"], decimals),
+                "ci95": _ci_text(stats["ci_low"], stats["ci_high"], stats["n"], decimals),
             }
         )
     df = pd.DataFrame(rows)
+    comps = comparisons(trials, decisions, metric)
+    # improvement resolved: the paired 95% CI of (scheme - Standard) lies below 0
+    df["improvement_resolved"] = [False] + [
+        bool(p is not None and p.resolved and p.diff < 0) for p in (comps[("SAM", "Standard")], comps[("GNP", "Standard")])]
     std_mean = df.loc[0, "mean"]
     df["improvement"] = std_mean - df["mean"]
     df.loc[0, "improvement"] = float("nan")
+    # The improvement's uncertainty: the paired 95% CI of Standard - scheme (the negated CI of scheme - Standard).
+    paired_rows = [None, comps[("SAM", "Standard")], comps[("GNP", "Standard")]]
+    df["improvement_ci_low"] = [float("nan") if p is None else -p.ci_high for p in paired_rows]
+    df["improvement_ci_high"] = [float("nan") if p is None else -p.ci_low for p in paired_rows]
+    df["improvement_n_pairs"] = [0 if p is None else int(p.n) for p in paired_rows]
     pct = gnp_vs_sam_percent(*df["mean"].tolist())
     df["gnp_vs_sam_pct"] = [float("nan"), float("nan"), pct]
+    df.attrs["gnp_vs_sam_stated"] = bool(df["improvement_resolved"].iloc[1:].all())
     df.attrs["gnp_vs_sam_pct"] = pct
     if paper is not None:
         ref = _paper_rows(paper)
@@ -340,6 +492,122 @@ def derived_figure_text(table: pd.DataFrame, prefix: str = "") -> str:
     )
 
 
+def improvement_text(table: pd.DataFrame, comps: dict[tuple[str, str], Paired | None]) -> str:
+    """The paper's derived figure ("GNP's improvement over Standard is X% larger than SAM's"), stated only
+    when both improvements are resolved at 95% in the improving direction; otherwise which one is not.
+
+    Args:
+        table: :func:`results_table` output (its means give the percentage, as the paper computes it).
+        comps: :func:`comparisons` output.
+
+    Returns:
+        One sentence.
+    """
+    problems = []
+    for a in ("GNP", "SAM"):
+        p = comps.get((a, "Standard"))
+        if p is None:
+            problems.append(f"{a} − Standard is not available yet (stage not decided)")
+        elif not p.resolved:
+            problems.append(f"{a} − Standard is not resolved (95% CI {fmt_signed(p.ci_low)} to "
+                            f"{fmt_signed(p.ci_high)} includes 0)" if p.n >= 2 else
+                            f"{a} − Standard is not resolved (fewer than 2 paired seeds)")
+        elif p.diff >= 0:
+            problems.append(f"{a} − Standard is resolved but {a} has the higher error")
+    if problems:
+        return ("The paper's figure \"GNP's improvement over Standard is X% larger than SAM's\" is not "
+                "stated: " + "; ".join(problems) + ".")
+    text = derived_figure_text(table)
+    # Both improvements are real, but whether they differ is the GNP − SAM comparison: say when it is not
+    # resolved, so the percentage is not read as GNP being better (or worse) than SAM.
+    p = comps.get(("GNP", "SAM"))
+    if p is None or not p.resolved:
+        text += (" The two improvements themselves are not told apart: GNP − SAM is not resolved at 95%, so "
+                 "this percentage is within the noise.")
+    return text
+
+
+def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
+    """How sure each stage's choice is, from ``decisions.json`` (fields written by
+    :func:`gnp_study.protocol.decide`): the chosen configuration's probability of being best, the margin
+    to the runner-up with its paired CI, and how many candidates are not distinguishable from it.
+
+    Returns:
+        One line per decided stage that has those fields (older study folders have none: no line).
+    """
+    lines = []
+    for stage, name in SCHEMES:
+        dec = decisions.get(stage) or {}
+        if "indistinguishable" not in dec:
+            continue
+        cands = dec.get("candidates") or []
+        eligible = [c for c in cands if (c.get("n") or 0) > 0]
+        chosen = _configuration_text(stage, dec)
+        pb = next((c.get("prob_best") for c in cands if c.get("config_key") == dec.get("config_key")), None)
+        text = f"{name} stage: chose {chosen}"
+        if pb is not None:
+            text += f" (probability of being best {pb:.2f}, bootstrap over seeds)"
+        margin = dec.get("margin")
+        if margin and margin.get("paired"):
+            mp = margin["paired"]
+            ru = next((c for c in cands if c.get("config_key") == margin.get("runner_up")), {})
+            ru_text = _candidate_text(stage, ru) if ru else "the runner-up"
+            if (mp.get("n") or 0) >= 2:
+                text += (f"; runner-up {ru_text} is {fmt_signed(mp.get('diff'))} points worse, paired 95% CI "
+                         f"{fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over {mp.get('n')} "
+                         f"seeds")
+            else:
+                text += f"; runner-up {ru_text}: fewer than 2 paired seeds, no CI"
+        n_ind = len(dec.get("indistinguishable") or [])
+        text += (f"; not distinguishable from it at 95%: {n_ind} of the other {max(len(eligible) - 1, 0)} "
+                 f"candidates" if eligible else "")
+        lines.append(text)
+    return lines
+
+
+def _candidate_text(stage: str, cand: dict[str, Any]) -> str:
+    if stage == "sam":
+        return f"r={_fmt_value(cand.get('r'))}"
+    if stage == "gnp":
+        return f"alpha={_fmt_value(cand.get('alpha'))}"
+    try:
+        cfg = json.loads(cand.get("config_key", "{}"))
+    except (TypeError, ValueError):
+        return str(cand.get("config_key"))
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in cfg.items() if k not in _SCHEME_KEYS) or "defaults"
+
+
+def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: bool = True) -> list[str]:
+    """The study's answer in words, as results.md, report.html and the console summary state it.
+
+    Lines: the selection mode; GNP − Standard, SAM − Standard and GNP − SAM (paired over seeds, 95% CI,
+    resolved or not, seeds that would resolve an unresolved one; :func:`gnp_study.stats.paired_text`);
+    the paper's derived figure or why it is not stated (:func:`improvement_text`); each stage's certainty
+    (:func:`stage_certainty_lines`).
+
+    Args:
+        study: a loaded :class:`Study`; table: its :func:`study_results_table` (computed when None).
+        stages: add the stage certainty lines (report.html shows them with each decision instead).
+
+    Returns:
+        A list of sentences (no Markdown).
+
+    Raises:
+        KeyError: the trials table lacks the study's report column (validation mode).
+    """
+    sel = selection(study.spec)
+    table = study_results_table(study) if table is None else table
+    comps = comparisons(study.trials, study.decisions, sel.report_column)
+    lines = [f"Selection: {sel.label}."]
+    for (a, b), p in comps.items():
+        lines.append(f"{a} − {b}: not available yet (stage not decided)." if p is None else
+                     paired_text(a, b, p) + ".")
+    lines.append(improvement_text(table, comps))
+    if stages:
+        lines.extend(s + "." for s in stage_certainty_lines(study.decisions))
+    return lines
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The human-facing columns of a :func:`results_table` result, with readable headers (for Markdown and
     HTML). Improvements are shown with 2 decimals, percentages rounded; blanks where undefined."""
@@ -350,16 +618,21 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     def pct(v: float) -> str:
         return "" if not math.isfinite(float(v)) else f"{float(v):.0f}%"
 
+    stated = table.attrs.get("gnp_vs_sam_stated", True)
+    measured_pct = [pct(v) if stated or not math.isfinite(float(v)) else "not stated (not resolved)"
+                    for v in table["gnp_vs_sam_pct"]]
+
     out = pd.DataFrame(
         {
             "Scheme": table["scheme"],
             "Configuration": table["configuration"],
             "Test error % (mean ± std)": table["test_error"],
+            "95% CI of the mean": table["ci95"] if "ci95" in table.columns else "",
             "Seeds done": [f"{int(a)}/{int(b)}" for a, b in zip(table["n"], table["n_seeds"])],
             "Diverged": table["n_diverged"].astype(int),
             "Failed": table["n_failed"].astype(int),
-            "Improvement vs Standard (points)": [pts(v) for v in table["improvement"]],
-            "GNP vs SAM improvement": [pct(v) for v in table["gnp_vs_sam_pct"]],
+            "Improvement vs Standard (points)": _improvement_cells(table, pts),
+            "GNP vs SAM improvement": measured_pct,
         }
     )
     if "paper_mean" in table.columns:
@@ -367,6 +640,25 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["Paper improvement (points)"] = [pts(v) for v in table["paper_improvement"]]
         out["Paper GNP vs SAM"] = [pct(v) for v in table["paper_gnp_vs_sam_pct"]]
     return out
+
+
+def _improvement_cells(table: pd.DataFrame, pts) -> list[str]:
+    """Each row's improvement over Standard with its paired 95% CI and whether that resolves it, e.g.
+    "+0.46 (paired 95% CI +0.06 to +0.86, 3 seeds: resolved)"; blank on the Standard row. Tables built
+    without the CI columns show the bare number."""
+    if "improvement_ci_low" not in table.columns:
+        return [pts(v) for v in table["improvement"]]
+    cells = []
+    for v, lo, hi, n, ok in zip(table["improvement"], table["improvement_ci_low"], table["improvement_ci_high"],
+                                table["improvement_n_pairs"], table["improvement_resolved"]):
+        if not math.isfinite(float(v)):
+            cells.append("")
+        elif not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+            cells.append(f"{pts(v)} (no paired CI: {int(n)} paired seed{'s' if int(n) != 1 else ''})")
+        else:
+            verdict = "resolved" if (lo > 0 or hi < 0) else "not resolved"
+            cells.append(f"{pts(v)} (paired 95% CI {pts(lo)} to {pts(hi)}, {int(n)} seeds: {verdict})")
+    return cells
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,11 +728,140 @@ def _read_parquet(path: Path, required: list[str]) -> pd.DataFrame:
     return df
 
 
+# What the outputs read from each file, checked before anything is written (a file that parses but
+# holds the wrong shapes must be refused with its name, not end in a traceback half-way through).
+
+#: Keys of ``decisions.json``: the stages (the runner refuses any other key too).
+DECISION_STAGES = tuple(stage for stage, _ in SCHEMES)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v) and float(v).is_integer() and v >= 0
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _need(ok: bool, path: Path, what: str, value: Any) -> None:
+    if not ok:
+        raise StudyFolderError(f"{path}: {what}, found {_kind(value)} ({json.dumps(value, default=str)[:60]})")
+
+
+def _check_spec(path: Path, spec: dict[str, Any]) -> None:
+    """study.yaml: the sections the outputs read are mappings; the grids and seeds are lists of numbers."""
+    for key in ("name", "description"):
+        if spec.get(key) is not None:
+            _need(isinstance(spec[key], str), path, f"'{key}' must be a string", spec[key])
+    for key in ("data", "model", "training", "stages", "resources"):
+        if spec.get(key) is not None:
+            _need(isinstance(spec[key], dict), path, f"'{key}' must be a mapping", spec[key])
+    if spec.get("seeds") is not None:
+        _need(isinstance(spec["seeds"], list) and all(_is_count(v) for v in spec["seeds"]), path,
+              "'seeds' must be a list of non-negative integers", spec["seeds"])
+    validation = (spec.get("data") or {}).get("validation")
+    if validation is not None:
+        _need(isinstance(validation, dict), path, "'data.validation' must be a mapping (size, seed) or null",
+              validation)
+    stages = spec.get("stages") or {}
+    for stage in DECISION_STAGES:
+        if stages.get(stage) is not None:
+            _need(isinstance(stages[stage], dict), path, f"'stages.{stage}' must be a mapping", stages[stage])
+    grids = [("sam", "r"), ("gnp", "alpha"), ("gnp", "alpha_extra"), ("gnp", "figure2_r"),
+             ("gnp", "figure3_alpha")]
+    for stage, key in grids:
+        value = (stages.get(stage) or {}).get(key)
+        if value is not None:
+            _need(isinstance(value, list) and all(_is_number(v) for v in value), path,
+                  f"'stages.{stage}.{key}' must be a list of numbers", value)
+
+
+def _check_decisions(path: Path, decisions: dict[str, Any]) -> None:
+    """decisions.json: one mapping per decided stage with the fields :func:`gnp_study.protocol.decide`
+    writes (config_key, mean, std, n, n_seeds, candidates; r for sam, alpha and r for gnp)."""
+    for stage, dec in decisions.items():
+        if stage not in DECISION_STAGES:
+            raise StudyFolderError(f"{path}: unknown key {stage!r}; expected only the stages "
+                                   f"{', '.join(DECISION_STAGES)}")
+        _need(isinstance(dec, dict), path, f"'{stage}' must be a mapping (the stage's decision)", dec)
+        if "config_key" in dec:
+            _need(isinstance(dec["config_key"], str), path, f"'{stage}.config_key' must be a string",
+                  dec["config_key"])
+        if "config" in dec:
+            _need(isinstance(dec["config"], dict), path, f"'{stage}.config' must be a mapping", dec["config"])
+        required = {"sam": ("r",), "gnp": ("alpha", "r")}.get(stage, ())
+        for key in ("mean", "std", "alpha", "r"):
+            if key in required or dec.get(key) is not None:
+                _need(_is_number(dec.get(key)), path, f"'{stage}.{key}' must be a number", dec.get(key))
+        for key in ("n", "n_seeds"):
+            if key in dec:
+                _need(_is_count(dec[key]), path, f"'{stage}.{key}' must be a non-negative integer", dec[key])
+        cands = dec.get("candidates", [])
+        _need(isinstance(cands, list), path, f"'{stage}.candidates' must be a list", cands)
+        for i, cand in enumerate(cands):
+            where = f"'{stage}.candidates[{i}]"
+            _need(isinstance(cand, dict), path, f"{where}' must be a mapping", cand)
+            for key in ("config_key", "mean", "n", "n_seeds"):
+                if key not in cand:
+                    raise StudyFolderError(f"{path}: {where}' lacks {key!r}")
+            _need(isinstance(cand["config_key"], str), path, f"{where}.config_key' must be a string",
+                  cand["config_key"])
+            for key in ("mean", "std"):
+                if cand.get(key) is not None:
+                    _need(_is_number(cand[key]), path, f"{where}.{key}' must be a number or null", cand[key])
+            for key in ("n", "n_seeds", "n_diverged", "n_failed"):
+                if key in cand:
+                    _need(_is_count(cand[key]), path, f"{where}.{key}' must be a non-negative integer",
+                          cand[key])
+
+
+def _check_run_info(path: Path, info: dict[str, Any]) -> None:
+    """run_info.json: 'stages' maps stage names to mappings of numbers; the rest as the runner writes it."""
+    for key in ("stages", "hardware", "versions"):
+        if info.get(key) is not None:
+            _need(isinstance(info[key], dict), path, f"'{key}' must be a mapping", info[key])
+    for key in ("started", "finished", "ray_address"):
+        if info.get(key) is not None:
+            _need(isinstance(info[key], str), path, f"'{key}' must be a string or null", info[key])
+    if info.get("wall_time_s") is not None:
+        _need(_is_number(info["wall_time_s"]), path, "'wall_time_s' must be a number", info["wall_time_s"])
+    for stage, facts in (info.get("stages") or {}).items():
+        _need(isinstance(facts, dict), path, f"'stages.{stage}' must be a mapping", facts)
+        for key in ("wall_time_s", "cpu_hours", "gpu_hours"):
+            if facts.get(key) is not None:
+                _need(_is_number(facts[key]), path, f"'stages.{stage}.{key}' must be a number", facts[key])
+        if facts.get("n_trials") is not None:
+            _need(_is_count(facts["n_trials"]), path, f"'stages.{stage}.n_trials' must be a non-negative "
+                  f"integer", facts["n_trials"])
+
+
+def _check_columns(path: Path, df: pd.DataFrame, numeric: list[str], text: list[str]) -> None:
+    """Numeric columns hold numbers (not booleans, not text); text columns hold strings (or nulls)."""
+    if df.empty:
+        return
+    for col in numeric:
+        if col in df.columns and (pd.api.types.is_bool_dtype(df[col])
+                                  or not pd.api.types.is_numeric_dtype(df[col])):
+            raise StudyFolderError(f"{path}: column {col!r} must hold numbers, found dtype {df[col].dtype}")
+    for col in text:
+        if col in df.columns:
+            bad = df[col][df[col].notna() & ~df[col].map(lambda v: isinstance(v, str))]
+            if len(bad):
+                raise StudyFolderError(f"{path}: column {col!r} must hold text, found {bad.iloc[0]} "
+                                       f"({type(bad.iloc[0]).__name__}) in row {bad.index[0]}")
+
+
 def load_study(study_dir: str | Path) -> Study:
     """Read a study folder into a :class:`Study`.
 
     Required: the folder, ``study.yaml`` (a YAML mapping) and ``trials.parquet`` (with the columns of
-    :data:`TRIALS_REQUIRED`). Optional (empty when absent, listed in ``Study.missing``):
+    :data:`TRIALS_REQUIRED`, and ``best_val_error`` and ``test_error_at_best_val`` for a study in
+    validation mode, :func:`selection`). Optional (empty when absent, listed in ``Study.missing``):
     ``decisions.json``, ``epochs.parquet`` (columns :data:`EPOCHS_REQUIRED`), ``run_info.json``,
     ``paper_reference.csv`` (columns scheme, mean, std).
 
@@ -452,7 +873,9 @@ def load_study(study_dir: str | Path) -> Study:
 
     Raises:
         StudyFolderError: the folder does not exist or holds no study; a required file is missing; any
-            present file is corrupt (unparsable) or lacks required columns. The message names the file.
+            present file is corrupt (unparsable), lacks required columns, or parses but holds what the
+            outputs cannot read (a column of the wrong type, a decision or a stage's facts that is not a
+            mapping, a grid that is not a list of numbers). The message names the file and what is wrong.
     """
     root = Path(study_dir)
     if not root.is_dir():
@@ -473,7 +896,10 @@ def load_study(study_dir: str | Path) -> Study:
         raise StudyFolderError(f"{spec_path}: expected a YAML mapping, found {type(spec).__name__}")
     if not trials_path.exists():
         raise StudyFolderError(f"{trials_path}: missing; no stage of this study has recorded trials yet")
-    trials = _read_parquet(trials_path, TRIALS_REQUIRED)
+    _check_spec(spec_path, spec)  # before anything reads the spec's sections (selection mode, grids)
+    sel = selection(spec)
+    trials = _read_parquet(trials_path, TRIALS_REQUIRED + (
+        [sel.decide_column, sel.report_column] if sel.mode == VALIDATION_MODE else []))
 
     missing: list[str] = []
     decisions_path = root / DECISIONS_JSON
@@ -502,12 +928,20 @@ def load_study(study_dir: str | Path) -> Study:
             _paper_rows(paper)
         except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
             raise StudyFolderError(f"{paper_path}: unusable paper reference ({exc})") from exc
+    _check_columns(trials_path, trials, numeric=["alpha", "r", "seed", "best_test_error", "diverged_epoch"]
+                   + ([sel.decide_column, sel.report_column] if sel.mode == VALIDATION_MODE else []),
+                   text=["stage", "config_key", "status", "error"])
+    _check_columns(epochs_path, epochs, numeric=["alpha", "r", "seed", "epoch", "test_error", "grad_norm"],
+                   text=["stage"])
+    _check_decisions(decisions_path, decisions)
+    _check_run_info(info_path, run_info)
     return Study(root, spec, decisions, trials, epochs, run_info, paper, missing)
 
 
 def study_results_table(study: Study) -> pd.DataFrame:
-    """:func:`results_table` of a loaded :class:`Study` (with its paper reference when present)."""
-    return results_table(study.trials, study.decisions, study.paper)
+    """:func:`results_table` of a loaded :class:`Study` (with its paper reference when present), on the
+    study's report column (:func:`selection`)."""
+    return results_table(study.trials, study.decisions, study.paper, metric=selection(study.spec).report_column)
 
 
 def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
@@ -523,24 +957,42 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
     table = study_results_table(study) if table is None else table
     data = study.spec.get("data") or {}
     model = (study.spec.get("model") or {}).get("name", "?")
+    sel = selection(study.spec)
+    verdicts = verdict_lines(study, table)
+    metric = ("best test error during training" if sel.mode == PAPER_MODE else
+              "test error at the epoch of the best validation error")
     lines = [
         f"# Results: {study.name}",
         "",
-        f"Data set: {data.get('dataset', '?')} · model: {model} · metric: best test error during training "
-        f"(percent), mean ± std over seeds (pandas ddof=1), completed seeds only.",
+        f"**{sel.label[0].upper() + sel.label[1:]}.**",
+        "",
+        f"Data set: {data.get('dataset', '?')} · model: {model} · metric: {metric} (percent), mean ± std over "
+        f"seeds (ddof=1; n/a with one seed) and the 95% Student-t CI of the mean, completed seeds only.",
         "",
         display_table(table).to_markdown(index=False, disable_numparse=True),
         "",
-        f"- Measured: {derived_figure_text(table)}",
+        "## Verdicts",
+        "",
+        "Differences are in percentage points of test error, paired seed by seed (the same seed gives the "
+        "same initial weights and data order in every configuration); negative means the first has the lower "
+        "error. Resolved: the 95% CI of the paired difference excludes 0.",
+        "",
     ]
+    lines += [f"- {v}" for v in verdicts[1:]]
+    if any("not resolved" in v and "seeds would resolve" in v for v in verdicts):
+        lines.append("- `gnp-study plan STUDY --seeds N` prices a run with N seeds.")
+    lines += ["", "## Notes", ""]
     if "paper_mean" in table.columns:
         lines.append(f"- Paper: {derived_figure_text(table, 'paper_')}")
     if (table["n"] < table["n_seeds"]).any():
         lines.append("- (n/N): only n of the N seeds completed; the others diverged or failed and are not "
                      "averaged in.")
+    if (table["n"] == 1).any():
+        lines.append("- n/a: one completed seed gives no standard deviation or confidence interval.")
     undecided = [s for s, _ in SCHEMES if s not in study.decisions]
     if undecided:
         lines.append(f"- Not decided yet: {', '.join(undecided)} (stage not run or not finished).")
+    lines.append("- Per-seed values: trials.parquet (one row per trial) holds every number behind this page.")
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -37,8 +37,55 @@ class SpecError(ValueError):
     """A study file is missing, unreadable or invalid; the message names the key or file at fault."""
 
 
+def _type_tree(annotation: Any):
+    """The annotation and, recursively, its type arguments (``list[float] | None`` -> that, list[float],
+    float, None)."""
+    yield annotation
+    for a in get_args(annotation):
+        yield from _type_tree(a)
+
+
+def _numeric_field(annotation: Any) -> bool:
+    """Whether a field holds numbers (int/float, alone or in a list, union or mapping) and never a bool."""
+    types = list(_type_tree(annotation))
+    return any(t is int or t is float for t in types) and not any(t is bool or t is Any for t in types)
+
+
+def _bool_inside(value: Any) -> tuple[str, bool] | None:
+    """Where a boolean hides in a numeric field's raw value, and the boolean: ``("", b)`` (the value
+    itself), ``("item [i]", b)`` (a list item) or ``("key", b)`` / ``("key[i]", b)`` (a mapping value or its
+    list item); None when there is none. A mapping inside a mapping is a sub-model (an Optuna range) with
+    its own check."""
+    if isinstance(value, bool):
+        return "", value
+    if isinstance(value, (list, tuple)):
+        return next(((f"item [{i}]", v) for i, v in enumerate(value) if isinstance(v, bool)), None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, bool):
+                return str(k), v
+            if isinstance(v, (list, tuple)):
+                hit = next(((f"{k}[{i}]", x) for i, x in enumerate(v) if isinstance(x, bool)), None)
+                if hit is not None:
+                    return hit
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v, info):
+        # YAML's true/false are Python bools, and bool is a subclass of int: pydantic would take `lr: true`
+        # as 1.0 and `seeds: [false]` as [0]. A boolean is never a number here, wherever a number goes.
+        field = cls.model_fields.get(info.field_name)
+        hit = _bool_inside(v) if field is not None and _numeric_field(field.annotation) else None
+        if hit is not None:
+            where, b = hit
+            raise ValueError(f"{where + ' is ' if where else ''}a boolean ({str(b).lower()}) where a number "
+                             f"is expected")
+        return v
 
 
 def _finite(v: float, what: str) -> float:
@@ -410,6 +457,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         inp = e.get("input")
         shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
         lines.append(f"{loc}: {msg}{shown}")
+    if len(lines) == 1:  # the usual case: one line naming the key
+        return f"invalid study {source}: {lines[0]}"
     return f"invalid study {source}:\n  " + "\n  ".join(lines)
 
 

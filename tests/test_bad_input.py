@@ -3,6 +3,7 @@ started, and no existing result file changed (issue: long studies must survive).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import zipfile
 from pathlib import Path
@@ -99,6 +100,28 @@ SPEC_CASES = [
      "data.label_noise.kind"),
     ("label-noise-typo", study_with(data__label_noise={"fracton": 0.2}), "data.label_noise.fracton"),
 ]
+
+# Issue 11 item 4: inputs that used to pass validation and fail inside every trial (or be read as 1.0).
+# digits has 1,437 training and 360 test images (scikit-learn's 1,797 split 80/20).
+ITEM4_CASES = [
+    ("train-subset-above-data", study_with(data__train_subset=1438), "data.train_subset"),
+    ("test-subset-above-data", study_with(data__test_subset=361), "data.test_subset"),
+    ("space-lr-true", study_with(stages__standard__space={"lr": [True]}), "stages.standard.space"),
+    ("epochs-true", study_with(training__epochs=True), "training.epochs"),
+    ("lr-true", study_with(training__lr=True), "training.lr"),
+    ("batch-size-true", study_with(training__batch_size=True), "training.batch_size"),
+    ("seeds-true", study_with(seeds=[True]), "seeds"),
+    ("r-true", study_with(stages__sam__r=[True, 0.05, 0.1]), "stages.sam.r"),
+    ("alpha-false", study_with(stages__gnp__alpha=[False, 0.5]), "stages.gnp.alpha"),
+    ("alpha-extra-true", study_with(stages__gnp__alpha_extra=[True]), "stages.gnp.alpha_extra"),
+    ("train-subset-true", study_with(data__train_subset=True), "data.train_subset"),
+    ("gpus-false", study_with(resources__gpus_per_trial=False), "resources.gpus_per_trial"),
+    ("max-failures-true", study_with(max_failures=True), "max_failures"),
+    ("optuna-low-true", study_with(stages__standard__search="optuna",
+                                   stages__standard__space={"lr": {"low": True, "high": 2.0}}),
+     "stages.standard.space.lr"),
+]
+SPEC_CASES += ITEM4_CASES
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -267,3 +290,164 @@ def test_corrupted_json_in_the_study_folder(tmp_path, capsys, name, content):
     assert code == 2 and "Traceback" not in err and name in err
     assert snapshot(out) == before
     assert not (out / "ray").exists()
+
+
+@pytest.mark.parametrize("case, content, must_contain", ITEM4_CASES, ids=[c[0] for c in ITEM4_CASES])
+def test_validate_rejects_item4_inputs_in_one_line(case, content, must_contain, tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(content))
+    code, err = run_cli(["validate", str(study)], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if case != "optuna-low-true":  # pydantic reports each arm of the list-or-range union on its own line
+        assert len(lines) == 1, err
+    assert lines[0].startswith("gnp-study: error: ") and must_contain in err and "Traceback" not in err
+    if "subset" in case and "true" not in case:
+        assert "1437" in err if case.startswith("train") else "360" in err
+
+
+@pytest.mark.parametrize("value", [1437, 300])
+def test_a_subset_within_the_data_is_valid(value, tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(study_with(data__train_subset=value, data__test_subset=360)))
+    code, err = run_cli(["validate", str(study)], capsys)
+    assert code == 0, err
+
+
+def test_booleans_stay_accepted_where_the_field_is_a_switch(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump(study_with(training__nesterov=True, training__normalize_g1=False,
+                                               stages__standard__search="optuna",
+                                               stages__standard__space={"lr": {"low": 0.01, "high": 0.5,
+                                                                               "log": True}})))
+    code, err = run_cli(["validate", str(study)], capsys)
+    assert code == 0, err
+    spec = load_spec(study)
+    assert spec.training.nesterov is True and spec.stages.standard.space["lr"].log is True
+
+
+def _trials_with(path: Path, column: str, values) -> None:
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    df[column] = values(df[column])
+    df.to_parquet(path, index=False)
+
+
+def _json_with(path: Path, change) -> None:
+    import json
+
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _yaml_with(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data))
+
+
+# (case id, file damaged, how, text the message must hold besides the file name). Each parses but is malformed.
+MALFORMED_FOLDER_CASES = [
+    ("decisions-unknown-key", "decisions.json", lambda p: _json_with(p, lambda d: d.update(stages=5)), "'stages'"),
+    ("decision-is-a-number", "decisions.json", lambda p: _json_with(p, lambda d: d.update(standard=5)),
+     "'standard' must be a mapping"),
+    ("decision-is-a-list", "decisions.json", lambda p: _json_with(p, lambda d: d.update(sam=[1, 2])),
+     "'sam' must be a mapping"),
+    ("decision-r-is-text", "decisions.json", lambda p: _json_with(p, lambda d: d["sam"].update(r="x")), "'sam.r'"),
+    ("decision-alpha-null", "decisions.json", lambda p: _json_with(p, lambda d: d["gnp"].update(alpha=None)),
+     "'gnp.alpha'"),
+    ("candidates-a-number", "decisions.json", lambda p: _json_with(p, lambda d: d["gnp"].update(candidates=5)),
+     "'gnp.candidates'"),
+    ("candidate-without-mean", "decisions.json",
+     lambda p: _json_with(p, lambda d: d["sam"].update(candidates=[{"config_key": "{}"}])), "lacks 'mean'"),
+    ("run-info-stages-5", "run_info.json", lambda p: _json_with(p, lambda d: d.update(stages=5)),
+     "'stages' must be a mapping"),
+    ("run-info-stage-a-number", "run_info.json", lambda p: _json_with(p, lambda d: d["stages"].update(sam=5)),
+     "'stages.sam'"),
+    ("run-info-hours-text", "run_info.json",
+     lambda p: _json_with(p, lambda d: d["stages"]["sam"].update(cpu_hours="many")), "'stages.sam.cpu_hours'"),
+    ("run-info-versions-5", "run_info.json", lambda p: _json_with(p, lambda d: d.update(versions=5)), "'versions'"),
+    ("study-yaml-a-list", "study.yaml", lambda p: p.write_text("- a\n- b\n"), "mapping"),
+    ("study-yaml-stages-5", "study.yaml", lambda p: _yaml_with(p, lambda d: d.update(stages=5)), "'stages'"),
+    ("study-yaml-gnp-alpha-5", "study.yaml", lambda p: _yaml_with(p, lambda d: d["stages"]["gnp"].update(alpha=5)),
+     "'stages.gnp.alpha'"),
+    ("study-yaml-figure2-r-text", "study.yaml",
+     lambda p: _yaml_with(p, lambda d: d["stages"]["gnp"].update(figure2_r=["a"])), "'stages.gnp.figure2_r'"),
+    ("study-yaml-data-5", "study.yaml", lambda p: _yaml_with(p, lambda d: d.update(data=5)), "'data'"),
+    ("study-yaml-validation-5", "study.yaml",
+     lambda p: _yaml_with(p, lambda d: d["data"].update(validation=5)), "'data.validation'"),
+    ("trials-missing-column", "trials.parquet",
+     lambda p: __import__("pandas").read_parquet(p).drop(columns=["seed"]).to_parquet(p, index=False), "'seed'"),
+    ("trials-alpha-text", "trials.parquet", lambda p: _trials_with(p, "alpha", lambda c: c.astype(str)), "'alpha'"),
+    ("trials-error-a-number", "trials.parquet", lambda p: _trials_with(p, "error", lambda c: [1] * len(c)),
+     "'error'"),
+    ("trials-best-error-text", "trials.parquet",
+     lambda p: _trials_with(p, "best_test_error", lambda c: c.astype(str)), "'best_test_error'"),
+    ("epochs-epoch-text", "epochs.parquet", lambda p: _trials_with(p, "epoch", lambda c: c.astype(str)), "'epoch'"),
+]
+
+
+@pytest.fixture(scope="module")
+def reported_study(tmp_path_factory) -> Path:
+    """A synthetic study folder with its outputs built (which a failed report must leave as they are)."""
+    from study_fixtures import make_study
+
+    from gnp_study.report import build_outputs
+
+    folder = tmp_path_factory.mktemp("reported") / "study"
+    make_study(folder)
+    build_outputs(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case, name, damage, must_contain", MALFORMED_FOLDER_CASES,
+                         ids=[c[0] for c in MALFORMED_FOLDER_CASES])
+def test_report_refuses_a_malformed_study_folder_before_writing(case, name, damage, must_contain, tmp_path,
+                                                                 capsys, reported_study):
+    import shutil
+
+    folder = tmp_path / "study"
+    shutil.copytree(reported_study, folder)
+    damage(folder / name)
+    before = snapshot(folder)
+    code, err = run_cli(["report", str(folder)], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gnp-study: error: "), err
+    assert str(folder / name) in err and must_contain in err, err
+    assert snapshot(folder) == before, "nothing is rewritten before the folder is checked"
+
+
+def _number_paths(node, path=()):
+    """Every place in a resolved spec that holds a number or a list of numbers (booleans excluded)."""
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _number_paths(v, path + (k,))
+    elif is_num(node) or (isinstance(node, list) and node and all(is_num(v) for v in node)):
+        yield path
+
+
+def test_a_boolean_is_refused_wherever_the_resolved_spec_holds_a_number():
+    from gnp_study.spec import SpecError, parse_spec
+
+    resolved = load_spec(ROOT / "search_spaces" / "digits.yaml").resolved()
+    paths = list(_number_paths(resolved))
+    assert ("training", "lr") in paths and ("seeds",) in paths and ("stages", "sam", "r") in paths
+    for path in paths:
+        raw = copy.deepcopy(resolved)
+        node = raw
+        for k in path[:-1]:
+            node = node[k]
+        old = node[path[-1]]
+        node[path[-1]] = [True] + old[1:] if isinstance(old, list) else True
+        with pytest.raises(SpecError) as err:
+            parse_spec(raw, "digits", check_names=False)
+        msg = str(err.value)
+        assert "boolean" in msg and msg.count("\n") == 0, (path, msg)
+        # the field's dotted path (a mapping's key, as stages.standard.space's lr, follows the path)
+        assert ".".join(path) in msg or (".".join(path[:-1]) in msg and f"{path[-1]}[0]" in msg), (path, msg)

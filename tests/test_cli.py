@@ -65,3 +65,53 @@ def test_plan_of_the_default_study_counts_every_stage(capsys):
 def test_validate_default_study(capsys):
     assert main(["validate"]) == 0
     assert "valid study 'digits'" in capsys.readouterr().out
+
+
+def test_plan_with_other_seed_counts(capsys):
+    assert main(["plan", "--seeds", "8", "--epoch-time", "2"]) == 0
+    out = capsys.readouterr().out
+    # digits with 8 seeds: 3 lr x 8; 5 r x 8; 17 alphas x 8 x 3 r at most; total 24 + 40 + 408 = 472
+    assert "8 seeds (--seeds; the study file has 4)" in out
+    assert "24 trials" in out and "40 trials" in out and "408 trials" in out and "472 trials" in out
+    # (24 x 15 x 2 s) + (448 x 15 x 2 x 2 s) = 27600 s = 7.7 trial-hours
+    assert "7.7 trial-hours" in out
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "many"])
+def test_plan_rejects_a_bad_seed_count(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--seeds", bad])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+def test_summary_lines_of_a_study_folder(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from study_fixtures import make_study
+
+    from gnp_study.cli import summary_lines
+
+    s = make_study(tmp_path / "s")
+    lines = summary_lines(s.path)
+    text = "\n".join(lines)
+    assert "paper mode" in lines[0] and "optimistic by construction" in lines[0]
+    assert "Standard" in lines[1] and "5.20 ± 0.11, 95% CI 4.93 to 5.47 (3/3 seeds)" in lines[1]
+    for name in ("GNP − Standard = ", "SAM − Standard = ", "GNP − SAM = "):
+        assert name in text
+
+
+def test_report_error_bars_option(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from study_fixtures import make_study
+
+    s = make_study(tmp_path / "s")
+    assert main(["report", str(s.path), "--error-bars", "std"]) == 0
+    assert "± 1 std over seeds" in (s.path / "report.html").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(s.path), "--error-bars", "sem"])
+    assert e.value.code == 2

@@ -14,7 +14,7 @@ from PIL import Image
 
 from gnp_study.data import (
     AUGMENTATIONS, DATASETS, Cutout, DataError, RandomCutMix, build_datasets, check_data,
-    class_balanced_indices,
+    class_balanced_indices, split_sizes,
 )
 
 torch.set_num_threads(1)
@@ -452,3 +452,37 @@ def test_imagenet_imagefolder(tmp_path):
     (tmp_path / "val").rename(tmp_path / "test")
     with pytest.raises(DataError, match=r"missing folder .*val"):
         build_datasets("imagenet", root=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ subset sizes
+
+
+def _write_mat(root, n_train: int, n_test: int) -> None:
+    sio = pytest.importorskip("scipy.io")
+    for split, n in (("train", n_train), ("test", n_test)):
+        sio.savemat(root / f"{split}_32x32.mat", {"X": np.zeros((32, 32, 3, n), np.uint8),
+                                                  "y": np.ones((n, 1), np.uint8)})
+
+
+@pytest.mark.parametrize("name, write, sizes", [
+    # (data set, writer of tiny files, the (train, test) counts the writer put on disk)
+    ("digits", lambda root: None, (1437, 360)),  # scikit-learn's 1,797 images split 80/20
+    ("cifar10", lambda root: write_cifar_python(root, "cifar10", n_per_file=3), (5 * 3, 3)),
+    ("cifar100", lambda root: write_cifar_python(root, "cifar100", n_per_file=2), (5 * 2, 2)),
+    ("cifar10", lambda root: write_imagefolder(root, ["train", "test"], C10, 2, "png", size=(8, 8)), (20, 20)),
+    ("mnist", lambda root: write_idx(root / "MNIST" / "raw", n_train=7, n_test=3, gz=True), (7, 3)),
+    ("svhn", lambda root: _write_mat(root, 6, 4), (6, 4)),
+], ids=["digits", "cifar10-python", "cifar100-python", "cifar10-imagefolder", "mnist-idx", "svhn-mat"])
+def test_split_sizes_and_subsets_larger_than_the_data(tmp_path, name, write, sizes):
+    write(tmp_path)
+    root = None if name == "digits" else tmp_path
+    assert split_sizes(name, root) == sizes
+    b = build_datasets(name, root=root)
+    assert (len(b.train), len(b.test)) == sizes, "split_sizes agrees with the data sets the trials build"
+    n_train, n_test = sizes
+    check_data(name, root, train_subset=n_train, test_subset=n_test)  # the whole split is a valid subset
+    with pytest.raises(DataError, match=rf"^data\.train_subset: {n_train + 1} is larger than the training set "
+                                        rf"of {name}.* holds {n_train} examples"):
+        check_data(name, root, train_subset=n_train + 1)
+    with pytest.raises(DataError, match=rf"^data\.test_subset: {n_test + 1} is larger .* holds {n_test} examples"):
+        check_data(name, root, train_subset=1, test_subset=n_test + 1)

@@ -7,6 +7,7 @@ The round trip against a real Ray head is in tests/test_cluster_e2e.py.
 from __future__ import annotations
 
 import argparse
+import io
 import shlex
 import socket
 import zipfile
@@ -138,3 +139,75 @@ def test_verbs_parse_and_have_help():
     assert "job id" in helps["submit"] and "status" in helps["status"]
     assert "follow" in helps["logs"] and "stop" in helps["stop"]
     assert "report.html" in sub.choices["submit"].format_help()
+
+
+class EarlyEndingClient:
+    """A stand-in for ``JobSubmissionClient`` whose log stream ends early while the job still runs.
+
+    The job's log grows by one line at each status request; every stream (like Ray's) starts at the log's
+    first character, hands it out in chunks that cut lines in odd places, and ends after ``per_stream``
+    chunks even though the job runs on. After ``running_polls`` status requests the job is ``final``.
+    """
+
+    def __init__(self, final: str, running_polls: int = 6, per_stream: int = 2, broken_streams: int = 0):
+        self.lines = [f"line {i}: {'x' * (i % 7)}\n" for i in range(3)]
+        self.final, self.running_polls, self.per_stream = final, running_polls, per_stream
+        self.broken_streams = broken_streams  # this many streams raise (a dropped connection) mid-way
+        self.polls = self.streams = 0
+
+    def get_job_status(self, job_id: str):
+        from ray.job_submission import JobStatus
+
+        self.polls += 1
+        if self.polls > self.running_polls:
+            return JobStatus(self.final)
+        self.lines.append(f"line {len(self.lines)}: epoch done\n")
+        return JobStatus.RUNNING
+
+    def get_job_logs(self, job_id: str) -> str:
+        return "".join(self.lines)
+
+    async def tail_job_logs(self, job_id: str):
+        self.streams += 1
+        text = "".join(self.lines)
+        cuts = [0, 5, 13, 14, 30, 31, 47]  # chunk boundaries inside and between lines
+        for k, (a, b) in enumerate(zip(cuts, cuts[1:] + [len(text)])):
+            if k == self.per_stream or a >= len(text):
+                return  # the stream ends early: the job still runs
+            if self.streams <= self.broken_streams and k == 1:
+                raise RuntimeError("WebSocket connection closed unexpectedly with close code 1006")
+            yield text[a:min(b, len(text))]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("final", ["SUCCEEDED", "FAILED", "STOPPED"])
+@pytest.mark.parametrize("broken", [0, 2])
+def test_follow_logs_reattaches_until_the_job_ends(monkeypatch, final, broken):
+    monkeypatch.setattr(jobs, "FOLLOW_POLL_S", 0.0, raising=False)
+    monkeypatch.setattr(jobs, "FOLLOW_MAX_POLL_S", 0.0, raising=False)
+    client = EarlyEndingClient(final, broken_streams=broken)
+    out = io.StringIO()
+    assert jobs.follow_logs("raysubmit_x", None, out=out, client=client) == final
+    assert client.streams > 3, "the stream ended early several times and was re-attached each time"
+    # every line exactly once, in order: the whole log as the job wrote it, nothing repeated or lost
+    assert out.getvalue() == "".join(client.lines)
+    assert len(client.lines) == 3 + client.running_polls
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("verb", ["logs", "submit"])
+@pytest.mark.parametrize("final, code", [("SUCCEEDED", 0), ("FAILED", 1), ("STOPPED", 1)])
+def test_follow_exit_status_comes_from_the_terminal_state(monkeypatch, capsys, tmp_path, verb, final, code):
+    client = EarlyEndingClient(final, running_polls=4, per_stream=1)
+    monkeypatch.setattr(jobs, "FOLLOW_POLL_S", 0.0, raising=False)
+    monkeypatch.setattr(jobs, "FOLLOW_MAX_POLL_S", 0.0, raising=False)
+    monkeypatch.setattr(jobs, "_client", lambda address: client)
+    monkeypatch.setattr(jobs, "submit_study", lambda *a, **k: "raysubmit_x")
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\n")
+    argv = ["logs", "raysubmit_x"] if verb == "logs" else ["submit", str(study), "--output", "/x", "--follow"]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == code
+    printed = capsys.readouterr().out
+    assert printed.endswith("".join(client.lines))
+    assert printed.count("line 4: epoch done\n") == 1

@@ -151,3 +151,135 @@ def test_config_key_ignores_order_and_excludes_seed():
     t0, t1 = TrialConfig("sam", {"r": 0.1, "alpha": 1.0}, 0), TrialConfig("sam", {"alpha": 1.0, "r": 0.1}, 1)
     assert t0.config_key == t1.config_key and t0.trial_id != t1.trial_id
     assert TrialConfig.from_dict(t0.to_dict()) == t0
+
+
+# ---------------------------------------------------------------- how sure a decision is (issue 9)
+
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+
+def _sam_table():
+    """Three SAM radii over four seeds: r=0.05 lowest mean, r=0.1 close behind (paired differences
+    0.1, -0.1, 0.3, 0.1: CI includes 0), r=0.2 worse on every seed by 1.0 (+ small noise), r=0.02 diverged
+    everywhere."""
+    base = {"lr": 0.05, "alpha": 1.0}
+    win = [3.0, 4.0, 5.0, 4.5]
+    close = [3.1, 3.9, 5.3, 4.6]
+    far = [4.0, 5.02, 6.0, 5.51]
+    entries = []
+    for r, errs in ((0.05, win), (0.1, close), (0.2, far)):
+        entries += [(dict(base, r=r), s, "completed", e) for s, e in enumerate(errs)]
+    entries += [(dict(base, r=0.02), s, "diverged", math.nan) for s in range(4)]
+    return rows("sam", entries), win, close, far
+
+
+def test_decision_margin_runner_up_and_paired_ci():
+    spec = make_spec(seeds=[0, 1, 2, 3])
+    df, win, close, far = _sam_table()
+    d = decide("sam", df, spec)
+    assert d["r"] == 0.05 and d["selection"] == "paper" and d["metric"] == "best_test_error"
+    by_r = {c["r"]: c for c in d["candidates"]}
+    assert d["margin"]["runner_up"] == by_r[0.1]["config_key"]
+    diffs = np.array(close) - np.array(win)
+    assert d["margin"]["mean_difference"] == pytest.approx(np.mean(close) - np.mean(win))
+    mp = d["margin"]["paired"]
+    lo, hi = sps.t.interval(0.95, 3, loc=diffs.mean(), scale=sps.sem(diffs))
+    assert (mp["diff"], mp["ci_low"], mp["ci_high"]) == pytest.approx((diffs.mean(), lo, hi))
+    assert mp["n"] == 4 and mp["resolved"] is False
+    assert mp["p_t"] == pytest.approx(sps.ttest_1samp(diffs, 0).pvalue)
+
+
+def test_decision_indistinguishable_set_and_prob_best():
+    spec = make_spec(seeds=[0, 1, 2, 3])
+    df, win, close, far = _sam_table()
+    d = decide("sam", df, spec)
+    by_r = {c["r"]: c for c in d["candidates"]}
+    # r=0.1: CI of the paired difference includes 0 -> indistinguishable; r=0.2: always worse by ~1 -> not;
+    # r=0.02: no completed seed -> not a candidate for the set
+    assert d["indistinguishable"] == [by_r[0.1]["config_key"]]
+    assert by_r[0.2]["vs_winner"]["resolved"] is True and by_r[0.2]["vs_winner"]["diff"] > 0
+    assert by_r[0.05]["vs_winner"] is None
+    assert sum(c["prob_best"] for c in d["candidates"]) == pytest.approx(1.0)
+    assert by_r[0.2]["prob_best"] == 0.0 and by_r[0.02]["prob_best"] == 0.0  # worse on every seed / diverged
+    assert 0 < by_r[0.1]["prob_best"] < by_r[0.05]["prob_best"]
+    # per-candidate 95% CI (Student t) of the mean
+    lo, hi = sps.t.interval(0.95, 3, loc=np.mean(far), scale=sps.sem(far))
+    assert (by_r[0.2]["ci_low"], by_r[0.2]["ci_high"]) == pytest.approx((lo, hi))
+    assert d["bootstrap"]["resamples"] >= 1000 and d["bootstrap"]["seed"] == 0
+    assert decide("sam", df, spec) == d  # fixed bootstrap seed: same tables, same numbers
+    json.dumps(d, allow_nan=False)  # JSON-ready: no NaN
+
+
+def test_decision_with_missing_seeds_pairs_what_both_have():
+    spec = make_spec(seeds=[0, 1, 2])
+    a, b = {"lr": 0.05, "alpha": 1.0, "r": 0.05}, {"lr": 0.05, "alpha": 1.0, "r": 0.1}
+    df = rows("sam", [(a, 0, "completed", 2.0), (a, 1, "completed", 2.2), (a, 2, "completed", 2.1),
+                      (b, 0, "completed", 2.5), (b, 1, "diverged", math.nan), (b, 2, "completed", 2.4)])
+    d = decide("sam", df, spec)
+    assert d["r"] == 0.05  # fewer bad seeds first
+    vs = [c for c in d["candidates"] if c["r"] == 0.1][0]["vs_winner"]
+    assert vs["n"] == 2 and vs["seeds"] == [0, 2] and (vs["n_a"], vs["n_b"]) == (2, 3)
+    assert vs["diff"] == pytest.approx(((2.5 - 2.0) + (2.4 - 2.1)) / 2)
+
+
+def test_decision_single_seed_and_single_candidate():
+    spec = make_spec(seeds=[0])
+    a, b = {"lr": 0.05, "alpha": 1.0, "r": 0.05}, {"lr": 0.05, "alpha": 1.0, "r": 0.1}
+    d = decide("sam", rows("sam", [(a, 0, "completed", 2.0), (b, 0, "completed", 2.5)]), spec)
+    assert d["std"] is None  # one seed: unknown, not 0
+    # one paired seed: no CI, so the runner-up cannot be told apart
+    assert d["indistinguishable"] == [d["margin"]["runner_up"]] and d["margin"]["paired"]["ci_low"] is None
+    d1 = decide("sam", rows("sam", [(a, 0, "completed", 2.0)]), spec)
+    assert d1["margin"] is None and d1["indistinguishable"] == [] and d1["candidates"][0]["prob_best"] == 1.0
+
+
+def test_decision_ties_share_the_probability():
+    spec = make_spec(seeds=[0, 1, 2])
+    a, b = {"lr": 0.05, "alpha": 1.0, "r": 0.05}, {"lr": 0.05, "alpha": 1.0, "r": 0.1}
+    errs = [2.0, 2.3, 2.1]
+    df = rows("sam", [(a, s, "completed", e) for s, e in enumerate(errs)] +
+              [(b, s, "completed", e) for s, e in enumerate(errs)])
+    d = decide("sam", df, spec)
+    assert d["r"] == 0.05  # grid order breaks the tie, as before
+    assert [c["prob_best"] for c in d["candidates"]] == pytest.approx([0.5, 0.5])
+    assert d["indistinguishable"] == [d["candidates"][1]["config_key"]]
+
+
+def _validation_spec(spec):
+    """The spec with data.validation set (a stand-in until the validation-split field is merged: decide
+    only reads data.validation and stages)."""
+    return SimpleNamespace(data=SimpleNamespace(validation=SimpleNamespace(size=100, seed=0)), stages=spec.stages,
+                           seeds=spec.seeds)
+
+
+def test_decide_in_validation_mode_uses_the_validation_error():
+    spec = make_spec(seeds=[0, 1])
+    a, b = {"lr": 0.05, "alpha": 1.0, "r": 0.05}, {"lr": 0.05, "alpha": 1.0, "r": 0.1}
+    df = rows("sam", [(a, 0, "completed", 1.0), (a, 1, "completed", 1.2),   # a: best test error
+                      (b, 0, "completed", 2.0), (b, 1, "completed", 2.2)])
+    df["best_val_error"] = [5.0, 5.2, 3.0, 3.1]  # b: best validation error
+    df["test_error_at_best_val"] = [1.5, 1.6, 2.5, 2.6]
+    assert decide("sam", df, spec)["r"] == 0.05  # paper mode: test error decides
+    d = decide("sam", df, _validation_spec(spec))
+    assert d["r"] == 0.1 and d["selection"] == "validation" and d["metric"] == "best_val_error"
+    assert d["mean"] == pytest.approx(3.05)
+    # the test labels cannot move the choice: scramble every test column, same decision
+    df2 = df.assign(best_test_error=[9.0, 0.0, 0.0, 9.0], test_error_at_best_val=[0.0, 0.0, 9.0, 9.0])
+    assert decide("sam", df2, _validation_spec(spec)) == d
+    with pytest.raises(ProtocolError, match="best_val_error"):
+        decide("sam", df.drop(columns=["best_val_error"]), _validation_spec(spec))
+
+
+def test_count_trials_with_other_seed_counts():
+    spec = make_spec()  # 3 seeds
+    base = count_trials(spec)
+    six = count_trials(spec, n_seeds=6)
+    for k in ("standard", "sam", "gnp"):
+        assert six[k] == 2 * base[k]
+    assert six["total"] == 2 * base["total"]
+    assert count_trials(spec, n_seeds=1)["sam"] == 5
+    with pytest.raises(ProtocolError, match="seeds"):
+        count_trials(spec, n_seeds=0)

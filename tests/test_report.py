@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
@@ -273,3 +274,137 @@ def test_report_loads_in_headless_chromium(study_dir, tmp_path):
         assert img["complete"] and (img["w"], img["h"]) == (w, h), img  # decoded at the PNG's size
     assert result["schemes"] == ["Standard", "SAM", "GNP"]
     assert result["tables"] >= 6
+
+
+# ---------------------------------------------------------------- uncertainty in the figures and the page (issue 9)
+
+import yaml  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+from gnp_study.report import TIED_LABEL  # noqa: E402
+
+
+def _bar_halfwidths(ax):
+    """{x: half-length of the vertical error bar} of every errorbar point with a bar."""
+    out = {}
+    for c in ax.containers:
+        if not c.has_yerr:
+            continue
+        for seg in c.lines[2][0].get_segments():
+            (x0, y0), (_, y1) = seg
+            out[round(float(x0), 6)] = abs(float(y1) - float(y0)) / 2
+    return out
+
+
+def test_figure2_error_bars_ci_by_default_or_std(study):
+    t = study.trials
+    std_key = study.decisions["standard"]["config_key"]
+    vals = t[(t["config_key"] == std_key) & (t["status"] == "completed")]["best_test_error"].to_numpy()
+    half_ci = sps.t.ppf(0.975, len(vals) - 1) * sps.sem(vals)
+    ax = figure2(study).axes[0]
+    assert _bar_halfwidths(ax)[0.0] == pytest.approx(half_ci)
+    assert "95% CI" in figure2(study).get_suptitle()
+    ax_std = figure2(study, error_bars="std").axes[0]
+    assert _bar_halfwidths(ax_std)[0.0] == pytest.approx(np.std(vals, ddof=1))
+    labels = [tx.get_text() for tx in figure2(study, error_bars="std").legends[0].get_texts()]
+    assert "± 1 std over seeds" in labels
+    with pytest.raises(ValueError, match="error_bars"):
+        figure2(study, error_bars="sem")
+
+
+def test_figure2_gets_a_panel_for_the_best_r_when_it_is_not_a_figure2_r(tmp_path):
+    s = make_study(tmp_path / "s")  # best r of stage 2 is 0.05; gnp trials exist at 0.05 and 0.1
+    spec = yaml.safe_load((s.path / "study.yaml").read_text())
+    spec["stages"]["gnp"]["figure2_r"] = [0.1]
+    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    fig = figure2(load_study(s.path))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 2
+    assert titles[0].startswith("r = 0.05 (best r of stage 2, not a figure2_r)") and titles[1].startswith("r = 0.1")
+    # the best-r panel holds the GNP means at r = 0.05, among them the chosen alpha
+    t = s.trials
+    gnp = t[(t["stage"] == "gnp") & np.isclose(t["r"], 0.05) & (t["status"] == "completed")]
+    by_x = {round(x, 6): y for x, y, _ in _points(fig.axes[0])}
+    assert by_x[0.8] == pytest.approx(gnp[np.isclose(gnp["alpha"], 0.8)]["best_test_error"].mean())
+    assert any(ln.get_label() == "_child0" or ln.get_linestyle() == ":" for ln in fig.axes[0].get_lines())
+    # no gnp trials at the best r yet: no extra panel
+    s2 = make_study(tmp_path / "s2", stages=("standard", "sam"))
+    (s2.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert len([ax for ax in figure2(load_study(s2.path)).axes if ax.get_title()]) == 1
+
+
+def test_figure2_rings_the_alphas_tied_with_the_chosen_one(tmp_path):
+    s = make_study(tmp_path / "s")
+    dec = json.loads((s.path / "decisions.json").read_text())
+    t = s.trials
+    key_of = {a: t[(t["stage"] == "gnp") & np.isclose(t["r"], 0.05) & np.isclose(t["alpha"], a)]["config_key"].iloc[0]
+              for a in (0.7, 0.9)}
+    dec["gnp"]["indistinguishable"] = [key_of[0.7], key_of[0.9]]
+    (s.path / "decisions.json").write_text(json.dumps(dec))
+    fig = figure2(load_study(s.path))
+    ax = fig.axes[FIGURE2_R.index(0.05)]
+    (ring,) = [ln for ln in ax.get_lines() if ln.get_label() == TIED_LABEL]
+    assert sorted(np.round(ring.get_xdata(), 6)) == [0.7, 0.8, 0.9]
+    assert ring.get_markerfacecolor() == "none"
+    ok = t[(t["stage"] == "gnp") & np.isclose(t["r"], 0.05) & (t["status"] == "completed")]
+    for x, y in zip(ring.get_xdata(), ring.get_ydata()):
+        assert y == pytest.approx(ok[np.isclose(ok["alpha"], x)]["best_test_error"].mean())
+    assert TIED_LABEL in [tx.get_text() for tx in fig.legends[0].get_texts()]
+    other = fig.axes[FIGURE2_R.index(0.1)]
+    assert not [ln for ln in other.get_lines() if ln.get_label() == TIED_LABEL]  # only on the chosen r
+
+
+def test_figure3_legend_says_what_the_lines_average(study):
+    ax_e = figure3(study).axes[1]
+    assert ax_e.get_legend().get_title().get_text().startswith("lines: mean over 3 seeds")
+
+
+def test_report_states_the_mode_and_the_verdicts(study_dir, tmp_path):
+    text = render_report(study_dir.path, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'id="selection-mode"' in text and "optimistic by construction" in text
+    assert 'id="verdicts"' in text
+    for needle in ["GNP − Standard = −0.70 points", "SAM − Standard = ", "GNP − SAM = ", "paired over"]:
+        assert needle in text, needle
+    assert "95% CI of the mean over seeds (Student t)" in text  # the caption names the bars
+    std_text = render_report(study_dir.path, tmp_path / "r2.html", error_bars="std").read_text(encoding="utf-8")
+    assert "error bars and band: ± 1 std over seeds" in std_text
+
+
+def test_report_shows_the_decisions_certainty(tmp_path):
+    s = make_study(tmp_path / "s")
+    dec = json.loads((s.path / "decisions.json").read_text())
+    sam = dec["sam"]
+    keys = [c["config_key"] for c in sam["candidates"]]
+    runner = [k for k in keys if k != sam["config_key"]][0]
+    for c in sam["candidates"]:
+        c["prob_best"] = 0.7 if c["config_key"] == sam["config_key"] else 0.15
+        c["vs_winner"] = None if c["config_key"] == sam["config_key"] else {
+            "n": 2, "diff": 0.2, "ci_low": -0.5, "ci_high": 0.9, "resolved": False}
+    sam.update(indistinguishable=[runner], bootstrap={"resamples": 2000, "seed": 0},
+               margin={"runner_up": runner, "mean_difference": 0.2,
+                       "paired": {"n": 2, "diff": 0.2, "ci_low": -0.5, "ci_high": 0.9, "resolved": False}})
+    (s.path / "decisions.json").write_text(json.dumps(dec))
+    text = render_report(s.path, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "probability of being best 0.70" in text
+    assert "margin to the runner-up +0.20 points, paired 95% CI −0.50 to +0.90 over 2 seeds: not resolved" in text
+    assert "+0.20 (−0.50 to +0.90, 2 seeds)" in text and "P(best)" in text
+
+
+def test_figure2_in_validation_mode_shows_the_reported_column(tmp_path):
+    s = make_study(tmp_path / "v")
+    spec = yaml.safe_load((s.path / "study.yaml").read_text())
+    spec["data"]["validation"] = {"size": 200, "seed": 3}
+    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    t = pd.read_parquet(s.path / "trials.parquet")
+    t["best_val_error"] = t["best_test_error"] + 1.0
+    t["test_error_at_best_val"] = t["best_test_error"] + 0.5
+    t.to_parquet(s.path / "trials.parquet", index=False)
+    fig = figure2(load_study(s.path))
+    ax = fig.axes[0]
+    ok = t[(t["config_key"] == s.decisions["standard"]["config_key"]) & (t["status"] == "completed")]
+    by_x = {round(x, 6): y for x, y, _ in _points(ax)}
+    assert by_x[0.0] == pytest.approx(ok["test_error_at_best_val"].mean())
+    assert "validation" in ax.get_ylabel() or "val" in ax.get_ylabel()
+    assert "test error at best validation epoch" in fig.get_suptitle()
+    text = render_report(s.path, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'class="mode validation"' in text and "optimistic by construction" not in text

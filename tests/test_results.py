@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -61,7 +63,9 @@ def test_gnp_vs_sam_percent_undefined_cases():
 def test_format_mean_std():
     assert format_mean_std(5.2, 0.10817, 3, 3) == "5.20 ± 0.11"
     assert format_mean_std(4.785, 0.1485, 2, 3, n_diverged=1) == "4.79 ± 0.15 (2/3)"
-    assert format_mean_std(4.0, float("nan"), 1, 1) == "4.00 ± 0.00"
+    # one seed: the spread is unknown, never shown as 0.00
+    assert format_mean_std(4.0, float("nan"), 1, 1) == "4.00 ± n/a"
+    assert format_mean_std(4.0, 0.0, 1, 1) == "4.00 ± n/a"
     assert format_mean_std(float("nan"), float("nan"), 0, 3, n_diverged=3) == "diverged (0/3)"
     assert format_mean_std(float("nan"), float("nan"), 0, 2, n_failed=2) == "failed (0/2)"
     assert format_mean_std(float("nan"), float("nan"), 0, 2, n_diverged=1, n_failed=1) == "no completed seed (0/2)"
@@ -80,7 +84,8 @@ def test_aggregate_seeds_counts_and_single_seed_std():
         }
     )
     agg = aggregate_seeds(trials).set_index("config_key")
-    assert agg.loc["a", "mean"] == 4.0 and agg.loc["a", "std"] == 0.0  # diverged 3.0 not averaged in
+    assert agg.loc["a", "mean"] == 4.0  # diverged 3.0 not averaged in
+    assert math.isnan(agg.loc["a", "std"]) and math.isnan(agg.loc["a", "ci_low"])  # one seed: unknown spread
     assert (agg.loc["a", "n"], agg.loc["a", "n_seeds"], agg.loc["a", "n_diverged"]) == (1, 2, 1)
     assert math.isnan(agg.loc["b", "mean"]) and agg.loc["b", "n"] == 0 and agg.loc["b", "n_diverged"] == 2
 
@@ -175,8 +180,9 @@ def test_write_tables(tmp_path):
 def test_write_tables_partial_study_says_what_is_missing(tmp_path):
     s = make_study(tmp_path / "s", stages=("standard", "sam"), paper=False)
     md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
-    assert "Not decided yet: gnp" in md and "Derived figure undefined: no mean for GNP" in md
-    assert "Paper" not in md
+    assert "Not decided yet: gnp" in md
+    assert "GNP − Standard is not available yet" in md and "X% larger" in md  # the figure is not stated
+    assert "- Paper:" not in md and "Paper test error" not in md  # no reference rows
 
 
 # ---------------------------------------------------------------- load_study
@@ -230,3 +236,155 @@ def test_load_study_not_a_study(tmp_path):
     with pytest.raises(StudyFolderError, match="holds no study"):
         load_study(tmp_path / "empty")
     assert issubclass(StudyFolderError, ValueError)
+
+
+# ---------------------------------------------------------------- verdicts in words (issue 9)
+
+from scipy import stats as sps  # noqa: E402
+
+from gnp_study.results import comparisons, selection, verdict_lines  # noqa: E402
+
+
+def _set_errors(path, stage, key, errors):
+    """Overwrite the best test errors of one configuration's seeds (a dict seed -> value)."""
+    t = pd.read_parquet(path / "trials.parquet")
+    for seed, v in errors.items():
+        t.loc[(t["stage"] == stage) & (t["config_key"] == key) & (t["seed"] == seed), "best_test_error"] = v
+    t.to_parquet(path / "trials.parquet", index=False)
+
+
+def test_verdicts_resolved_state_the_percentage(tmp_path):
+    s = make_study(tmp_path / "s")
+    st = load_study(s.path)
+    lines = verdict_lines(st)
+    assert lines[0].startswith("Selection: paper mode") and "optimistic by construction" in lines[0]
+    gs = [ln for ln in lines if ln.startswith("GNP − Standard")][0]
+    # the fixture's seed offsets cancel in the pairs: GNP - Standard = -0.70 on each of 3 seeds
+    assert gs.startswith("GNP − Standard = −0.70 points") and "paired over 3 seeds" in gs and "resolved (GNP" in gs
+    assert any("69% larger than SAM's" in ln for ln in lines)
+
+
+def test_verdicts_unresolved_sam_suppresses_the_percentage(tmp_path):
+    s = make_study(tmp_path / "s")
+    sam_key, std_key = s.decisions["sam"]["config_key"], s.decisions["standard"]["config_key"]
+    # SAM around Standard: seeds 0 and 2 (seed 1 diverged) at 5.08 - 0.6 and 5.29 + 0.5
+    _set_errors(s.path, "sam", sam_key, {0: 4.48, 2: 5.79})
+    st = load_study(s.path)
+    lines = verdict_lines(st)
+    text = "\n".join(lines)
+    assert not re.search(r"\d% (larger|smaller)", text)  # no percentage stated
+    assert "SAM − Standard is not resolved" in text
+    ss = [ln for ln in lines if ln.startswith("SAM − Standard")][0]
+    std = st.trials[(st.trials["config_key"] == std_key)].set_index("seed")["best_test_error"]
+    d = np.array([4.48 - std[0], 5.79 - std[2]])
+    lo, hi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
+    assert f"95% CI −{abs(lo):.2f} to +{hi:.2f}, paired over 2 seeds (of 2 and 3 completed): not resolved" in ss
+    assert f"(paired t-test p = {sps.ttest_1samp(d, 0).pvalue:.2f})" in ss
+    assert "seeds would resolve a difference this size (80% power)" in ss
+    md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
+    assert "SAM − Standard is not resolved" in md and "not stated (not resolved)" in md and "69%" not in md
+    assert "`gnp-study plan STUDY --seeds N`" in md
+
+
+def test_comparisons_pair_the_chosen_configurations(study):
+    comps = comparisons(study.trials, study.decisions)
+    p = comps[("GNP", "SAM")]
+    t = study.trials
+    g = t[(t["config_key"] == study.decisions["gnp"]["config_key"]) & (t["status"] == "completed")]
+    m = t[(t["config_key"] == study.decisions["sam"]["config_key"]) & (t["status"] == "completed")]
+    both = sorted(set(g["seed"]) & set(m["seed"]))
+    diff = g.set_index("seed")["best_test_error"][both] - m.set_index("seed")["best_test_error"][both]
+    assert p.n == len(both) == 2 and p.diff == pytest.approx(diff.mean())
+
+
+def test_one_seed_table_says_na(tmp_path):
+    s = make_study(tmp_path / "s")
+    t = pd.read_parquet(s.path / "trials.parquet")
+    t[t["seed"] == 0].to_parquet(s.path / "trials.parquet", index=False)
+    md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
+    rows_ = [ln for ln in md.splitlines() if ln.startswith("| Standard")]
+    assert "± n/a" in rows_[0] and "± 0.00" not in md
+    assert "one seed gives no confidence interval" in md
+
+
+def _validation_study(tmp_path):
+    """A synthetic study in validation mode: study.yaml gets data.validation and the trials the two
+    validation columns (test_error_at_best_val = best test error + 0.5, best_val_error made up)."""
+    s = make_study(tmp_path / "v")
+    spec = yaml.safe_load((s.path / "study.yaml").read_text())
+    spec["data"]["validation"] = {"size": 200, "seed": 3}
+    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    t = pd.read_parquet(s.path / "trials.parquet")
+    t["best_val_error"] = t["best_test_error"] + 1.0
+    t["test_error_at_best_val"] = t["best_test_error"] + 0.5
+    t.to_parquet(s.path / "trials.parquet", index=False)
+    return s
+
+
+def test_validation_mode_reports_the_test_error_at_best_val(tmp_path):
+    s = _validation_study(tmp_path)
+    st = load_study(s.path)
+    sel = selection(st.spec)
+    assert (sel.mode, sel.decide_column, sel.report_column) == ("validation", "best_val_error",
+                                                               "test_error_at_best_val")
+    assert selection({"data": {"validation": None}}).mode == "paper" and selection({}).mode == "paper"
+    md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
+    assert "Validation mode" in md and "optimistic by construction" not in md
+    assert "5.70 ± 0.11" in md  # Standard 5.20 + 0.5
+    assert "test error at the epoch of the best validation error" in md
+
+
+def test_validation_mode_without_its_columns_names_them(tmp_path):
+    s = _validation_study(tmp_path)
+    t = pd.read_parquet(s.path / "trials.parquet").drop(columns=["best_val_error"])
+    t.to_parquet(s.path / "trials.parquet", index=False)
+    with pytest.raises(StudyFolderError, match="best_val_error"):
+        load_study(s.path)
+
+
+def test_improvement_column_carries_the_paired_ci(tmp_path):
+    """The table's improvement cells state the paired 95% CI of Standard - scheme and the verdict."""
+    s = make_study(tmp_path / "s")
+    sam_key, std_key = s.decisions["sam"]["config_key"], s.decisions["standard"]["config_key"]
+    _set_errors(s.path, "sam", sam_key, {0: 4.48, 2: 5.79})
+    st = load_study(s.path)
+    std = st.trials[(st.trials["config_key"] == std_key)].set_index("seed")["best_test_error"]
+    d = np.array([std[0] - 4.48, std[2] - 5.79])  # improvement per paired seed
+    lo, hi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
+    md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
+    sam_row = [ln for ln in md.splitlines() if ln.startswith("| SAM")][0]
+    assert f"(paired 95% CI {lo:+.2f} to {hi:+.2f}, 2 seeds: not resolved)" in sam_row
+    gnp_row = [ln for ln in md.splitlines() if ln.startswith("| GNP")][0]
+    assert ": resolved)" in gnp_row  # the fixture's GNP beats Standard by 0.70 on every paired seed
+
+
+def _set_completed(path, stage, key, errors):
+    """Like :func:`_set_errors`, and mark those seeds completed."""
+    t = pd.read_parquet(path / "trials.parquet")
+    for seed, v in errors.items():
+        rows = (t["stage"] == stage) & (t["config_key"] == key) & (t["seed"] == seed)
+        t.loc[rows, "best_test_error"] = v
+        t.loc[rows, "status"] = "completed"
+    t.to_parquet(path / "trials.parquet", index=False)
+
+
+@pytest.mark.parametrize("gnp_minus_sam, resolved", [([-0.3, 0.2, -0.1], False), ([-0.5, -0.52, -0.48], True)])
+def test_percentage_says_when_gnp_minus_sam_is_within_the_noise(tmp_path, gnp_minus_sam, resolved):
+    """Both improvements resolved: the percentage is stated, with a warning exactly when GNP − SAM is not
+    resolved (hand-made numbers; the verdict checked with scipy)."""
+    s = make_study(tmp_path / "s")
+    dec = s.decisions
+    standard, sam = [5.0, 5.2, 5.4], [4.0, 4.25, 4.35]  # SAM − Standard = −1.0, −0.95, −1.05: resolved
+    gnp = [m + d for m, d in zip(sam, gnp_minus_sam)]
+    for stage, values in (("standard", standard), ("sam", sam), ("gnp", gnp)):
+        _set_completed(s.path, stage, dec[stage]["config_key"], dict(zip([0, 1, 2], values)))
+    d = np.array(gnp_minus_sam)
+    lo, hi = sps.t.interval(0.95, 2, loc=d.mean(), scale=sps.sem(d))
+    assert (lo > 0 or hi < 0) == resolved  # the hand-made case is what it claims to be
+    st = load_study(s.path)
+    comps = comparisons(st.trials, st.decisions)
+    assert comps[("GNP", "Standard")].resolved and comps[("SAM", "Standard")].resolved
+    assert comps[("GNP", "SAM")].resolved == resolved
+    line = [ln for ln in verdict_lines(st) if "than SAM's (" in ln]
+    assert len(line) == 1
+    assert ("within the noise" in line[0]) == (not resolved)
