@@ -240,20 +240,9 @@ def check_resources(spec: StudySpec, resources: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ one stage
-#: Ray Tune's result buffering (read when a Tuner starts): a trial worker keeps training through up to this
-#: many reports, for at least this many seconds, before it hands them to the driver in one batch; a report
-#: with a checkpoint, or the trial's last, ends a batch. Every report still reaches the driver, its logger
-#: callbacks and the result files; only the driver round trip per report is gone (see
-#: benchmarks/README.md: a report cost a worker a round trip through the driver, more than a small
-#: model's epoch).
-RESULT_BUFFER = {"TUNE_RESULT_BUFFER_LENGTH": "1000", "TUNE_RESULT_BUFFER_MIN_TIME_S": "5"}
-
-
 def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None):
     from ray import tune
 
-    for key, value in RESULT_BUFFER.items():
-        os.environ.setdefault(key, value)
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_dict=spec.resolved()),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
