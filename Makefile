@@ -20,4 +20,10 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_optim.py
 
-.PHONY: install demo test bench
+# Study throughput: the 26-trial digits cut through `gnp-study run greedy` against the same trials run
+# in-process, 3 repetitions (benchmarks/README.md); BENCH_STUDY_ARGS="--study search_spaces/digits.yaml --reps 1"
+# for the default study.
+bench-study: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_study.py $(BENCH_STUDY_ARGS)
+
+.PHONY: install demo test bench bench-study
