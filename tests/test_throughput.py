@@ -107,3 +107,15 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path):
         seen[lines[0]["gnp_trial_id"]] = [int(l["epoch"]) for l in lines]
         assert [p.name for p in f.parent.glob("checkpoint_*")] == ["checkpoint_000000"]
     assert seen == {tc.trial_id: [1, 2, 3] for tc in plan}
+
+
+def test_a_gpu_fraction_fits_one_gpu_and_still_needs_one():
+    """Item 4's code path on CPU: gpus_per_trial = 0.25 asks Ray for a quarter GPU per trial (four trials
+    share one GPU); the check before any trial accepts it on a one-GPU cluster and refuses it without GPUs."""
+    from gnp_study import runner
+
+    s = spec(resources={"cpus_per_trial": 1, "gpus_per_trial": 0.25})
+    assert s.resources.gpus_per_trial == 0.25
+    runner.check_resources(s, {"CPU": 16.0, "GPU": 1.0})
+    with pytest.raises(runner.StudyError, match="gpus_per_trial is 0.25"):
+        runner.check_resources(s, {"CPU": 16.0})
