@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/gnp-study run greedy search_spaces/digits.yaml
+	$(BIN)/gnp-study run greedy search_spaces/digits_label_noise.yaml
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
