@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (install + run the digits study) and `make test`.
+# Two entry points for a fresh machine: `make demo` (install + run the noisy-label digits study) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
