@@ -577,6 +577,29 @@ def _candidate_text(stage: str, cand: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt_value(v)}" for k, v in cfg.items() if k not in _SCHEME_KEYS) or "defaults"
 
 
+def label_noise_text(spec: Any) -> str:
+    """The study's training-label noise in one sentence, or "" when its labels are clean.
+
+    Args:
+        spec: the resolved study (``study.yaml`` dict); ``data.label_noise`` with ``fraction``, ``kind``,
+            ``seed`` (:func:`gnp_study.data.noisy_labels` defines them).
+
+    Returns:
+        e.g. "Training labels: 40% wrong (symmetric noise: each chosen image gets one of the other classes,
+        uniformly; noise seed 0), the same for every configuration and seed; validation and test labels are
+        clean."
+    """
+    noise = ((spec or {}).get("data") or {}).get("label_noise") if isinstance(spec, dict) else None
+    if not isinstance(noise, dict) or not noise.get("fraction"):
+        return ""
+    kind = noise.get("kind", "symmetric")
+    how = ("each chosen image gets one of the other classes, uniformly" if kind == "symmetric" else
+           "class c becomes c + 1 (mod the number of classes)" if kind == "pairflip" else str(kind))
+    return (f"Training labels: {100 * float(noise['fraction']):g}% wrong ({kind} noise: {how}; noise seed "
+            f"{noise.get('seed', 0)}), the same for every configuration and seed; validation and test labels "
+            f"are clean.")
+
+
 def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: bool = True) -> list[str]:
     """The study's answer in words, as results.md, report.html and the console summary state it.
 
@@ -969,6 +992,7 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
         f"Data set: {data.get('dataset', '?')} · model: {model} · metric: {metric} (percent), mean ± std over "
         f"seeds (ddof=1; n/a with one seed) and the 95% Student-t CI of the mean, completed seeds only.",
         "",
+        *([f"**{label_noise_text(study.spec)}**", ""] if label_noise_text(study.spec) else []),
         display_table(table).to_markdown(index=False, disable_numparse=True),
         "",
         "## Verdicts",
