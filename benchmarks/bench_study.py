@@ -190,8 +190,11 @@ def limit_worker(job: Path, counter: Path, out: Path) -> None:
     """One process of the limit: claim trials from ``job`` until none is left, train each in-process."""
     import torch  # noqa: F401  (imported before the first trial's clock starts, like a warm Ray worker)
 
+    from gnp_study import train
     from gnp_study.spec import parse_spec
     from gnp_study.train import train_trial
+
+    train.CACHE_DATA = True  # as in the study's Ray workers: the data built once per process
 
     spec_dict, trials = json.loads(job.read_text())
     spec = parse_spec(spec_dict, check_names=False)

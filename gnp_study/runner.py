@@ -118,8 +118,10 @@ def _trainable(config: dict, spec_dict: dict) -> None:
     import torch
     from ray import tune
 
+    from gnp_study import train
     from gnp_study.train import train_trial
 
+    train.CACHE_DATA = True  # this worker trains many trials of one data spec (reuse_actors)
     spec = parse_spec(spec_dict, check_names=False)
     trial = _trial_of(config, spec)
     state = None

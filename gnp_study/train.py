@@ -151,12 +151,15 @@ def _set_rng(device: torch.device, state) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+#: Keep the last data set built in this process for the next trial with the same data spec (see
+#: :func:`_datasets`). Off by default; the runner turns it on in its Ray workers.
+CACHE_DATA = False
 _DATA_CACHE: dict = {}
 
 
 def _datasets(spec: StudySpec):
-    """The study's data sets (:func:`gnp_study.data.build_datasets` with ``spec.data``), built once per
-    process for one data spec.
+    """The study's data sets (:func:`gnp_study.data.build_datasets` with ``spec.data``); with
+    :data:`CACHE_DATA` on, built once per process for one data spec.
 
     A Ray worker is reused for many trials of a stage (``reuse_actors``): they all train on the same data,
     so it is read, subset and wrapped once. The bundle holds no per-trial state (loaders, generators and
@@ -167,7 +170,7 @@ def _datasets(spec: StudySpec):
 
     d = spec.data
     key = d.model_dump_json()
-    if key not in _DATA_CACHE:
+    if not CACHE_DATA or key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         on_device = d.loader == "device"  # augmentation then runs on the device, per batch
         noise = d.label_noise

@@ -37,6 +37,7 @@ def test_trials_of_one_data_spec_share_one_build(monkeypatch):
     real = data.build_datasets
     monkeypatch.setattr(data, "build_datasets", lambda *a, **k: calls.append(a) or real(*a, **k))
     monkeypatch.setattr(train, "_DATA_CACHE", {})
+    monkeypatch.setattr(train, "CACHE_DATA", True)
     s = spec()
     a = TrialConfig("gnp", {"alpha": 0.8, "r": 0.05}, 0).to_dict()
     b = TrialConfig("standard", {"alpha": 0.0, "r": 0.0}, 1).to_dict()
@@ -45,12 +46,16 @@ def test_trials_of_one_data_spec_share_one_build(monkeypatch):
     assert len(calls) == 1  # the second trial reused the first one's data
     metrics_of(spec(train_subset=200), a)
     assert len(calls) == 2  # another data spec: built again
+    monkeypatch.setattr(train, "CACHE_DATA", False)
+    metrics_of(spec(train_subset=200), a)
+    assert len(calls) == 3  # cache off (train_trial called directly, outside the runner): built per trial
 
 
 def test_cached_data_trains_exactly_as_a_fresh_build(monkeypatch):
     s = spec()
     a = TrialConfig("gnp", {"alpha": 0.8, "r": 0.05}, 0).to_dict()
     b = TrialConfig("standard", {"alpha": 0.0, "r": 0.0}, 1).to_dict()
+    monkeypatch.setattr(train, "CACHE_DATA", True)
     monkeypatch.setattr(train, "_DATA_CACHE", {})
     fresh = metrics_of(s, a)
     monkeypatch.setattr(train, "_DATA_CACHE", {})
