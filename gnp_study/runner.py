@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from gnp_study import protocol
+from gnp_study import protocol, racing
 from gnp_study.protocol import STAGES, TrialConfig
 from gnp_study.spec import StudySpec, parse_spec
 
@@ -238,8 +238,13 @@ def check_resources(spec: StudySpec, resources: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ one stage
-def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None):
+def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None,
+           num_samples: int | None = None):
     from ray import tune
+
+    from gnp_study.race_search import tracking_callbacks, trial_dirname, trial_name
+
+    optuna = search_alg is not None and num_samples is None
 
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_dict=spec.resolved()),
@@ -254,13 +259,17 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
-            num_samples=spec.stages.standard.num_samples if search_alg is not None else 1,
+            num_samples=(spec.stages.standard.num_samples if optuna else
+                         num_samples if num_samples is not None else 1),
             max_concurrent_trials=spec.resources.max_concurrent_trials,
             # A trial's worker process is kept for the next trial: torch and the data load once per
             # worker, not once per trial (seconds per trial for small models).
             reuse_actors=True,
-            metric="best_test_error" if search_alg is not None else None,
-            mode="min" if search_alg is not None else None,
+            metric="best_test_error" if optuna else None,
+            mode="min" if optuna else None,
+            # readable TensorBoard runs: <stage>_alpha=<a>_r=<r>_seed=<s>_<tune id> (gnp_study.race_search)
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -268,7 +277,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
-            callbacks=callbacks,
+            callbacks=callbacks + tracking_callbacks(spec.name),
         ),
     )
 
@@ -323,7 +332,7 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
 
 
 def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
-              name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              name: str | None = None, races: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or resume) the trials of one stage as one Tune experiment.
 
     Args:
@@ -332,12 +341,20 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
         spec: the study.
         storage: Tune's ``storage_path``: ``<study folder>/ray`` as an absolute path or a URI.
         name: experiment name (default: ``stage``).
+        races: the stage's races (:func:`gnp_study.racing.stage_races`) for a racing stage: the trials are
+            suggested by a :class:`gnp_study.race_search.RaceSearcher` inside the one Tune experiment.
 
     Returns:
-        ``(trials, epochs)`` tables (study-folder schema) for exactly these trials.
+        ``(trials, epochs)`` tables (study-folder schema) for exactly these trials (a racing stage: the
+        trials its races ran).
+
+    Raises:
+        StudyInterrupted: a racing stage ended (Ctrl-C) before its races did.
     """
     from ray import tune
 
+    if races:
+        return _run_race_stage(stage, trial_configs, spec, storage, name, races)
     progress = _Progress(stage, len(trial_configs))
     space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
     results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
@@ -346,6 +363,33 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
     # over seeds computed from them) are then the same for a resumed study as for an uninterrupted one.
     order = {tc.trial_id: i for i, tc in enumerate(trial_configs)}
     trials = trials.sort_values("trial_id", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    epochs = epochs.sort_values(["trial_id", "epoch"], key=lambda c: c.map(order) if c.name == "trial_id" else c,
+                                kind="stable").reset_index(drop=True)
+    return trials, epochs
+
+
+def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
+                    name: str | None, races: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`run_stage` for a racing stage: one Tune experiment whose trials a RaceSearcher suggests."""
+    from gnp_study import race_search
+    from gnp_study.results import selection
+
+    metric = selection(spec).decide_column
+    progress = _Progress(stage + " (race)", sum(r.bounds()[1] for r in races))
+    searcher = race_search.race_searcher(stage, races, trial_configs, metric)
+    results = _tuner(name or stage, {}, spec, storage, [progress.callback], search_alg=searcher,
+                     num_samples=-1).fit()
+    trials, epochs = _collect(results, stage, spec)
+    trials = trials[trials["error"] != _UNFINISHED]  # stopped by Ctrl-C: not ended, resumed next run
+    # a trial run twice (never expected) counts once: its last row
+    trials = trials.drop_duplicates("trial_id", keep="last")
+    missing = race_search.check_race(stage, races, trials, metric)
+    if missing:
+        raise StudyInterrupted(f"racing stage {stage!r} was interrupted before its races ended; run the same "
+                               f"command again to resume it")
+    trials = race_search.order_trials(trials, races)
+    order = {t: i for i, t in enumerate(trials["trial_id"])}
+    epochs = epochs[epochs["trial_id"].isin(order)]
     epochs = epochs.sort_values(["trial_id", "epoch"], key=lambda c: c.map(order) if c.name == "trial_id" else c,
                                 kind="stable").reset_index(drop=True)
     return trials, epochs
@@ -508,8 +552,9 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
             candidates, search = run_optuna_search(spec, storage)
             write_parquet(study_dir / "search_trials.parquet", search)
         plan = protocol.plan(stage, spec, decisions, candidates)
-        t_new, e_new = run_stage(stage, plan, spec, storage)
-        unfinished = len(plan) - len(t_new) + int((t_new["error"] == _UNFINISHED).sum())
+        races = racing.stage_races(stage, spec, decisions) if racing.race_config(spec, stage) else None
+        t_new, e_new = run_stage(stage, plan, spec, storage, races=races)
+        unfinished = (0 if races else len(plan) - len(t_new)) + int((t_new["error"] == _UNFINISHED).sum())
         if unfinished:
             # Ctrl-C: Tune stops the stage gracefully, saving a consistent experiment state, and returns
             # the unfinished trials; nothing is decided from them.
