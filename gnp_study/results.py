@@ -435,6 +435,11 @@ def results_table(
     std_mean = df.loc[0, "mean"]
     df["improvement"] = std_mean - df["mean"]
     df.loc[0, "improvement"] = float("nan")
+    # The improvement's uncertainty: the paired 95% CI of Standard - scheme (the negated CI of scheme - Standard).
+    paired_rows = [None, comps[("SAM", "Standard")], comps[("GNP", "Standard")]]
+    df["improvement_ci_low"] = [float("nan") if p is None else -p.ci_high for p in paired_rows]
+    df["improvement_ci_high"] = [float("nan") if p is None else -p.ci_low for p in paired_rows]
+    df["improvement_n_pairs"] = [0 if p is None else int(p.n) for p in paired_rows]
     pct = gnp_vs_sam_percent(*df["mean"].tolist())
     df["gnp_vs_sam_pct"] = [float("nan"), float("nan"), pct]
     df.attrs["gnp_vs_sam_stated"] = bool(df["improvement_resolved"].iloc[1:].all())
@@ -619,7 +624,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "Seeds done": [f"{int(a)}/{int(b)}" for a, b in zip(table["n"], table["n_seeds"])],
             "Diverged": table["n_diverged"].astype(int),
             "Failed": table["n_failed"].astype(int),
-            "Improvement vs Standard (points)": [pts(v) for v in table["improvement"]],
+            "Improvement vs Standard (points)": _improvement_cells(table, pts),
             "GNP vs SAM improvement": measured_pct,
         }
     )
@@ -628,6 +633,25 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["Paper improvement (points)"] = [pts(v) for v in table["paper_improvement"]]
         out["Paper GNP vs SAM"] = [pct(v) for v in table["paper_gnp_vs_sam_pct"]]
     return out
+
+
+def _improvement_cells(table: pd.DataFrame, pts) -> list[str]:
+    """Each row's improvement over Standard with its paired 95% CI and whether that resolves it, e.g.
+    "+0.46 (paired 95% CI +0.06 to +0.86, 3 seeds: resolved)"; blank on the Standard row. Tables built
+    without the CI columns show the bare number."""
+    if "improvement_ci_low" not in table.columns:
+        return [pts(v) for v in table["improvement"]]
+    cells = []
+    for v, lo, hi, n, ok in zip(table["improvement"], table["improvement_ci_low"], table["improvement_ci_high"],
+                                table["improvement_n_pairs"], table["improvement_resolved"]):
+        if not math.isfinite(float(v)):
+            cells.append("")
+        elif not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+            cells.append(f"{pts(v)} (no paired CI: {int(n)} paired seed{'s' if int(n) != 1 else ''})")
+        else:
+            verdict = "resolved" if (lo > 0 or hi < 0) else "not resolved"
+            cells.append(f"{pts(v)} (paired 95% CI {pts(lo)} to {pts(hi)}, {int(n)} seeds: {verdict})")
+    return cells
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -340,3 +340,19 @@ def test_validation_mode_without_its_columns_names_them(tmp_path):
     t.to_parquet(s.path / "trials.parquet", index=False)
     with pytest.raises(StudyFolderError, match="best_val_error"):
         load_study(s.path)
+
+
+def test_improvement_column_carries_the_paired_ci(tmp_path):
+    """The table's improvement cells state the paired 95% CI of Standard - scheme and the verdict."""
+    s = make_study(tmp_path / "s")
+    sam_key, std_key = s.decisions["sam"]["config_key"], s.decisions["standard"]["config_key"]
+    _set_errors(s.path, "sam", sam_key, {0: 4.48, 2: 5.79})
+    st = load_study(s.path)
+    std = st.trials[(st.trials["config_key"] == std_key)].set_index("seed")["best_test_error"]
+    d = np.array([std[0] - 4.48, std[2] - 5.79])  # improvement per paired seed
+    lo, hi = sps.t.interval(0.95, 1, loc=d.mean(), scale=sps.sem(d))
+    md = write_tables(s.path)["results.md"].read_text(encoding="utf-8")
+    sam_row = [ln for ln in md.splitlines() if ln.startswith("| SAM")][0]
+    assert f"(paired 95% CI {lo:+.2f} to {hi:+.2f}, 2 seeds: not resolved)" in sam_row
+    gnp_row = [ln for ln in md.splitlines() if ln.startswith("| GNP")][0]
+    assert ": resolved)" in gnp_row  # the fixture's GNP beats Standard by 0.70 on every paired seed
