@@ -140,3 +140,43 @@ def test_tensorboard_has_every_trials_test_error_under_its_readable_name(race_ru
                 assert got[int(epoch)] == pytest.approx(v, rel=1e-5, abs=1e-3)  # event files store float32
         if row.status == "completed":
             assert len(logged("ray/tune/test_error")) == row.epochs_run
+
+
+def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
+    """SIGKILL the driver in the middle of stage 2's race, run again: the race is rebuilt (Tune's snapshot
+    and the searcher's table of ended trials) and ends with the same trials and numbers as without the kill."""
+    import time
+
+    study, ref_out, _ = race_run
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "gnp_study", "run", "greedy", str(study), "--output", str(out), "--address", ray_head]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + RUN_TIMEOUT_S
+    killed = False
+    for line in proc.stdout:  # ends when the driver's output closes
+        if "stage sam (race): 3/" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert killed, "the driver never reached the third trial of stage 2"
+    assert not (out / "decisions.json").exists() or "sam" not in json.loads((out / "decisions.json").read_text())
+    again = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=RUN_TIMEOUT_S)
+    assert again.returncode == 0, again.stdout[-4000:]
+    ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id")
+    got = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    assert not got.index.duplicated().any()
+    assert sorted(got.index) == sorted(ref.index)
+    cols = ["status", "best_test_error", "epochs_run"]
+    pd.testing.assert_frame_equal(got.loc[ref.index, cols], ref[cols])
+    d_ref = json.loads((ref_out / "decisions.json").read_text())
+    d_got = json.loads((out / "decisions.json").read_text())
+    for stage in ("sam", "gnp"):
+        assert d_got[stage]["config_key"] == d_ref[stage]["config_key"]
+        assert d_got[stage]["race"]["races"] == d_ref[stage]["race"]["races"]
