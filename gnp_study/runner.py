@@ -389,7 +389,7 @@ def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpe
                                f"command again to resume it")
     trials = race_search.order_trials(trials, races)
     order = {t: i for i, t in enumerate(trials["trial_id"])}
-    epochs = epochs[epochs["trial_id"].isin(order)]
+    epochs = epochs[epochs["trial_id"].isin(order)].drop_duplicates(["trial_id", "epoch"], keep="last")
     epochs = epochs.sort_values(["trial_id", "epoch"], key=lambda c: c.map(order) if c.name == "trial_id" else c,
                                 kind="stable").reset_index(drop=True)
     return trials, epochs
