@@ -526,6 +526,20 @@ def lock_study(study_dir: Path):
     return lock
 
 
+def _check_tracking(spec: StudySpec) -> None:
+    """Refuse an MLflow target (``GNP_STUDY_MLFLOW_URI``) without mlflow installed, before any trial.
+
+    Raises:
+        StudyError: the variable is set and ``mlflow`` cannot be imported.
+    """
+    from gnp_study.race_search import tracking_callbacks
+
+    try:
+        tracking_callbacks(spec.name)
+    except ImportError as e:
+        raise StudyError(str(e)) from None
+
+
 def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str | None,
                         address: str | None, trials: pd.DataFrame, epochs: pd.DataFrame, decisions: dict,
                         info: dict) -> None:
@@ -533,6 +547,7 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
     and run_info.json after each; the body of :func:`run_greedy` once the folder is checked and locked."""
     trials_path, epochs_path = study_dir / "trials.parquet", study_dir / "epochs.parquet"
     decisions_path, info_path = study_dir / "decisions.json", study_dir / "run_info.json"
+    _check_tracking(spec)
     check_checkpoints(study_dir, decisions)
     resources = connect(address)
     check_resources(spec, resources)
