@@ -83,7 +83,7 @@ def summary_lines(study_dir: str | Path) -> list[str]:
     Raises:
         StudyFolderError: the folder holds no readable study.
     """
-    from gnp_study.results import load_study, study_results_table, verdict_lines
+    from gnp_study.results import label_noise_text, load_study, study_results_table, verdict_lines
 
     if "://" in str(study_dir):
         from gnp_study.runner import _mirror_dir
@@ -93,6 +93,8 @@ def summary_lines(study_dir: str | Path) -> list[str]:
     table = study_results_table(study)
     verdicts = verdict_lines(study, table)
     lines = [f"[gnp-study] {study.name}: {verdicts[0]}"]
+    if label_noise_text(study.spec):
+        lines.append(f"  {label_noise_text(study.spec)}")
     for _, row in table.iterrows():
         ci = f", 95% CI {row['ci95']}" if row["ci95"] not in ("", "n/a") else ""
         lines.append(f"  {row['scheme']:<8} {row['configuration']:<28} {row['test_error']}{ci} "

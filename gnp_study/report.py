@@ -22,6 +22,7 @@ import datetime as _dt
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from gnp_study.results import (  # noqa: E402
     PAPER_MODE,
     SCHEMES,
     Study,
+    label_noise_text,
     selection,
     verdict_lines,
     write_study_tables,
@@ -256,6 +258,8 @@ def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
     what = "best test error" if selection(study.spec).mode == PAPER_MODE else "test error at best validation epoch"
     bars = "95% CI of the mean" if error_bars == "ci" else "± 1 std"
     sup = f"{study.name}: {what} vs alpha ({data.get('dataset', '?')}, {model}), mean and {bars} over seeds"
+    # One panel is narrow: wrap the title to the figure's width instead of letting it run off both sides.
+    sup = "\n".join(textwrap.wrap(sup, width=int(fig.get_figwidth() * 12)))
     if fig_notes:
         sup += "\n" + "; ".join(fig_notes)
     fig.suptitle(sup, fontsize=11)
@@ -810,6 +814,7 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
         name=study.name,
         description=study.spec.get("description") or "",
         data=study.spec.get("data") or {},
+        label_noise=label_noise_text(study.spec),
         model=(study.spec.get("model") or {}).get("name", "?"),
         training=study.spec.get("training") or {},
         seeds=study.spec.get("seeds") or [],

@@ -517,7 +517,14 @@ def improvement_text(table: pd.DataFrame, comps: dict[tuple[str, str], Paired | 
     if problems:
         return ("The paper's figure \"GNP's improvement over Standard is X% larger than SAM's\" is not "
                 "stated: " + "; ".join(problems) + ".")
-    return derived_figure_text(table)
+    text = derived_figure_text(table)
+    # Both improvements are real, but whether they differ is the GNP − SAM comparison: say when it is not
+    # resolved, so the percentage is not read as GNP being better (or worse) than SAM.
+    p = comps.get(("GNP", "SAM"))
+    if p is None or not p.resolved:
+        text += (" The two improvements themselves are not told apart: GNP − SAM is not resolved at 95%, so "
+                 "this percentage is within the noise.")
+    return text
 
 
 def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
@@ -568,6 +575,29 @@ def _candidate_text(stage: str, cand: dict[str, Any]) -> str:
     except (TypeError, ValueError):
         return str(cand.get("config_key"))
     return ", ".join(f"{k}={_fmt_value(v)}" for k, v in cfg.items() if k not in _SCHEME_KEYS) or "defaults"
+
+
+def label_noise_text(spec: Any) -> str:
+    """The study's training-label noise in one sentence, or "" when its labels are clean.
+
+    Args:
+        spec: the resolved study (``study.yaml`` dict); ``data.label_noise`` with ``fraction``, ``kind``,
+            ``seed`` (:func:`gnp_study.data.noisy_labels` defines them).
+
+    Returns:
+        e.g. "Training labels: 40% wrong (symmetric noise: each chosen image gets one of the other classes,
+        uniformly; noise seed 0), the same for every configuration and seed; validation and test labels are
+        clean."
+    """
+    noise = ((spec or {}).get("data") or {}).get("label_noise") if isinstance(spec, dict) else None
+    if not isinstance(noise, dict) or not noise.get("fraction"):
+        return ""
+    kind = noise.get("kind", "symmetric")
+    how = ("each chosen image gets one of the other classes, uniformly" if kind == "symmetric" else
+           "class c becomes c + 1 (mod the number of classes)" if kind == "pairflip" else str(kind))
+    return (f"Training labels: {100 * float(noise['fraction']):g}% wrong ({kind} noise: {how}; noise seed "
+            f"{noise.get('seed', 0)}), the same for every configuration and seed; validation and test labels "
+            f"are clean.")
 
 
 def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: bool = True) -> list[str]:
@@ -962,6 +992,7 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
         f"Data set: {data.get('dataset', '?')} · model: {model} · metric: {metric} (percent), mean ± std over "
         f"seeds (ddof=1; n/a with one seed) and the 95% Student-t CI of the mean, completed seeds only.",
         "",
+        *([f"**{label_noise_text(study.spec)}**", ""] if label_noise_text(study.spec) else []),
         display_table(table).to_markdown(index=False, disable_numparse=True),
         "",
         "## Verdicts",

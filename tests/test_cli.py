@@ -133,3 +133,33 @@ def test_plan_gives_the_race_bounds(tmp_path, capsys):
     assert "race sam        : 10..20 trials instead of 20" in out
     assert "race gnp        : 153..180 trials instead of 204" in out
     assert "stages 2-3     : 163..200 trials racing, 224 with the fixed protocol" in out
+
+
+@pytest.mark.parametrize("kind, how", [("symmetric", "one of the other classes"), ("pairflip", "c + 1")])
+def test_label_noise_is_stated_in_console_results_and_report(tmp_path, kind, how):
+    """A study with noisy training labels says so (fraction, kind, seed, clean test labels) in the console
+    summary, results.md and report.html; a clean study says nothing of it (issue 13)."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from study_fixtures import make_study
+
+    from gnp_study.cli import summary_lines
+    from gnp_study.report import build_outputs
+
+    s = make_study(tmp_path / "s")
+    clean = build_outputs(s.path)
+    assert "Training labels" not in clean["results.md"].read_text(encoding="utf-8")
+    assert "Training labels" not in "\n".join(summary_lines(s.path))
+    spec_path = s.path / "study.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["data"]["label_noise"] = {"fraction": 0.25, "kind": kind, "seed": 7}
+    spec_path.write_text(yaml.safe_dump(spec))
+    out = build_outputs(s.path)
+    for text in (out["results.md"].read_text(encoding="utf-8"), out["report.html"].read_text(encoding="utf-8"),
+                 "\n".join(summary_lines(s.path))):
+        assert f"Training labels: 25% wrong ({kind} noise" in text and how in text
+        assert "noise seed 7" in text and "test labels are clean" in text

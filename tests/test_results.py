@@ -356,3 +356,35 @@ def test_improvement_column_carries_the_paired_ci(tmp_path):
     assert f"(paired 95% CI {lo:+.2f} to {hi:+.2f}, 2 seeds: not resolved)" in sam_row
     gnp_row = [ln for ln in md.splitlines() if ln.startswith("| GNP")][0]
     assert ": resolved)" in gnp_row  # the fixture's GNP beats Standard by 0.70 on every paired seed
+
+
+def _set_completed(path, stage, key, errors):
+    """Like :func:`_set_errors`, and mark those seeds completed."""
+    t = pd.read_parquet(path / "trials.parquet")
+    for seed, v in errors.items():
+        rows = (t["stage"] == stage) & (t["config_key"] == key) & (t["seed"] == seed)
+        t.loc[rows, "best_test_error"] = v
+        t.loc[rows, "status"] = "completed"
+    t.to_parquet(path / "trials.parquet", index=False)
+
+
+@pytest.mark.parametrize("gnp_minus_sam, resolved", [([-0.3, 0.2, -0.1], False), ([-0.5, -0.52, -0.48], True)])
+def test_percentage_says_when_gnp_minus_sam_is_within_the_noise(tmp_path, gnp_minus_sam, resolved):
+    """Both improvements resolved: the percentage is stated, with a warning exactly when GNP − SAM is not
+    resolved (hand-made numbers; the verdict checked with scipy)."""
+    s = make_study(tmp_path / "s")
+    dec = s.decisions
+    standard, sam = [5.0, 5.2, 5.4], [4.0, 4.25, 4.35]  # SAM − Standard = −1.0, −0.95, −1.05: resolved
+    gnp = [m + d for m, d in zip(sam, gnp_minus_sam)]
+    for stage, values in (("standard", standard), ("sam", sam), ("gnp", gnp)):
+        _set_completed(s.path, stage, dec[stage]["config_key"], dict(zip([0, 1, 2], values)))
+    d = np.array(gnp_minus_sam)
+    lo, hi = sps.t.interval(0.95, 2, loc=d.mean(), scale=sps.sem(d))
+    assert (lo > 0 or hi < 0) == resolved  # the hand-made case is what it claims to be
+    st = load_study(s.path)
+    comps = comparisons(st.trials, st.decisions)
+    assert comps[("GNP", "Standard")].resolved and comps[("SAM", "Standard")].resolved
+    assert comps[("GNP", "SAM")].resolved == resolved
+    line = [ln for ln in verdict_lines(st) if "than SAM's (" in ln]
+    assert len(line) == 1
+    assert ("within the noise" in line[0]) == (not resolved)
