@@ -45,11 +45,13 @@ class RaceSearcher(Searcher):
         metric: the decision column a trial reports (``best_test_error`` or ``best_val_error``).
     """
 
-    def __init__(self, stage: str, races: list, configs: dict, metric: str):
+    def __init__(self, stage: str, races: list, configs: dict, metric: str, retries: int = 2):
         super().__init__(metric=None, mode=None)
         self.stage, self.races, self.configs, self.metric_column = stage, list(races), dict(configs), metric
+        self.retries = int(retries)
         self.rows: list[dict] = []  # ended trials: config_key, seed, status, value
         self.live: dict[str, tuple] = {}  # Tune trial id -> (config_key, seed) in flight
+        self.lost: dict[tuple, int] = {}  # (config_key, seed) -> Tune errors before any report
 
     # ---------------------------------------------------------------------------------- state
     def results(self) -> pd.DataFrame:
@@ -97,12 +99,20 @@ class RaceSearcher(Searcher):
         if t is None:
             return
         status = (result or {}).get("status")
-        if error:
+        if error and not (result or {}).get("epoch"):
+            # Tune gave up before the trial's first report (its worker died while Tune handed it over):
+            # not the configuration's fault; suggested again, recorded as failed only after `retries` more
+            del self.live[trial_id]
+            self.lost[t] = self.lost.get(t, 0) + 1
+            if self.lost[t] <= self.retries:
+                return
+            status = "failed"
+        elif error:
             status = "failed"
         elif status not in _TERMINAL:
             # stopped before its end (Ctrl-C): Tune restores and resumes it; it stays in flight
             return
-        del self.live[trial_id]
+        self.live.pop(trial_id, None)
         value = (result or {}).get(self.metric_column, math.nan) if status == "completed" else math.nan
         self.rows = [r for r in self.rows if (r["config_key"], r["seed"]) != t]
         self.rows.append({"config_key": t[0], "seed": int(t[1]), "status": status,
@@ -110,17 +120,20 @@ class RaceSearcher(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"rows": self.rows, "live": self.live}, f)
+            pickle.dump({"rows": self.rows, "live": self.live, "lost": self.lost}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self.rows, self.live = list(state["rows"]), dict(state["live"])
+        self.lost = dict(state.get("lost", {}))
 
 
-def race_searcher(stage: str, races: list, trial_configs: list[TrialConfig], metric: str) -> RaceSearcher:
-    """A :class:`RaceSearcher` for a stage whose fixed plan is ``trial_configs``."""
-    return RaceSearcher(stage, races, {tc.config_key: tc.config for tc in trial_configs}, metric)
+def race_searcher(stage: str, races: list, trial_configs: list[TrialConfig], metric: str,
+                  retries: int = 2) -> RaceSearcher:
+    """A :class:`RaceSearcher` for a stage whose fixed plan is ``trial_configs``; ``retries``: how often a
+    trial Tune lost before its first report is suggested again (the study's ``max_failures``)."""
+    return RaceSearcher(stage, races, {tc.config_key: tc.config for tc in trial_configs}, metric, retries)
 
 
 def check_race(stage: str, races: list, trials: pd.DataFrame, metric: str) -> int:

@@ -376,7 +376,7 @@ def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpe
 
     metric = selection(spec).decide_column
     progress = _Progress(stage + " (race)", sum(r.bounds()[1] for r in races))
-    searcher = race_search.race_searcher(stage, races, trial_configs, metric)
+    searcher = race_search.race_searcher(stage, races, trial_configs, metric, spec.max_failures)
     results = _tuner(name or stage, {}, spec, storage, [progress.callback], search_alg=searcher,
                      num_samples=-1).fit()
     trials, epochs = _collect(results, stage, spec)

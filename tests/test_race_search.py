@@ -63,7 +63,8 @@ def test_eliminates_and_finishes_as_results_arrive():
     assert [suggested(s, "t6"), suggested(s, "t7")] == [("A", 2), ("C", 2)]
     assert suggested(s, "t8") is None
     done(s, "t6", 1.5)
-    s.on_trial_complete("t7", None, error=True)  # C's seed 2 failed: a loss where A completed
+    # C's seed 2 failed after its first epoch (Tune's retries spent): a loss where A completed
+    s.on_trial_complete("t7", {"epoch": 1, "status": "running"}, error=True)
     (st,) = s.states()
     assert st.finished and st.end_reason == "one left"
     assert st.eliminated[KEY["C"]].reason == "diverged"
@@ -119,3 +120,17 @@ def test_mlflow_is_off_by_default_and_named_when_missing(monkeypatch):
     else:
         (cb,) = tracking_callbacks("s")
         assert type(cb).__name__ == "MLflowLoggerCallback"
+
+
+def test_a_trial_lost_before_its_first_report_is_suggested_again_then_failed():
+    s = searcher()
+    s.retries = 1
+    assert suggested(s, "t0") == ("A", 0)
+    s.on_trial_complete("t0", None, error=True)  # lost: no report at all
+    assert not s.rows and suggested(s, "t1") == ("A", 0)  # run again
+    s.on_trial_complete("t1", None, error=True)  # lost a second time: more than 1 retry, failed
+    assert s.rows == [{"config_key": KEY["A"], "seed": 0, "status": "failed", "value": s.rows[0]["value"]}]
+    # a trial that errors after reporting an epoch is failed at once
+    assert suggested(s, "t2") == ("A", 1)
+    s.on_trial_complete("t2", {"epoch": 3, "status": "running"}, error=True)
+    assert [r["status"] for r in s.rows] == ["failed", "failed"]
