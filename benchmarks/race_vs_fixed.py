@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="override training.epochs (a reduced study)")
     ap.add_argument("--seeds", type=int, nargs="+", help="override the seeds list")
     ap.add_argument("--race", default=None, help="race block as YAML (default: %s)" % DEFAULT_RACE)
+    ap.add_argument("--skip-run", action="store_true",
+                    help="only read the two study folders already in --out (e.g. runs made in parallel)")
     args = ap.parse_args(argv)
     raw = yaml.safe_load(find_study(args.study).read_text())
     changes = []
@@ -88,9 +90,12 @@ def main(argv=None) -> int:
     rows = {}
     for name, spec in (("fixed", fixed_raw), ("race", race_raw)):
         path = out / f"{raw['name']}_{name}.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
         folder = out / f"{raw['name']}_{name}"
-        wall = _run(path, folder)
+        if not args.skip_run:
+            path.write_text(yaml.safe_dump(spec, sort_keys=False))
+            _run(path, folder)
+        # the study's own wall time (run_info.json), also for runs made elsewhere
+        wall = float(json.loads((folder / "run_info.json").read_text()).get("wall_time_s") or 0.0)
         rows[name] = dict(_facts(folder), wall_s=wall)
     f, r = rows["fixed"], rows["race"]
     saved = 100 * (1 - r["trials_23"] / f["trials_23"])
