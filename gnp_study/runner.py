@@ -59,9 +59,11 @@ class _Interrupt:
     Tune's own SIGINT handler is installed per ``fit()`` and put back after one signal, so a Ctrl-C that
     comes between stages, while Tune restores an experiment, or while a stage's last trial reports was
     swallowed and the study went on. Here the driver keeps one handler for the whole study
-    (``TUNE_DISABLE_SIGINT_HANDLER=1``): it sets :attr:`flag`, and, while a stage runs, calls Tune's
-    interrupt handler (Tune registers it for SIGUSR1 in every ``fit()``), which ends the stage after Tune
-    saved a consistent experiment state. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    (``TUNE_DISABLE_SIGINT_HANDLER=1``): it only sets :attr:`flag`. While a stage runs, the stage's Tune
+    callback sees the flag at its next step and calls Tune's interrupt handler (Tune registers it for
+    SIGUSR1 in every ``fit()``), which ends the stage after Tune saved a consistent experiment state; the
+    runner checks the flag before each stage and after each ``fit()``. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once.
     """
 
     def __init__(self) -> None:
@@ -89,7 +91,6 @@ class _Interrupt:
         # os.write: print() from a signal handler can hit a reentrant call into sys.stderr's buffer
         os.write(2, b"\n[gnp-study] Ctrl-C: stopping; no new stage starts and no unfinished stage is decided "
                     b"(Ctrl-C again to stop at once)\n")
-        self.forward_to_tune()
 
     def forward_to_tune(self) -> None:
         """Ask a running Tune loop to stop gracefully (its SIGUSR1 handler); no-op outside ``fit()``."""
@@ -299,7 +300,7 @@ class _Progress:
                         note = _repair_restore_point(t)
                         if note:
                             print(f"[gnp-study] {note}", file=progress.stream, flush=True)
-                if _INTERRUPT.flag:  # Ctrl-C came before this fit() installed Tune's stop handler
+                if _INTERRUPT.flag:  # Ctrl-C: let Tune stop this stage as after its own SIGINT handler
                     _INTERRUPT.forward_to_tune()
 
             def on_trial_complete(self, iteration, trials, trial, **info):
