@@ -426,22 +426,26 @@ class _DropRayWarning:
     """``logging`` filter dropping Ray records that read as data loss but are not (see
     :func:`_quiet_ray_warnings`)."""
 
+    PREFIXES = ("Failed to fetch metrics for", "Stop signal received", "Experiment has been interrupted")
+
     def filter(self, record) -> bool:
-        return not str(record.getMessage()).startswith("Failed to fetch metrics for")
+        return not str(record.getMessage()).startswith(self.PREFIXES)
 
 
 def _quiet_ray_warnings() -> None:
-    """Keep Ray Tune's "Failed to fetch metrics for N trial(s): FileNotFoundError(...)" off the console.
+    """Keep Ray Tune's "Failed to fetch metrics for N trial(s): FileNotFoundError(...)" off the console,
+    and Tune's own Ctrl-C lines (they tell the user to call ``Tuner.restore``).
 
     After a driver was killed, Tune lists every trial without a result file yet: trials that had not
     started. The study itself counts unfinished trials and resumes them (:func:`_collect`), so the
-    warning says nothing the user must act on.
+    warning says nothing the user must act on; on Ctrl-C the study prints its own line and how to resume.
     """
     import logging
 
-    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    if not any(isinstance(f, _DropRayWarning) for f in logger.filters):
-        logger.addFilter(_DropRayWarning())
+    for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRayWarning) for f in logger.filters):
+            logger.addFilter(_DropRayWarning())
 
 
 def check_resources(spec: StudySpec, resources: dict) -> None:

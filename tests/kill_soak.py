@@ -320,12 +320,13 @@ def main(argv=None) -> int:
                         continue
                     delivered += 1
                     budget -= 1
+                    mark = len(run.text)  # output before the interruption (a killed worker's errors) aside
                     log(f"  point {delivered}: folder {folders} run {runs}: {point}")
                     if point.kind != "kill-worker":
                         interrupted = True
                         rc = wait_exit(run)
                         wait_group_gone(run.proc.pid)
-                        text = "".join(run.text)
+                        text = "".join(run.text[mark:])
                         if point.kind in ("sigint", "ctrl-c"):
                             ended = len(_decisions(out)) == len(STAGES) and (out / "report.html").exists()
                             # 0 only when the Ctrl-C came after the study had ended
