@@ -252,12 +252,19 @@ def _repair_restore_point(trial) -> str | None:
         return None
     storage = trial.storage
     fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
-    found = []
+    found, last_index = [], -1
     for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                last_index = max(last_index, int(info.base_name.split("_")[-1]))
+            except ValueError:
+                pass
             epoch = _checkpoint_epoch(fs, info.path)
             if epoch is not None:
                 found.append((epoch, info.path))
+    # The trial's next checkpoint goes to a folder index past every folder on storage: written into a
+    # folder of an earlier run (one the snapshot never saw), it would be deleted with that run's checkpoint.
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, last_index)
     current = trial.checkpoint
     current_epoch = _checkpoint_epoch(current.filesystem, current.path) if current is not None else None
     newest = max(found) if found else None

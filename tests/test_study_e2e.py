@@ -347,11 +347,23 @@ def test_trial_whose_snapshot_checkpoint_is_gone_resumes_from_storage(reference,
     assert running, "no snapshot with a running trial and a checkpoint"
     for i, (tdir, ckpt) in enumerate(sorted(running.items())):
         folder = exp / tdir
-        if i == 0:  # every checkpoint gone: trained again from scratch
+        if i == 0 and (folder / ckpt).exists():
+            # The named checkpoint gone, its content kept under the next folder index (a checkpoint that
+            # reached storage after the last snapshot), and its epoch's line lost from Tune's result file:
+            # the trial resumes from that folder, and its epochs come from its checkpoints' history (a
+            # new checkpoint written into the same folder index would be deleted with the old one).
+            epoch = json.loads((folder / ckpt / "history.json").read_text())[-1]["epoch"]
+            nxt = folder / f"checkpoint_{int(ckpt.split('_')[-1]) + 1:06d}"
+            if not nxt.exists():
+                (folder / ckpt).rename(nxt)
+            else:
+                shutil.rmtree(folder / ckpt)
+            lines = (folder / "result.json").read_text().splitlines()
+            (folder / "result.json").write_text("".join(
+                l + "\n" for l in lines if l.strip() and json.loads(l)["epoch"] < epoch))
+        else:  # every checkpoint gone: trained again from scratch
             for c in folder.glob("checkpoint_*"):
                 shutil.rmtree(c)
-        elif (folder / ckpt).exists():  # the named one gone, its content kept under another name
-            (folder / ckpt).rename(folder / "checkpoint_000099")
     text = run_study(study, out, ray_head)
     assert "Could not recover" not in text
     trials = pd.read_parquet(out / "trials.parquet")
