@@ -104,3 +104,61 @@ def test_uninstall_puts_back_the_previous_handler():
     assert signal.getsignal(signal.SIGINT) != before
     it.uninstall()
     assert signal.getsignal(signal.SIGINT) == before
+
+
+# ------------------------------------------------------------------ restore points (issue 11, item 6)
+def _checkpoint(folder, epoch: int, complete: bool = True):
+    import torch
+
+    folder.mkdir(parents=True)
+    torch.save({"epoch": epoch, "w": torch.arange(100.0)}, folder / "state.pt")
+    if not complete:  # a copy cut short: the zip archive lost its end
+        data = (folder / "state.pt").read_bytes()
+        (folder / "state.pt").write_bytes(data[: len(data) // 2])
+    (folder / runner.HISTORY_FILE).write_text(json.dumps([{"epoch": e} for e in range(1, epoch + 1)]))
+    return folder
+
+
+def _restored_trial(trial_dir, pointer, index: int):
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    manager = SimpleNamespace(_latest_checkpoint_result="snapshot's", _checkpoint_results=["snapshot's"])
+    return SimpleNamespace(
+        status="PENDING", config={"trial": {"trial_id": "sam-x-s0"}},
+        storage=SimpleNamespace(storage_filesystem=fs, trial_fs_path=str(trial_dir), current_checkpoint_index=index),
+        checkpoint=None if pointer is None else SimpleNamespace(filesystem=fs, path=str(trial_dir / pointer)),
+        run_metadata=SimpleNamespace(checkpoint_manager=manager))
+
+
+def test_restore_from_a_deleted_checkpoint_moves_to_the_newest_complete_one(tmp_path):
+    _checkpoint(tmp_path / "checkpoint_000001", 2)
+    _checkpoint(tmp_path / "checkpoint_000002", 3, complete=False)  # partial: never restored from
+    trial = _restored_trial(tmp_path, "checkpoint_000000", index=0)  # the snapshot's, deleted since
+    note = runner._repair_restore_point(trial)
+    assert note and "sam-x-s0" in note and "epoch-2 checkpoint" in note
+    latest = trial.run_metadata.checkpoint_manager._latest_checkpoint_result
+    assert latest.checkpoint.path == str(tmp_path / "checkpoint_000001")
+    assert trial.run_metadata.checkpoint_manager._checkpoint_results == [latest]
+    # the next checkpoint is written past every folder on storage, never into one of them
+    assert trial.storage.current_checkpoint_index == 2
+
+
+def test_restore_without_any_complete_checkpoint_trains_from_scratch(tmp_path):
+    _checkpoint(tmp_path / "checkpoint_000003", 3, complete=False)
+    trial = _restored_trial(tmp_path, "checkpoint_000002", index=2)
+    assert "from its first epoch" in runner._repair_restore_point(trial)
+    manager = trial.run_metadata.checkpoint_manager
+    assert manager._latest_checkpoint_result is None and manager._checkpoint_results == []
+    assert trial.storage.current_checkpoint_index == 3
+
+
+def test_a_valid_newest_restore_point_is_kept(tmp_path):
+    _checkpoint(tmp_path / "checkpoint_000000", 1)
+    _checkpoint(tmp_path / "checkpoint_000001", 2)
+    trial = _restored_trial(tmp_path, "checkpoint_000001", index=1)
+    assert runner._repair_restore_point(trial) is None
+    assert trial.run_metadata.checkpoint_manager._latest_checkpoint_result == "snapshot's"
+    trial.status = "TERMINATED"  # finished trials are never restored: left alone
+    trial.checkpoint.path = str(tmp_path / "gone")
+    assert runner._repair_restore_point(trial) is None
