@@ -289,16 +289,23 @@ def _repair_restore_point(trial) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- progress
-class _Progress:
-    """Builds the Tune callback that prints: stage, trials done / total, diverged, best so far."""
+def _stage_callback_class():
+    """The Tune callback class of a stage (built once, on first use, so that importing this module does not
+    import Ray): it checks restore points at the stage's first step (:func:`_repair_restore_point`), asks
+    Tune to stop when Ctrl-C came (:class:`_Interrupt`), and feeds the progress line.
 
-    def __init__(self, stage: str, total: int, stream=sys.stderr):
+    Tune pickles a stage's callbacks with the experiment (``tuner.pkl``); the class lives at module level so
+    that the pickle refers to it by name and a restored stage runs this code with this process's state
+    (a class pickled by value would carry a copy of the Ctrl-C flag from the run that created the stage).
+    """
+    cls = globals().get("_StageCallback")
+    if cls is None:
         from ray.tune import Callback
 
-        progress = self
-
-        class _CB(Callback):
-            first_step = True
+        class _StageCallback(Callback):
+            def __init__(self, progress: "_Progress"):
+                self.progress = progress
+                self.first_step = True
 
             def on_step_begin(self, iteration, trials, **info):
                 if self.first_step:  # restored trials are known, none has started: check restore points
@@ -306,17 +313,27 @@ class _Progress:
                     for t in trials:
                         note = _repair_restore_point(t)
                         if note:
-                            print(f"[gnp-study] {note}", file=progress.stream, flush=True)
+                            print(f"[gnp-study] {note}", file=self.progress.stream, flush=True)
                 if _INTERRUPT.flag:  # Ctrl-C: let Tune stop this stage as after its own SIGINT handler
                     _INTERRUPT.forward_to_tune()
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                progress.finished(trial.last_result or {}, failed=False)
+                self.progress.finished(trial.last_result or {}, failed=False)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                progress.finished(trial.last_result or {}, failed=True)
+                self.progress.finished(trial.last_result or {}, failed=True)
 
-        self.callback = _CB()
+        _StageCallback.__module__ = __name__
+        _StageCallback.__qualname__ = "_StageCallback"
+        globals()["_StageCallback"] = cls = _StageCallback
+    return cls
+
+
+class _Progress:
+    """Builds the Tune callback that prints: stage, trials done / total, diverged, best so far."""
+
+    def __init__(self, stage: str, total: int, stream=sys.stderr):
+        self.callback = _stage_callback_class()(self)
         self.stage, self.total, self.stream = stage, total, stream
         self.done = self.diverged = self.failed = 0
         self.best = math.inf
@@ -482,9 +499,15 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     exp_path = f"{storage.rstrip('/')}/{name}"
+    _stage_callback_class()  # defined before Tune unpickles the stage's callbacks
     if tune.Tuner.can_restore(str(exp_path)):
-        return tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False, param_space=param_space)
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False, param_space=param_space)
+        # This run's callbacks (its progress line), not the pickled ones of the run that created the stage.
+        run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+        if run_config is not None:
+            run_config.callbacks = callbacks
+        return tuner
     return tune.Tuner(
         trainable,
         param_space=param_space,
