@@ -329,8 +329,12 @@ def main(argv=None) -> int:
                         text = "".join(run.text[mark:])
                         if point.kind in ("sigint", "ctrl-c"):
                             ended = len(_decisions(out)) == len(STAGES) and (out / "report.html").exists()
-                            # 0 only when the Ctrl-C came after the study had ended
-                            assert rc == 130 or (rc == 0 and ended), f"Ctrl-C run exited {rc}:\n{text[-3000:]}"
+                            # 0 only when the Ctrl-C came after the study had ended; -2 (killed by SIGINT,
+                            # 130 in a shell) when it came while Python was still starting, before any of
+                            # the study's code ran
+                            early = rc == -signal.SIGINT and not (out / ".driver").exists() and not text.strip()
+                            assert rc == 130 or (rc == 0 and ended) or early, \
+                                f"Ctrl-C run exited {rc}:\n{text[-3000:]}"
                             assert "Traceback" not in text, text[-3000:]
                         check_decided_stages(out, ref)
                         break
