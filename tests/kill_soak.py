@@ -332,7 +332,7 @@ def main(argv=None) -> int:
                             # 0 only when the Ctrl-C came after the study had ended; -2 (killed by SIGINT,
                             # 130 in a shell) when it came while Python was still starting, before any of
                             # the study's code ran
-                            early = rc == -signal.SIGINT and not (out / ".driver").exists() and not text.strip()
+                            early = rc == -signal.SIGINT and not text.strip()
                             assert rc == 130 or (rc == 0 and ended) or early, \
                                 f"Ctrl-C run exited {rc}:\n{text[-3000:]}"
                             assert "Traceback" not in text, text[-3000:]
