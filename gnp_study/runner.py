@@ -491,7 +491,8 @@ def check_resources(spec: StudySpec, resources: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ one stage
-def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None):
+def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None,
+           resume_errored: bool = False):
     from ray import tune
 
     trainable = tune.with_resources(
@@ -501,8 +502,8 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     exp_path = f"{storage.rstrip('/')}/{name}"
     _stage_callback_class()  # defined before Tune unpickles the stage's callbacks
     if tune.Tuner.can_restore(str(exp_path)):
-        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False, param_space=param_space)
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
+                                   resume_errored=resume_errored, restart_errored=False, param_space=param_space)
         # This run's callbacks (its progress line), not the pickled ones of the run that created the stage.
         run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
         if run_config is not None:
@@ -543,22 +544,39 @@ def _history(checkpoint) -> pd.DataFrame:
         return pd.DataFrame(columns=["epoch"])
 
 
-def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def _params(res) -> dict | None:
+    """The Tune config of a trial from its ``params.json`` (a Result without any report has no config)."""
+    try:
+        with res.filesystem.open_input_stream(f"{res.path}/params.json") as f:
+            return json.loads(f.readall().decode("utf-8"))
+    except Exception:
+        return None
+
+
+def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
+             ) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
     """Turn a Tune ResultGrid into the trials and epochs tables of the study folder schema.
 
     A trial is recorded when it ended: its last report says ``completed`` or ``diverged``, or Tune gave
     up on it after its retries (status ``failed`` with Tune's error). A trial still pending or running
     (the stage was interrupted) is left out and counted, never recorded as failed.
 
+    A trial that Tune gave up on before its first report (its worker died while Tune was handing it
+    over: Tune then fails it without a retry) is "lost": counted, and recorded as failed only with
+    ``record_lost``.
+
     Returns:
-        ``(trials, epochs, unfinished)``: the tables of the trials that ended, and how many trials of the
-        ResultGrid had not ended.
+        ``(trials, epochs, unfinished, lost)``: the tables of the trials that ended, how many trials of
+        the ResultGrid had not ended (lost ones included unless recorded), and how many were lost.
     """
     trial_rows, epoch_frames = [], []
-    unfinished = 0
+    unfinished = lost = 0
     for res in results:
         cfg = res.config
-        if cfg is None:  # a trial Tune never started (the stage was interrupted)
+        if cfg is None and res.error is not None:
+            lost += 1
+            cfg = _params(res) if record_lost else None
+        if cfg is None:  # a trial Tune never started (the stage was interrupted), or a lost one
             unfinished += 1
             continue
         trial = _trial_of(cfg, spec)
@@ -600,7 +618,7 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
         })
     trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS)
     epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)
-    return trials, epochs, unfinished
+    return trials, epochs, unfinished, lost
 
 
 def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
@@ -623,7 +641,16 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
     space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
     _INTERRUPT.check(f"before stage {stage!r} started")
     results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
-    trials, epochs, _ = _collect(results, stage, spec)
+    trials, epochs, _, lost = _collect(results, stage, spec, record_lost=False)
+    for _attempt in range(max(1, spec.max_failures)):
+        if not lost or _INTERRUPT.flag:
+            break
+        # Trials Tune gave up on before their first report (also those of an earlier run): run them again.
+        progress.done, progress.failed = progress.done - lost, max(0, progress.failed - lost)
+        results = _tuner(name or stage, space, spec, storage, [progress.callback], resume_errored=True).fit()
+        trials, epochs, _, lost = _collect(results, stage, spec, record_lost=False)
+    if lost and not _INTERRUPT.flag:  # still failing before any report: recorded as failed
+        trials, epochs, _, lost = _collect(results, stage, spec, record_lost=True)
     unfinished = len(trial_configs) - int(trials["trial_id"].isin([tc.trial_id for tc in trial_configs]).sum())
     if unfinished or _INTERRUPT.flag:
         # Ctrl-C (or a trial Tune did not end): Tune stopped the stage after saving a consistent experiment
@@ -665,7 +692,7 @@ def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.Dat
     searcher = OptunaSearch(metric="best_test_error", mode="min", seed=spec.seeds[0])
     _INTERRUPT.check("before the Optuna search of stage 1 started")
     results = _tuner("standard_search", space, spec, storage, [progress.callback], search_alg=searcher).fit()
-    trials, _, unfinished = _collect(results, "standard_search", spec)
+    trials, _, unfinished, _ = _collect(results, "standard_search", spec)
     if unfinished or _INTERRUPT.flag or len(trials) < st.num_samples:
         raise StudyInterrupted(f"the Optuna search of stage 1 was interrupted with "
                                f"{st.num_samples - len(trials)} of {st.num_samples} samples unfinished; run the "

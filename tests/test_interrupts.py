@@ -41,7 +41,7 @@ def test_pending_and_running_trials_are_not_recorded_as_failed():
         _result(trials[2], None),  # pending: Tune knows its config, no result yet
         _result(trials[3], ["running"], error=RuntimeError("boom")),  # Tune gave up after its retries
     ]
-    got, epochs, unfinished = runner._collect(results, "sam", SPEC)
+    got, epochs, unfinished, lost = runner._collect(results, "sam", SPEC)
     assert unfinished == 2
     assert list(got["trial_id"]) == [trials[0]["trial_id"], trials[3]["trial_id"]]
     assert list(got["status"]) == ["completed", "failed"]
@@ -61,7 +61,7 @@ def test_epochs_lost_by_tune_are_filled_from_the_checkpoint_history(tmp_path):
     (ckpt / runner.HISTORY_FILE).write_text(json.dumps(hist.to_dict("records")))
     res = _result(trial, ["running"])  # Tune's result file holds epoch 1 only
     res.checkpoint = SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(ckpt))
-    got, epochs, unfinished = runner._collect([res], "sam", SPEC)
+    got, epochs, unfinished, lost = runner._collect([res], "sam", SPEC)
     assert unfinished == 0
     assert list(epochs["epoch"]) == [1, 2, 3]
     assert got["status"].iloc[0] == "completed" and got["epochs_run"].iloc[0] == 3
@@ -162,3 +162,21 @@ def test_a_valid_newest_restore_point_is_kept(tmp_path):
     trial.status = "TERMINATED"  # finished trials are never restored: left alone
     trial.checkpoint.path = str(tmp_path / "gone")
     assert runner._repair_restore_point(trial) is None
+
+
+def test_trial_lost_before_its_first_report_is_run_again_before_it_is_recorded(tmp_path):
+    """Tune fails a trial without a retry when its (reused) worker dies while the trial is handed over;
+    such a result has an error and no config. It is counted as lost (the runner runs it again); only
+    when asked is it recorded, as failed, with its config read from its params.json."""
+    import pyarrow.fs as pafs
+
+    trial = TrialConfig("standard", {"alpha": 0.0, "r": 0.0, "lr": 0.1}, 1).to_dict()
+    (tmp_path / "params.json").write_text(json.dumps({"trial": trial}))
+    res = SimpleNamespace(config=None, metrics_dataframe=None, error=RuntimeError("actor died"), checkpoint=None,
+                          filesystem=pafs.LocalFileSystem(), path=str(tmp_path))
+    got, _, unfinished, lost = runner._collect([res], "standard", SPEC, record_lost=False)
+    assert (len(got), unfinished, lost) == (0, 1, 1)
+    got, epochs, unfinished, lost = runner._collect([res], "standard", SPEC, record_lost=True)
+    assert (unfinished, lost) == (0, 1) and len(epochs) == 0
+    assert got["trial_id"].tolist() == [trial["trial_id"]] and got["status"].tolist() == ["failed"]
+    assert got["error"].iloc[0] == "RuntimeError: actor died" and got["epochs_run"].iloc[0] == 0
