@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (install + run the digits study) and `make test`.
+# Two entry points for a fresh machine: `make demo` (install + run the noisy-label digits study) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/gnp-study run greedy search_spaces/digits.yaml
+	$(BIN)/gnp-study run greedy search_spaces/digits_label_noise.yaml
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
