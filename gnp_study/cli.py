@@ -155,6 +155,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"  stage 3 gnp     : {counts['gnp']:5d} trials at most ({len(spec.stages.gnp.all_alpha())} alphas "
           f"at the best r and at Figure-2 r {spec.stages.gnp.figure2_r})")
     print(f"  total           : {counts['total']:5d} trials at most")
+    _print_race_bounds(spec, counts, args.seeds)
     epoch_time = args.epoch_time
     source = "given"
     if epoch_time is None and args.measure:
@@ -171,6 +172,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
               + (f"{hours * gpu:.1f} GPU hours at {gpu:g} GPU per trial" if gpu else
                  f"{hours * spec.resources.cpus_per_trial:.1f} CPU hours (CPU trials)"))
     return 0
+
+
+def _print_race_bounds(spec, counts: dict, seeds_arg: int | None) -> None:
+    """The racing stages' bounds under the plan's counts (:func:`gnp_study.racing.plan_bounds`): the fixed
+    protocol's count, the fewest trials (all but one candidate out after the first block) and the most."""
+    from gnp_study import racing
+
+    raced = [(s, racing.plan_bounds(s, spec)) for s in racing.RACE_STAGES]
+    raced = [(s, b) for s, b in raced if b is not None]
+    if not raced:
+        return
+    if seeds_arg is not None:
+        print(f"  (race bounds below use the study file's {len(spec.seeds)} seeds, not --seeds)")
+    fixed_23 = counts["sam"] + counts["gnp"]
+    lo_23 = hi_23 = fixed_23
+    for stage, (fixed, fewest, most) in raced:
+        cfg = racing.race_config(spec, stage)
+        print(f"  race {stage:<11}: {fewest}..{most} trials instead of {fixed} (first block {cfg.first_block} "
+              f"seeds, then {cfg.block} per block; {cfg.correction} at level {cfg.level:g}"
+              + (f"; extra seeds {list(cfg.extra_seeds)}" if cfg.extra_seeds else "") + ")")
+        if seeds_arg is None:
+            lo_23 += fewest - fixed
+            hi_23 += most - fixed
+    if seeds_arg is None:
+        print(f"  stages 2-3     : {lo_23}..{hi_23} trials racing, {fixed_23} with the fixed protocol")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

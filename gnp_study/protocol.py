@@ -264,18 +264,29 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
         candidate), ``indistinguishable`` (config_keys of the candidates with a completed seed whose paired
         95% CI against the winner includes 0 or cannot be computed: fewer than 2 paired seeds) and
         ``bootstrap`` (resamples, seed, method); plus ``r`` for ``sam`` and ``alpha`` and ``r`` for ``gnp``.
+        A racing stage (``stages.<stage>.race``) decides among the race's survivors on the seeds the race
+        asked for (:func:`gnp_study.racing.survivor_trials`) and adds ``race``
+        (:func:`gnp_study.racing.summary`: seeds per candidate, where each was eliminated, the test).
 
     Raises:
         ProtocolError: no trial of the stage, every configuration diverged or failed, or the trials lack
             the decision column.
     """
     df = trials[trials["stage"] == stage]
+    sel = selection(spec)
+    race = None
+    if stage in ("sam", "gnp") and df is not None and len(df):
+        from gnp_study import racing  # racing plans through this module: imported here, not at the top
+
+        if racing.race_config(spec, stage) is not None:
+            # A racing stage decides among the candidates the race kept, on the seeds it asked for.
+            race = racing.summary(stage, df, spec, decisions or {}, sel.decide_column)
+            df = racing.survivor_trials(stage, df, spec, decisions or {}, sel.decide_column)
     if stage == "gnp":
         best_r = (decisions or {})["sam"]["r"]
         df = df[(df["r"] == best_r) & df["alpha"].isin(spec.stages.gnp.alpha)]
     if df.empty:
         raise ProtocolError(f"stage {stage!r} has no trials to decide from")
-    sel = selection(spec)
     if sel.decide_column not in df.columns:
         raise ProtocolError(f"stage {stage!r} decides on {sel.decide_column!r} ({sel.mode} mode) but the trials "
                             f"table has no such column")
@@ -300,6 +311,8 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
         "candidates": candidates,
     }
     out.update(_certainty(df, agg, candidates, best["config_key"], sel.decide_column))
+    if race is not None:
+        out["race"] = race
     if stage == "sam":
         out["r"] = float(config["r"])
     if stage == "gnp":

@@ -53,6 +53,8 @@ from gnp_study.results import (  # noqa: E402
     derived_figure_text,
     display_table,
     load_study,
+    race_lines,
+    race_table,
     study_results_table,
 )
 
@@ -66,7 +68,9 @@ FIG2_LEGEND_HEIGHT = 0.7
 FIG3_SIZE = (12.0, 4.8)
 #: The paper's colours (Figure 2: standard green, SAM orange; Figure 3: B_b purple, alpha=0.8 red).
 COLORS = {"gnp": "tab:blue", "standard": "tab:green", "sam": "tab:orange", "diverged": "tab:red",
-          "failed": "dimgray", "chosen": "0.45", "tied": "goldenrod"}
+          "failed": "dimgray", "chosen": "0.45", "tied": "goldenrod", "eliminated": "0.55"}
+#: Legend text of a candidate a racing stage eliminated (drawn grey, hollow triangle, its seed count beside).
+ELIMINATED_LABEL = "eliminated by the race (fewer seeds)"
 #: Error bars and bands of Figure 2: 95% Student-t CI of the mean over seeds, or ± 1 std over seeds.
 ERROR_BARS = ("ci", "std")
 #: Legend text of each kind of error bar.
@@ -84,7 +88,20 @@ DIVERGED_Y = 0.95
 _TEMPLATES = Path(__file__).parent / "templates"
 _FIG2_LEGEND_ORDER = ("Standard (alpha = 0)", "SAM (alpha = 1)", "GNP (basic alpha set)", "GNP (extra sets B_a, B_b)",
                       ERROR_BAR_LABELS["ci"], ERROR_BAR_LABELS["std"], "chosen alpha (GNP row)", TIED_LABEL,
-                      "diverged (all seeds)", "no completed seed (failed)")
+                      "diverged (all seeds)", "no completed seed (failed)", ELIMINATED_LABEL)
+
+
+def _eliminated(study: Study) -> dict[str, dict]:
+    """config_key -> race entry (``decisions[stage]["race"]``) of every candidate a racing stage
+    eliminated; {} when no stage raced."""
+    out = {}
+    for stage in ("sam", "gnp"):
+        race = (study.decisions.get(stage) or {}).get("race")
+        for r in (race or {}).get("races") or [] if isinstance(race, dict) else []:
+            for key, c in (r.get("candidates") or {}).items():
+                if isinstance(c, dict) and c.get("status") == "eliminated":
+                    out[key] = c
+    return out
 
 
 def _as_study(study: Study | str | Path) -> Study:
@@ -316,9 +333,23 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
         "sam": dict(marker="D", color=COLORS["sam"], mfc=COLORS["sam"], label="SAM (alpha = 1)"),
     }
     xform = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    eliminated = _eliminated(study)
     for a, row, kind in points:
         n, n_seeds = int(row["n"]), int(row["n_seeds"])
-        if n > 0 and math.isfinite(float(row["mean"])):
+        out = row.get("config_key") in eliminated
+        if n > 0 and math.isfinite(float(row["mean"])) and out:
+            # a candidate the race dropped: grey hollow triangle, dashed bar, its seed count beside it
+            s = _bar(row, error_bars)
+            s = s if math.isfinite(s) else 0.0
+            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt="^",
+                               color=COLORS["eliminated"], mfc="white", mec=COLORS["eliminated"], ms=7, capsize=3,
+                               zorder=4, linestyle="none")
+            if s > 0:
+                cont[2][0].set_linestyle("--")
+            handles.setdefault(ELIMINATED_LABEL, cont)
+            ax.annotate(f"{n_seeds} seeds", (a, float(row["mean"]) - s), textcoords="offset points",
+                        xytext=(0, -4), ha="center", va="top", fontsize=7, color=COLORS["eliminated"])
+        elif n > 0 and math.isfinite(float(row["mean"])):
             st = styles[kind]
             s = _bar(row, error_bars)
             s = s if math.isfinite(s) else 0.0
@@ -798,6 +829,9 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
         decisions=_decision_views(study),
         counts_html=counts_html,
         bad_html=bad_html,
+        race_lines=race_lines(study.decisions),
+        race_html=(race_table(study.decisions).to_html(index=False, border=0, classes="race", escape=True)
+                   if len(race_table(study.decisions)) else ""),
         run=_run_views(study),
         spec_yaml=yaml.safe_dump(study.spec, sort_keys=False, allow_unicode=True),
         missing=study.missing,

@@ -1005,6 +1005,14 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
     lines += [f"- {v}" for v in verdicts[1:]]
     if any("not resolved" in v and "seeds would resolve" in v for v in verdicts):
         lines.append("- `gnp-study plan STUDY --seeds N` prices a run with N seeds.")
+    races = race_table(study.decisions)
+    if len(races):
+        lines += ["", "## Race", "",
+                  "Racing stages give each candidate a first block of seeds and drop it as soon as a paired test "
+                  "says it is worse than the best; eliminated candidates have fewer seeds (gnp_study.racing).",
+                  ""]
+        lines += [f"- {v}" for v in race_lines(study.decisions)]
+        lines += ["", races.to_markdown(index=False, disable_numparse=True)]
     lines += ["", "## Notes", ""]
     if "paper_mean" in table.columns:
         lines.append(f"- Paper: {derived_figure_text(table, 'paper_')}")
@@ -1018,6 +1026,58 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
         lines.append(f"- Not decided yet: {', '.join(undecided)} (stage not run or not finished).")
     lines.append("- Per-seed values: trials.parquet (one row per trial) holds every number behind this page.")
     return "\n".join(lines) + "\n"
+
+
+def race_table(decisions: dict[str, Any]) -> pd.DataFrame:
+    """One row per candidate of every racing stage (``decisions[stage]["race"]``, written by
+    :func:`gnp_study.racing.summary`): stage, race, alpha, r, whether it could be chosen, seeds run, and for
+    an eliminated candidate the block and seeds at which it left, why (test or diverged), the mean paired
+    difference to the reference (points), the one-sided p-value and the corrected threshold it was held to.
+
+    Returns:
+        The table (empty, with its columns, when no stage raced).
+    """
+    cols = ["stage", "race", "alpha", "r", "choosable", "seeds run", "status", "out at block", "seeds then",
+            "reason", "vs reference", "p (one-sided)", "threshold"]
+    rows = []
+    for stage in ("sam", "gnp"):
+        race = (decisions.get(stage) or {}).get("race")
+        if not isinstance(race, dict):
+            continue
+        for r in race.get("races") or []:
+            for c in (r.get("candidates") or {}).values():
+                out = c.get("status") == "eliminated"
+                rows.append({
+                    "stage": stage, "race": r.get("name", ""), "alpha": f"{c['alpha']:g}", "r": f"{c['r']:g}",
+                    "choosable": "yes" if c.get("selectable") else "no (figure only)",
+                    "seeds run": c.get("seeds_run", ""), "status": c.get("status", ""),
+                    "out at block": c.get("block", "") if out else "",
+                    "seeds then": c.get("n_seeds", "") if out else "",
+                    "reason": c.get("reason", "") if out else "",
+                    "vs reference": _fmt_value(c.get("diff")) if out and c.get("diff") is not None else "",
+                    "p (one-sided)": f"{c['p']:.3g}" if out and c.get("p") is not None else "",
+                    "threshold": f"{c['threshold']:.3g}" if out and c.get("threshold") is not None else "",
+                })
+    return pd.DataFrame(rows, columns=cols)
+
+
+def race_lines(decisions: dict[str, Any]) -> list[str]:
+    """One sentence per racing stage: trials run against the fixed protocol's count, how each race ended,
+    and the test (from ``decisions[stage]["race"]``); [] when no stage raced."""
+    lines = []
+    for stage in ("sam", "gnp"):
+        race = (decisions.get(stage) or {}).get("race")
+        if not isinstance(race, dict):
+            continue
+        run, fixed = int(race.get("trials_run", 0)), int(race.get("fixed_trials", 0))
+        saved = f"{100 * (1 - run / fixed):.0f}% fewer" if fixed and run <= fixed else "more"
+        ends = "; ".join(f"{r.get('name')}: ended ({r.get('end_reason')}) after {r.get('n_seeds')} seeds, "
+                         f"{sum(1 for c in (r.get('candidates') or {}).values() if c.get('status') == 'eliminated')}"
+                         f" of {len(r.get('candidates') or {})} eliminated"
+                         for r in race.get("races") or [])
+        lines.append(f"Stage {stage} raced: {run} trials where the fixed protocol runs {fixed} ({saved}); {ends}. "
+                     f"Test: {race.get('test', '')}.")
+    return lines
 
 
 def write_tables(study_dir: str | Path) -> dict[str, Path]:

@@ -17,15 +17,18 @@ import json
 import math
 import os
 import platform
+import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from gnp_study import protocol
+from gnp_study import protocol, racing
 from gnp_study.protocol import STAGES, TrialConfig
 from gnp_study.spec import StudySpec, parse_spec
 
@@ -39,7 +42,8 @@ EPOCH_COLUMNS = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "epoch
                  "epoch_time_s", "val_loss", "val_error"]
 
 
-_UNFINISHED = "the trial ended before its last epoch"
+#: A trial's result without which a stage is unfinished: its last report says the trial ended.
+_TERMINAL = ("completed", "diverged")
 
 
 class StudyError(RuntimeError):
@@ -47,7 +51,68 @@ class StudyError(RuntimeError):
 
 
 class StudyInterrupted(StudyError):
-    """A stage ended with unfinished trials (Ctrl-C); rerunning the command resumes it (exit status 130)."""
+    """The study was stopped (Ctrl-C) or a stage ended with unfinished trials; nothing unfinished was
+    decided, and rerunning the command resumes it (CLI exit status 130)."""
+
+
+class _Interrupt:
+    """The driver's Ctrl-C (SIGINT): recorded, then handed to Ray Tune's graceful stop.
+
+    Tune's own SIGINT handler is installed per ``fit()`` and put back after one signal, so a Ctrl-C that
+    comes between stages, while Tune restores an experiment, or while a stage's last trial reports was
+    swallowed and the study went on. Here the driver keeps one handler for the whole study
+    (``TUNE_DISABLE_SIGINT_HANDLER=1``): it only sets :attr:`flag`. While a stage runs, the stage's Tune
+    callback sees the flag at its next step and calls Tune's interrupt handler (Tune registers it for
+    SIGUSR1 in every ``fit()``), which ends the stage after Tune saved a consistent experiment state; the
+    runner checks the flag before each stage and after each ``fit()``. A second Ctrl-C raises
+    ``KeyboardInterrupt`` at once.
+    """
+
+    def __init__(self) -> None:
+        self.flag = False
+        self._previous = None
+
+    def install(self) -> None:
+        """Install the handler (main thread only; elsewhere Ctrl-C is not ours to handle)."""
+        self.flag = False
+        if threading.current_thread() is not threading.main_thread():
+            return
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        """Put back the handler that was there before :meth:`install`."""
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        # os.write: print() from a signal handler can hit a reentrant call into sys.stderr's buffer
+        os.write(2, b"\n[gnp-study] Ctrl-C: stopping; no new stage starts and no unfinished stage is decided "
+                    b"(Ctrl-C again to stop at once)\n")
+
+    def forward_to_tune(self) -> None:
+        """Ask a running Tune loop to stop gracefully (its SIGUSR1 handler); no-op outside ``fit()``."""
+        handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            handler(signal.SIGINT, None)
+            signal.signal(signal.SIGINT, previous)  # Tune's handler resets SIGINT; keep ours
+
+    def check(self, where: str) -> None:
+        """Raise :class:`StudyInterrupted` if Ctrl-C came; ``where`` completes "interrupted ...".
+
+        Raises:
+            StudyInterrupted: the flag is set.
+        """
+        if self.flag:
+            raise StudyInterrupted(f"interrupted {where}; run the same command again to resume")
+
+
+_INTERRUPT = _Interrupt()
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -101,6 +166,10 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- the trainable
+#: File in every trial checkpoint: the JSON list of the metrics of every epoch up to the checkpoint.
+HISTORY_FILE = "history.json"
+
+
 def _trial_of(config: dict, spec: StudySpec) -> dict:
     """The trial (``TrialConfig.to_dict()``) of a Tune config: a planned trial, or an Optuna search sample
     of stage 1 (searched fields at flat keys, run on the first seed)."""
@@ -138,28 +207,137 @@ def _trainable(config: dict, spec_dict: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(st, Path(tmp) / "state.pt")
+            # Every epoch's metrics so far, small and readable without torch: the driver fills the epochs
+            # table from it when Tune's result files lag behind the checkpoint (see _collect).
+            (Path(tmp) / HISTORY_FILE).write_text(json.dumps(st.get("history", [])))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train_trial(spec, trial, report, state)
 
 
+# ------------------------------------------------------------------------------- checkpoints on restore
+def _checkpoint_epoch(fs, path: str) -> int | None:
+    """The epoch of the trial checkpoint directory ``path`` on the pyarrow filesystem ``fs``, or ``None``
+    when it is missing or incomplete (no readable ``history.json``, or a ``state.pt`` that is not a
+    complete zip archive as ``torch.save`` writes it)."""
+    import zipfile
+
+    try:
+        with fs.open_input_stream(f"{path}/{HISTORY_FILE}") as f:
+            history = json.loads(f.readall().decode("utf-8"))
+        with fs.open_input_file(f"{path}/state.pt") as f:
+            zipfile.ZipFile(f).namelist()
+        return int(history[-1]["epoch"])
+    except Exception:  # missing, truncated, or unreadable: not a checkpoint to restore from
+        return None
+
+
+def _repair_restore_point(trial) -> str | None:
+    """Point a trial that Tune is about to restore at its newest complete checkpoint on storage.
+
+    Tune's experiment snapshot can name a checkpoint that is gone: Tune deletes a trial's older checkpoint
+    when a newer one registers (``CheckpointConfig(num_to_keep=1)``), and a driver killed before the next
+    snapshot leaves the old snapshot pointing at it ("Could not recover from checkpoint ... does not exist
+    on storage anymore"). Training is deterministic given the checkpoint (bit for bit on CPU), so any
+    complete checkpoint of the trial, or none (train from scratch), gives the same result; the newest one
+    trains least, and a finished trial is then not trained again.
+
+    Args:
+        trial: a restored ``ray.tune.experiment.Trial`` (status PENDING or PAUSED).
+
+    Returns:
+        A one-line note when the restore point was changed, else ``None``.
+    """
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    if trial.status not in ("PENDING", "PAUSED"):
+        return None
+    storage = trial.storage
+    fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
+    found, last_index = [], -1
+    for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                last_index = max(last_index, int(info.base_name.split("_")[-1]))
+            except ValueError:
+                pass
+            epoch = _checkpoint_epoch(fs, info.path)
+            if epoch is not None:
+                found.append((epoch, info.path))
+    # The trial's next checkpoint goes to a folder index past every folder on storage: written into a
+    # folder of an earlier run (one the snapshot never saw), it would be deleted with that run's checkpoint.
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, last_index)
+    current = trial.checkpoint
+    current_epoch = _checkpoint_epoch(current.filesystem, current.path) if current is not None else None
+    newest = max(found) if found else None
+    if current_epoch is not None and (newest is None or newest[0] <= current_epoch):
+        return None
+    if current is None and newest is None:
+        return None
+    manager = trial.run_metadata.checkpoint_manager
+    if newest is None:
+        manager._latest_checkpoint_result = None
+        manager._checkpoint_results = []
+        where = "from its first epoch"
+    else:
+        result = _TrainingResult(checkpoint=Checkpoint(newest[1], filesystem=fs), metrics={})
+        manager._latest_checkpoint_result = result
+        manager._checkpoint_results = [result]
+        where = f"from its epoch-{newest[0]} checkpoint"
+    if current is not None and current_epoch is None:
+        return (f"trial {trial.config.get('trial', {}).get('trial_id', trial)}: its checkpoint in Tune's "
+                f"experiment state is missing or incomplete; it resumes {where}")
+    return None
+
+
 # ------------------------------------------------------------------------------------------- progress
+def _stage_callback_class():
+    """The Tune callback class of a stage (built once, on first use, so that importing this module does not
+    import Ray): it checks restore points at the stage's first step (:func:`_repair_restore_point`), asks
+    Tune to stop when Ctrl-C came (:class:`_Interrupt`), and feeds the progress line.
+
+    Tune pickles a stage's callbacks with the experiment (``tuner.pkl``); the class lives at module level so
+    that the pickle refers to it by name and a restored stage runs this code with this process's state
+    (a class pickled by value would carry a copy of the Ctrl-C flag from the run that created the stage).
+    """
+    cls = globals().get("_StageCallback")
+    if cls is None:
+        from ray.tune import Callback
+
+        class _StageCallback(Callback):
+            def __init__(self, progress: "_Progress"):
+                self.progress = progress
+                self.first_step = True
+
+            def on_step_begin(self, iteration, trials, **info):
+                if self.first_step:  # restored trials are known, none has started: check restore points
+                    self.first_step = False
+                    for t in trials:
+                        note = _repair_restore_point(t)
+                        if note:
+                            print(f"[gnp-study] {note}", file=self.progress.stream, flush=True)
+                if _INTERRUPT.flag:  # Ctrl-C: let Tune stop this stage as after its own SIGINT handler
+                    _INTERRUPT.forward_to_tune()
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self.progress.finished(trial.last_result or {}, failed=False)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self.progress.finished(trial.last_result or {}, failed=True)
+
+        _StageCallback.__module__ = __name__
+        _StageCallback.__qualname__ = "_StageCallback"
+        globals()["_StageCallback"] = cls = _StageCallback
+    return cls
+
+
 class _Progress:
     """Builds the Tune callback that prints: stage, trials done / total, diverged, best so far."""
 
     def __init__(self, stage: str, total: int, stream=sys.stderr):
-        from ray.tune import Callback
-
-        progress = self
-
-        class _CB(Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                progress.finished(trial.last_result or {}, failed=False)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                progress.finished(trial.last_result or {}, failed=True)
-
-        self.callback = _CB()
+        self.callback = _stage_callback_class()(self)
         self.stage, self.total, self.stream = stage, total, stream
         self.done = self.diverged = self.failed = 0
         self.best = math.inf
@@ -185,16 +363,51 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------------ Ray set-up
+def _probe(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when the Ray cluster at ``address`` does not answer (Ray itself retries for minutes).
+
+    Args:
+        address: ``"auto"``, ``"ray://host:port"`` or ``"host:port"``.
+        timeout_s: seconds to wait for a TCP connection.
+
+    Raises:
+        StudyError: no cluster found (``auto``) or nothing accepts connections at the address.
+    """
+    from ray._private import services
+
+    target = address
+    if address == "auto":
+        try:
+            target = services.get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise StudyError("--address auto found no running Ray cluster on this machine; start one "
+                             "(ray start --head) or run without --address for a local Ray") from None
+    hostport = target.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        raise StudyError(f"the Ray cluster at {address}" + (f" ({target})" if target != address else "") +
+                         f" does not answer ({why}); start it or check the address, or run without --address "
+                         f"and RAY_ADDRESS for a local Ray") from None
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
-    """Connect to a Ray cluster, or start Ray locally bound to 127.0.0.1.
+    """Connect to a Ray cluster, or start a new local Ray bound to 127.0.0.1.
 
     Args:
         address: ``"auto"``, ``"ray://host:10001"``, ``"host:6379"``; default ``RAY_ADDRESS`` from the
-            environment, else a local Ray is started (its ports on loopback only).
+            environment, else a new local Ray is started (``address="local"``: never a cluster that a
+            ``ray start`` left on the machine, live or dead).
         num_cpus: CPUs of a local Ray (default: all).
 
     Returns:
         ``ray.cluster_resources()`` (dict, e.g. ``{"CPU": 2.0, "GPU": 1.0, ...}``).
+
+    Raises:
+        StudyError: the given address does not answer within seconds.
     """
     import ray
 
@@ -208,19 +421,61 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # No usage statistics sent to Ray's servers from a study (the study needs no network).
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        _quiet_ray_warnings()
         # The driver's GNP_STUDY_* settings reach the trial workers, also on an existing cluster.
         env = {k: v for k, v in os.environ.items() if k.startswith("GNP_STUDY_")}
         runtime_env = {"env_vars": env} if env else None
-        if address:
+        if address and address != "local":
+            _probe(address)
             ray.init(address=address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
         else:
-            # Ray turns 127.0.0.1 into the machine's address unless its single-machine mode is on
-            # (the flag Ray uses on macOS and Windows); with it every port of a local study stays on
-            # loopback.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            ray.init(_node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False,
+            _loopback_only()
+            os.environ.pop("RAY_ADDRESS", None)  # "local" must not be overridden by an empty RAY_ADDRESS
+            ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
     return ray.cluster_resources()
+
+
+def _loopback_only() -> None:
+    """Keep every listening socket of a local Ray on 127.0.0.1.
+
+    Ray replaces ``127.0.0.1`` by the machine's network address (``services.resolve_ip_for_localhost``)
+    unless its single-machine mode is on, the mode it uses on macOS and Windows
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). Ray reads the variable once, when ``ray`` is imported, into
+    ``ray_constants.ENABLE_RAY_CLUSTER``: the driver's copy is set here too, and the processes Ray starts
+    (GCS, raylet, agents, workers) inherit the variable. With the node address on loopback, Ray's gRPC
+    servers, the dashboard agent and the runtime-env agent all bind to it.
+    """
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+class _DropRayWarning:
+    """``logging`` filter dropping Ray records that read as data loss but are not (see
+    :func:`_quiet_ray_warnings`)."""
+
+    PREFIXES = ("Failed to fetch metrics for", "Stop signal received", "Experiment has been interrupted")
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(self.PREFIXES)
+
+
+def _quiet_ray_warnings() -> None:
+    """Keep Ray Tune's "Failed to fetch metrics for N trial(s): FileNotFoundError(...)" off the console,
+    and Tune's own Ctrl-C lines (they tell the user to call ``Tuner.restore``).
+
+    After a driver was killed, Tune lists every trial without a result file yet: trials that had not
+    started. The study itself counts unfinished trials and resumes them (:func:`_collect`), so the
+    warning says nothing the user must act on; on Ctrl-C the study prints its own line and how to resume.
+    """
+    import logging
+
+    for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRayWarning) for f in logger.filters):
+            logger.addFilter(_DropRayWarning())
 
 
 def check_resources(spec: StudySpec, resources: dict) -> None:
@@ -242,29 +497,45 @@ def check_resources(spec: StudySpec, resources: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ one stage
-def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None):
+def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None,
+           num_samples: int | None = None, resume_errored: bool = False):
     from ray import tune
+
+    from gnp_study.race_search import tracking_callbacks, trial_dirname, trial_name
+
+    optuna = search_alg is not None and num_samples is None
+    callbacks = callbacks + tracking_callbacks(spec.name)  # MLflow when GNP_STUDY_MLFLOW_URI is set
 
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_dict=spec.resolved()),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     exp_path = f"{storage.rstrip('/')}/{name}"
+    _stage_callback_class()  # defined before Tune unpickles the stage's callbacks
     if tune.Tuner.can_restore(str(exp_path)):
-        return tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True, resume_errored=False,
-                                  restart_errored=False, param_space=param_space)
+        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
+                                   resume_errored=resume_errored, restart_errored=False, param_space=param_space)
+        # This run's callbacks (its progress line), not the pickled ones of the run that created the stage.
+        run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+        if run_config is not None:
+            run_config.callbacks = callbacks
+        return tuner
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
-            num_samples=spec.stages.standard.num_samples if search_alg is not None else 1,
+            num_samples=(spec.stages.standard.num_samples if optuna else
+                         num_samples if num_samples is not None else 1),
             max_concurrent_trials=spec.resources.max_concurrent_trials,
             # A trial's worker process is kept for the next trial: torch and the data load once per
             # worker, not once per trial (seconds per trial for small models).
             reuse_actors=True,
-            metric="best_test_error" if search_alg is not None else None,
-            mode="min" if search_alg is not None else None,
+            metric="best_test_error" if optuna else None,
+            mode="min" if optuna else None,
+            # readable TensorBoard runs: <stage>_alpha=<a>_r=<r>_seed=<s>_<tune id> (gnp_study.race_search)
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -277,26 +548,69 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     )
 
 
-def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Turn a Tune ResultGrid into the trials and epochs tables of the study folder schema."""
+def _history(checkpoint) -> pd.DataFrame:
+    """The per-epoch metrics stored in a trial checkpoint (:data:`HISTORY_FILE`); empty if unreadable."""
+    if checkpoint is None:
+        return pd.DataFrame(columns=["epoch"])
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY_FILE}") as f:
+            return pd.DataFrame(json.loads(f.readall().decode("utf-8")), columns=None)
+    except Exception:  # an older checkpoint without the file, or one deleted since
+        return pd.DataFrame(columns=["epoch"])
+
+
+def _params(res) -> dict | None:
+    """The Tune config of a trial from its ``params.json`` (a Result without any report has no config)."""
+    try:
+        with res.filesystem.open_input_stream(f"{res.path}/params.json") as f:
+            return json.loads(f.readall().decode("utf-8"))
+    except Exception:
+        return None
+
+
+def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
+             ) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """Turn a Tune ResultGrid into the trials and epochs tables of the study folder schema.
+
+    A trial is recorded when it ended: its last report says ``completed`` or ``diverged``, or Tune gave
+    up on it after its retries (status ``failed`` with Tune's error). A trial still pending or running
+    (the stage was interrupted) is left out and counted, never recorded as failed.
+
+    A trial that Tune gave up on before its first report (its worker died while Tune was handing it
+    over: Tune then fails it without a retry) is "lost": counted, and recorded as failed only with
+    ``record_lost``.
+
+    Returns:
+        ``(trials, epochs, unfinished, lost)``: the tables of the trials that ended, how many trials of
+        the ResultGrid had not ended (lost ones included unless recorded), and how many were lost.
+    """
     trial_rows, epoch_frames = [], []
+    unfinished = lost = 0
     for res in results:
         cfg = res.config
-        if cfg is None:  # a trial Tune never started (the stage was interrupted)
+        if cfg is None and res.error is not None:
+            lost += 1
+            cfg = _params(res) if record_lost else None
+        if cfg is None:  # a trial Tune never started (the stage was interrupted), or a lost one
+            unfinished += 1
             continue
         trial = _trial_of(cfg, spec)
         df = res.metrics_dataframe
-        if df is not None and "epoch" in df.columns and len(df):
-            df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
-        else:
+        if df is None or "epoch" not in df.columns:
             df = pd.DataFrame(columns=["epoch"])
+        # Epochs the checkpoint has seen but Tune's result files lost (a driver killed before they reached
+        # storage), then Tune's results; a trial resumed from an older checkpoint reported some epochs
+        # twice, with the same numbers (training is deterministic given the checkpoint).
+        df = pd.concat([_history(res.checkpoint), df], ignore_index=True)
+        df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
         last = df.iloc[-1].to_dict() if len(df) else {}
-        status = last.get("status", "failed")
+        status = last.get("status")
         error = ""
         if res.error is not None:
             status, error = "failed", f"{type(res.error).__name__}: {res.error}"[-2000:]
-        elif status == "running":
-            status, error = "failed", _UNFINISHED
+        elif status not in _TERMINAL:  # pending, or running when the stage stopped
+            unfinished += 1
+            continue
         ep = pd.DataFrame({
             "trial_id": trial["trial_id"], "stage": stage, "config_key": trial["config_key"],
             "alpha": float(trial["config"]["alpha"]), "r": float(trial["config"]["r"]), "seed": int(trial["seed"]),
@@ -323,11 +637,11 @@ def _collect(results, stage: str, spec: StudySpec) -> tuple[pd.DataFrame, pd.Dat
         })
     trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS)
     epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)
-    return trials, epochs
+    return trials, epochs, unfinished, lost
 
 
 def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
-              name: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              name: str | None = None, races: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run (or resume) the trials of one stage as one Tune experiment.
 
     Args:
@@ -336,20 +650,77 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
         spec: the study.
         storage: Tune's ``storage_path``: ``<study folder>/ray`` as an absolute path or a URI.
         name: experiment name (default: ``stage``).
+        races: the stage's races (:func:`gnp_study.racing.stage_races`) for a racing stage: the trials are
+            suggested by a :class:`gnp_study.race_search.RaceSearcher` inside the one Tune experiment.
 
     Returns:
-        ``(trials, epochs)`` tables (study-folder schema) for exactly these trials.
+        ``(trials, epochs)`` tables (study-folder schema) for exactly these trials (a racing stage: the
+        trials its races ran).
+
+    Raises:
+        StudyInterrupted: a racing stage ended (Ctrl-C) before its races did.
     """
     from ray import tune
 
+    if races:
+        return _run_race_stage(stage, trial_configs, spec, storage, name, races)
     progress = _Progress(stage, len(trial_configs))
     space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
+    _INTERRUPT.check(f"before stage {stage!r} started")
     results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
-    trials, epochs = _collect(results, stage, spec)
+    trials, epochs, _, lost = _collect(results, stage, spec, record_lost=False)
+    for _attempt in range(max(1, spec.max_failures)):
+        if not lost or _INTERRUPT.flag:
+            break
+        # Trials Tune gave up on before their first report (also those of an earlier run): run them again.
+        progress.done, progress.failed = progress.done - lost, max(0, progress.failed - lost)
+        results = _tuner(name or stage, space, spec, storage, [progress.callback], resume_errored=True).fit()
+        trials, epochs, _, lost = _collect(results, stage, spec, record_lost=False)
+    if lost and not _INTERRUPT.flag:  # still failing before any report: recorded as failed
+        trials, epochs, _, lost = _collect(results, stage, spec, record_lost=True)
+    unfinished = len(trial_configs) - int(trials["trial_id"].isin([tc.trial_id for tc in trial_configs]).sum())
+    if unfinished or _INTERRUPT.flag:
+        # Ctrl-C (or a trial Tune did not end): Tune stopped the stage after saving a consistent experiment
+        # state; nothing of the stage is recorded or decided, the next run resumes it.
+        raise StudyInterrupted(f"stage {stage!r} was interrupted with {unfinished} of {len(trial_configs)} "
+                               f"trials unfinished; run the same command again to resume it")
     # Plan order, whatever order Tune finished or restored the trials in: the tables (and every sum
     # over seeds computed from them) are then the same for a resumed study as for an uninterrupted one.
     order = {tc.trial_id: i for i, tc in enumerate(trial_configs)}
     trials = trials.sort_values("trial_id", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    epochs = epochs.sort_values(["trial_id", "epoch"], key=lambda c: c.map(order) if c.name == "trial_id" else c,
+                                kind="stable").reset_index(drop=True)
+    return trials, epochs
+
+
+def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
+                    name: str | None, races: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`run_stage` for a racing stage: one Tune experiment whose trials a RaceSearcher suggests."""
+    from gnp_study import race_search
+    from gnp_study.results import selection
+
+    metric = selection(spec).decide_column
+    progress = _Progress(stage + " (race)", sum(r.bounds()[1] for r in races))
+    searcher = race_search.race_searcher(stage, races, trial_configs, metric, spec.max_failures)
+    _INTERRUPT.check(f"before stage {stage!r} started")
+    results = _tuner(name or stage, {}, spec, storage, [progress.callback], search_alg=searcher,
+                     num_samples=-1).fit()
+    # A trial Tune lost before its first report is suggested again by the searcher (a new Tune trial of
+    # the same trial_id); one lost every time (the searcher gave up) is recorded as failed.
+    trials, epochs, _, _ = _collect(results, stage, spec, record_lost=False)
+    t_all, e_all, _, _ = _collect(results, stage, spec, record_lost=True)
+    gave_up = ~t_all["trial_id"].isin(trials["trial_id"])
+    trials = pd.concat([trials, t_all[gave_up]], ignore_index=True) if gave_up.any() else trials
+    epochs = pd.concat([epochs, e_all[e_all["trial_id"].isin(t_all[gave_up]["trial_id"])]], ignore_index=True)
+    # a trial run twice (never expected) counts once: its last row
+    trials = trials.drop_duplicates("trial_id", keep="last")
+    missing = race_search.check_race(stage, races, trials, metric)
+    if missing or _INTERRUPT.flag:
+        raise StudyInterrupted(f"racing stage {stage!r} was interrupted before its races ended; run the same "
+                               f"command again to resume it")
+    trials = race_search.order_trials(trials, races)
+    order = {t: i for i, t in enumerate(trials["trial_id"])}
+    epochs = epochs[epochs["trial_id"].isin(order)].drop_duplicates(["trial_id", "epoch"], keep="last")
     epochs = epochs.sort_values(["trial_id", "epoch"], key=lambda c: c.map(order) if c.name == "trial_id" else c,
                                 kind="stable").reset_index(drop=True)
     return trials, epochs
@@ -379,8 +750,13 @@ def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.Dat
             space[key] = (tune.loguniform if rng.log else tune.uniform)(rng.low, rng.high)
     progress = _Progress("standard (Optuna search, seed %d)" % spec.seeds[0], st.num_samples)
     searcher = OptunaSearch(metric="best_test_error", mode="min", seed=spec.seeds[0])
+    _INTERRUPT.check("before the Optuna search of stage 1 started")
     results = _tuner("standard_search", space, spec, storage, [progress.callback], search_alg=searcher).fit()
-    trials, _ = _collect(results, "standard_search", spec)
+    trials, _, unfinished, _ = _collect(results, "standard_search", spec)
+    if unfinished or _INTERRUPT.flag or len(trials) < st.num_samples:
+        raise StudyInterrupted(f"the Optuna search of stage 1 was interrupted with "
+                               f"{st.num_samples - len(trials)} of {st.num_samples} samples unfinished; run the "
+                               f"same command again to resume it")
     ok = trials[trials["status"] == "completed"].sort_values("best_test_error", kind="stable")
     if ok.empty:
         raise StudyError("every sample of the Optuna search of stage 1 diverged or failed; narrow "
@@ -439,34 +815,6 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
                          "\nRun with --new for a fresh study folder, or --output DIR.")
 
 
-def check_checkpoints(study_dir: Path, decisions: dict) -> None:
-    """Check that every trial checkpoint of a stage still to run is a readable torch file.
-
-    A checkpoint that ``torch.save`` wrote is a zip archive; a truncated one has lost its central
-    directory. Checking before Ray starts turns a damaged file into one clear message instead of a
-    trial that fails every retry.
-
-    Raises:
-        StudyError: naming the damaged ``state.pt``.
-    """
-    import zipfile
-
-    ray_dir = study_dir / "ray"
-    if not ray_dir.is_dir():
-        return
-    for exp in sorted(ray_dir.iterdir()):
-        if exp.name.split("_")[0] in decisions:  # finished stage: its checkpoints are never read again
-            continue
-        for path in sorted(exp.rglob("state.pt")):
-            try:
-                with zipfile.ZipFile(path) as z:
-                    z.namelist()
-            except (zipfile.BadZipFile, OSError) as e:
-                raise StudyError(f"trial checkpoint {path} is damaged ({e}); delete its folder "
-                                 f"{path.parent.name} to resume that trial from its previous checkpoint, or run "
-                                 f"with --new for a fresh study folder") from None
-
-
 def lock_study(study_dir: Path):
     """Take the study folder's lock (a ``filelock.FileLock`` on ``.lock``), released at process exit.
 
@@ -486,6 +834,20 @@ def lock_study(study_dir: Path):
     return lock
 
 
+def _check_tracking(spec: StudySpec) -> None:
+    """Refuse an MLflow target (``GNP_STUDY_MLFLOW_URI``) without mlflow installed, before any trial.
+
+    Raises:
+        StudyError: the variable is set and ``mlflow`` cannot be imported.
+    """
+    from gnp_study.race_search import tracking_callbacks
+
+    try:
+        tracking_callbacks(spec.name)
+    except ImportError as e:
+        raise StudyError(str(e)) from None
+
+
 def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str | None,
                         address: str | None, trials: pd.DataFrame, epochs: pd.DataFrame, decisions: dict,
                         info: dict) -> None:
@@ -493,7 +855,7 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
     and run_info.json after each; the body of :func:`run_greedy` once the folder is checked and locked."""
     trials_path, epochs_path = study_dir / "trials.parquet", study_dir / "epochs.parquet"
     decisions_path, info_path = study_dir / "decisions.json", study_dir / "run_info.json"
-    check_checkpoints(study_dir, decisions)
+    _check_tracking(spec)
     resources = connect(address)
     check_resources(spec, resources)
     (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
@@ -503,6 +865,7 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
     for stage in STAGES:
         if stage in decisions:
             continue
+        _INTERRUPT.check(f"before stage {stage!r} started")
         t0 = time.time()
         # Rows of an interrupted stage (if any made it to disk) are rebuilt from Tune's experiment.
         trials = trials[trials["stage"] != stage]
@@ -512,13 +875,8 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
             candidates, search = run_optuna_search(spec, storage)
             write_parquet(study_dir / "search_trials.parquet", search)
         plan = protocol.plan(stage, spec, decisions, candidates)
-        t_new, e_new = run_stage(stage, plan, spec, storage)
-        unfinished = len(plan) - len(t_new) + int((t_new["error"] == _UNFINISHED).sum())
-        if unfinished:
-            # Ctrl-C: Tune stops the stage gracefully, saving a consistent experiment state, and returns
-            # the unfinished trials; nothing is decided from them.
-            raise StudyInterrupted(f"stage {stage!r} was interrupted with {unfinished} of {len(plan)} "
-                                   f"trials unfinished; run the same command again to resume it")
+        races = racing.stage_races(stage, spec, decisions) if racing.race_config(spec, stage) else None
+        t_new, e_new = run_stage(stage, plan, spec, storage, races=races)  # raises StudyInterrupted if unfinished
         trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
         epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new
         write_parquet(trials_path, trials)
@@ -560,6 +918,8 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
     Raises:
         StudyError: the folder holds another study, another driver holds it, the cluster lacks the
             resources a trial needs, or every configuration of a stage diverged or failed.
+        StudyInterrupted: Ctrl-C (SIGINT) at any moment: no stage starts after it and only stages whose
+            every trial ended are decided (the CLI exits with status 130).
     """
     uri = str(study_dir).rstrip("/") if "://" in str(study_dir) else None
     if uri:
@@ -580,6 +940,7 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         raise StudyError(f"cannot write to the study folder {study_dir}: {e.strerror}; choose another "
                          f"with --output") from None
     lock = lock_study(study_dir)
+    _INTERRUPT.install()
     try:
         check_study_folder(spec, study_dir)
         trials = read_table(study_dir / "trials.parquet", TRIAL_COLUMNS)
@@ -601,14 +962,17 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         else:  # nothing to train and no Ray: the outputs are rebuilt from the tables
             print(f"[gnp-study] every stage of {spec.name!r} is already decided in {study_dir}; rebuilding "
                   f"the outputs only", file=sys.stderr)
+        _INTERRUPT.check("after every stage was decided, before the outputs were built")
         if build_report:
             from gnp_study.report import build_outputs
 
             build_outputs(study_dir)
         if uri:
             _upload(study_dir, uri)
+        _INTERRUPT.check("while the outputs were built (every stage is decided)")
         return decisions
     finally:
+        _INTERRUPT.uninstall()
         lock.release()
 
 

@@ -288,10 +288,38 @@ def _unique_finite(values: list[float], name: str, positive: bool = False, bound
     return values
 
 
+class RaceSpec(_Strict):
+    """A racing stage (``stages.sam.race`` / ``stages.gnp.race``): candidates raced over seeds and dropped by
+    a paired test against the best (F-Race, Birattari et al. 2002; see :mod:`gnp_study.racing`). Absent:
+    the fixed protocol (every candidate on every seed)."""
+
+    first_block: int = Field(2, ge=2, description="seeds every candidate runs before the first test")
+    block: int = Field(1, ge=1, description="seeds added to every survivor after each test")
+    level: float = Field(0.05, gt=0, lt=1, description="family-wise significance level of one block's "
+                                                       "eliminations (not GNP's alpha)")
+    correction: Literal["holm", "bonferroni"] = "holm"
+    max_trials: int | None = Field(None, gt=0, description="trial budget of one race (default: candidates x "
+                                                           "seeds, the fixed protocol's count)")
+    extra_seeds: list[int] = Field(default_factory=list, description="seeds after the study's seeds that "
+                                                                     "survivors may get within max_trials")
+    lookahead: int = Field(1, ge=0, description="next-block trials that may start before a block's test")
+
+    @field_validator("extra_seeds")
+    @classmethod
+    def _extra_seeds(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate seeds in {v}")
+        bad = [s for s in v if not 0 <= s < 2**63]
+        if bad:
+            raise ValueError(f"seeds must be in [0, 2**63), got {bad}")
+        return v
+
+
 class SamStage(_Strict):
     """Stage 2 (alpha = 1, SAM): the grid of perturbation radii r."""
 
     r: list[float] = Field(default_factory=lambda: list(PAPER_R))
+    race: RaceSpec | None = None
 
     @field_validator("r")
     @classmethod
@@ -309,6 +337,7 @@ class GnpStage(_Strict):
     figure2_r: list[float] = Field(default_factory=list, description="r values with a Figure-2 panel")
     figure3_alpha: list[float] | None = Field(
         None, description="alphas drawn in Figure 3 (default: B_b values in the grid plus 0.8)")
+    race: RaceSpec | None = None
 
     @field_validator("alpha")
     @classmethod
@@ -419,6 +448,16 @@ class StudySpec(_Strict):
             if absent:
                 raise ValueError(f"stages.gnp.figure3_alpha {absent} are not run in stage 3 "
                                  f"(alpha + alpha_extra: {run})")
+        for stage in ("sam", "gnp"):
+            race = getattr(self.stages, stage).race
+            if race is None:
+                continue
+            both = sorted(set(race.extra_seeds) & set(self.seeds))
+            if both:
+                raise ValueError(f"stages.{stage}.race.extra_seeds {both} are already in seeds")
+            if race.first_block > len(self.seeds) + len(race.extra_seeds):
+                raise ValueError(f"stages.{stage}.race.first_block is {race.first_block} but the race has only "
+                                 f"{len(self.seeds) + len(race.extra_seeds)} seeds")
         missing = [r for r in self.stages.gnp.figure2_r if r not in self.stages.sam.r]
         if missing:
             raise ValueError(f"stages.gnp.figure2_r {missing} must be values of stages.sam.r "
@@ -444,6 +483,9 @@ class StudySpec(_Strict):
         for key in ("validation", "label_noise"):  # unset: left out, so folders of older versions resume
             if d["data"][key] is None:
                 del d["data"][key]
+        for stage in ("sam", "gnp"):  # likewise a stage without a race
+            if d["stages"][stage]["race"] is None:
+                del d["stages"][stage]["race"]
         return d
 
 

@@ -48,6 +48,8 @@ from gnp_study.spec import StudySpec
 
 #: Environment variable used by the tests to inject failures into trials (see :func:`_maybe_fail`).
 FAULT_ENV = "GNP_STUDY_FAULT"
+#: Test hook: a file to which every start of :func:`train_trial` appends one JSON line (see :func:`_log_start`).
+START_LOG_ENV = "GNP_STUDY_START_LOG"
 
 _BASE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
@@ -127,6 +129,25 @@ def _maybe_fail(trial: dict, epoch: int, resumed: bool) -> None:
             raise RuntimeError(f"injected failure at epoch {epoch} (every attempt)")
         if kind == "kill" and not resumed:
             os.kill(os.getpid(), 9)
+
+
+def _log_event(event: str, trial: dict, epoch: int, finished: bool) -> None:
+    """Test hook: with ``GNP_STUDY_START_LOG=<file>`` append ``{"event", "trial_id", "epoch", "finished",
+    "pid"}`` as one JSON line (one ``O_APPEND`` write). ``event`` is ``"start"`` whenever a trial starts or
+    resumes (``epoch``: the epoch of the checkpoint it resumes from, 0 from scratch; ``finished``: that
+    checkpoint is the trial's last, nothing is trained) or ``"end"`` after its last report."""
+    path = os.environ.get(START_LOG_ENV)
+    if not path:
+        return
+    import json
+
+    line = json.dumps({"event": event, "trial_id": trial["trial_id"], "epoch": epoch, "finished": finished,
+                       "pid": os.getpid()}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def _snapshot(obj):
@@ -292,6 +313,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
 
     start_epoch, best = 0, math.inf
     best_val, test_at_best_val = math.inf, math.nan  # validation selection (NaN/inf without a split)
+    history: list[dict] = []  # every epoch's metrics, kept in each checkpoint
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         opt.load_state_dict(resume_state["optimizer"])
@@ -302,14 +324,22 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
         # checkpoints written before validation splits existed lack these (paper mode: no split)
         best_val = resume_state.get("best_val_error", math.inf)
         test_at_best_val = resume_state.get("test_error_at_best_val", math.nan)
-        if start_epoch >= t["epochs"]:
-            # Finished before the driver went down: report the final epoch again, train nothing.
-            m = dict(resume_state["metrics"])
-            for k in ("val_loss", "val_error", "best_val_error", "test_error_at_best_val"):
-                m.setdefault(k, math.nan)
-            report(m, None)
-            return TrialResult("completed", start_epoch, m["best_test_error"], m["test_error"], None,
+        history = list(resume_state.get("history", []))
+    finished = resume_state is not None and (start_epoch >= t["epochs"]
+                                             or resume_state["metrics"].get("status") == "diverged")
+    _log_event("start", trial, start_epoch, finished)
+    if finished:
+        # Ended before the driver went down: report the last epoch again, train nothing.
+        m = dict(resume_state["metrics"])
+        for k in ("val_loss", "val_error", "best_val_error", "test_error_at_best_val"):
+            m.setdefault(k, math.nan)
+        report(m, None)
+        _log_event("end", trial, start_epoch, True)
+        if m.get("status") == "diverged":
+            return TrialResult("diverged", start_epoch, m["best_test_error"], m["test_error"], start_epoch,
                                m["best_val_error"], m["test_error_at_best_val"])
+        return TrialResult("completed", start_epoch, m["best_test_error"], m["test_error"], None,
+                           m["best_val_error"], m["test_error_at_best_val"])
     node = socket.gethostname()
     last_test = math.nan
     for epoch in range(start_epoch + 1, t["epochs"] + 1):
@@ -385,8 +415,11 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
             "diverged_epoch": epoch if diverged else math.nan,
             "node": node,
         }
+        history.append(dict(metrics))
         state = None
-        if not diverged and (done or epoch % spec.checkpoint_every == 0):
+        # A diverged trial checkpoints too: resumed after a driver restart, it reports its end again
+        # instead of training again.
+        if done or epoch % spec.checkpoint_every == 0:
             state = _snapshot({
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
@@ -398,8 +431,11 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
                 "best_val_error": best_val,
                 "test_error_at_best_val": test_at_best_val,
                 "metrics": metrics,
+                "history": history,
             })
         report(metrics, state)
+        if done:
+            _log_event("end", trial, epoch, True)
         if diverged:
             return TrialResult("diverged", epoch, metrics["best_test_error"], last_test, epoch,
                                metrics["best_val_error"], test_at_best_val)

@@ -117,6 +117,24 @@ def test_report_error_bars_option(tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_plan_gives_the_race_bounds(tmp_path, capsys):
+    import yaml
+
+    from gnp_study.spec import find_study
+
+    raw = yaml.safe_load(find_study("digits").read_text())
+    raw["stages"]["sam"]["race"] = {"first_block": 2}
+    raw["stages"]["gnp"]["race"] = {"first_block": 3, "max_trials": 60, "extra_seeds": [4, 5]}
+    (tmp_path / "race.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(tmp_path / "race.yaml")]) == 0
+    out = capsys.readouterr().out
+    # digits: 5 r x 4 seeds = 20 fixed; fewest 5 x 2 = 10. Stage 3: 17 alphas at up to 3 r (best r not a
+    # Figure-2 r): fixed 17 x 4 x 3 = 204; fewest 17 x 3 x 3 = 153; most min(60, 17 x 6) x 3 = 180.
+    assert "race sam        : 10..20 trials instead of 20" in out
+    assert "race gnp        : 153..180 trials instead of 204" in out
+    assert "stages 2-3     : 163..200 trials racing, 224 with the fixed protocol" in out
+
+
 @pytest.mark.parametrize("kind, how", [("symmetric", "one of the other classes"), ("pairflip", "c + 1")])
 def test_label_noise_is_stated_in_console_results_and_report(tmp_path, kind, how):
     """A study with noisy training labels says so (fraction, kind, seed, clean test labels) in the console

@@ -408,3 +408,38 @@ def test_figure2_in_validation_mode_shows_the_reported_column(tmp_path):
     assert "test error at best validation epoch" in fig.get_suptitle()
     text = render_report(s.path, tmp_path / "r.html").read_text(encoding="utf-8")
     assert 'class="mode validation"' in text and "optimistic by construction" not in text
+
+
+def test_figure2_and_tables_show_candidates_the_race_eliminated(tmp_path):
+    from gnp_study.report import ELIMINATED_LABEL, build_outputs
+
+    s = make_study(tmp_path / "s")
+    t = s.trials
+    at = (t["stage"] == "gnp") & np.isclose(t["r"], 0.05) & np.isclose(t["alpha"], 0.3)
+    key = t[at]["config_key"].iloc[0]
+    kept = t[~(at & (t["seed"] == 2))]  # the race ran seeds 0 and 1 only
+    kept.to_parquet(s.path / "trials.parquet", index=False)
+    dec = json.loads((s.path / "decisions.json").read_text())
+    dec["gnp"]["race"] = {"trials_run": 50, "fixed_trials": 51, "test": "one-sided paired t-test, holm",
+                          "races": [{"name": "gnp r=0.05", "end_reason": "all seeds", "n_seeds": 3, "candidates": {
+                              key: {"alpha": 0.3, "r": 0.05, "selectable": True, "seeds_run": 2,
+                                    "status": "eliminated", "block": 1, "n_seeds": 2, "reason": "test",
+                                    "reference": "x", "n_pairs": 2, "diff": 0.5, "p": 0.001, "threshold": 0.005}}}]}
+    (s.path / "decisions.json").write_text(json.dumps(dec))
+    fig = figure2(load_study(s.path))
+    ax = fig.axes[FIGURE2_R.index(0.05)]
+    (tri,) = [ln for ln in ax.get_lines() if ln.get_marker() == "^"]
+    assert [round(float(x), 6) for x in tri.get_xdata()] == [0.3]
+    ok = kept[at.loc[kept.index] & (kept["status"] == "completed")]
+    assert tri.get_ydata()[0] == pytest.approx(ok["best_test_error"].mean())
+    assert tri.get_markerfacecolor() == "white"
+    assert "2 seeds" in [tx.get_text() for tx in ax.texts]
+    assert ELIMINATED_LABEL in [tx.get_text() for tx in fig.legends[0].get_texts()]
+    # the other panel has no eliminated candidate
+    assert not [ln for ln in fig.axes[FIGURE2_R.index(0.1)].get_lines() if ln.get_marker() == "^"]
+    build_outputs(s.path)
+    md = (s.path / "results.md").read_text()
+    assert "## Race" in md and "2% fewer" in md  # 50 of 51
+    (row,) = [ln for ln in md.splitlines() if ln.startswith("| gnp ") and "eliminated" in ln]
+    assert "| 0.3 " in row and "| 0.001 " in row
+    assert 'id="race"' in (s.path / "report.html").read_text()

@@ -77,7 +77,14 @@ def test_non_finite_loss_ends_the_trial_as_diverged():
     assert res.status == "diverged" and res.diverged_epoch == 1
     m = reports[-1][0]
     assert m["status"] == "diverged" and m["diverged_epoch"] == 1
-    assert reports[-1][1] is None  # no checkpoint of a diverged model
+    # its end is checkpointed: a trial resumed from it (after a driver restart) reports the same end again
+    # and trains nothing
+    state = reports[-1][1]
+    assert state is not None and state["metrics"]["status"] == "diverged"
+    res2, again = run(spec(lr=1e12, momentum=0.0, weight_decay=0.0, lr_schedule="constant"), trial(alpha=-0.5),
+                      resume=state)
+    assert res2.status == "diverged" and res2.diverged_epoch == 1
+    assert [m for m, _ in again] == [m]
 
 
 def test_gradient_norm_past_the_study_bound_is_diverged():

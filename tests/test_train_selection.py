@@ -163,12 +163,13 @@ def test_tables_carry_the_validation_columns():
                            "grad_norm": 1.0, "lr": 0.1, "epoch_time_s": 1.0, "val_error": val,
                            "val_loss": [0.4 if v == v else math.nan for v in val],
                            "status": ["running"] * (n - 1) + ["completed"], "node": "n"})
-        return SimpleNamespace(config={"trial": t}, metrics_dataframe=df, error=None)
+        return SimpleNamespace(config={"trial": t}, metrics_dataframe=df, error=None, checkpoint=None)
 
     s = spec()
     # epochs 2 and 4 tie on validation (10.0): the earliest (2, test 7.0) is the one reported
-    trials, epochs = _collect([result(0, [12.0, 10.0, 11.0, 10.0], [8.0, 7.0, 5.0, 6.0]),
-                               result(1, [math.nan] * 3, [9.0, 8.0, 8.5])], "sam", s)
+    trials, epochs, unfinished, lost = _collect([result(0, [12.0, 10.0, 11.0, 10.0], [8.0, 7.0, 5.0, 6.0]),
+                                                 result(1, [math.nan] * 3, [9.0, 8.0, 8.5])], "sam", s)
+    assert unfinished == lost == 0
     assert list(trials.columns) == TRIAL_COLUMNS and list(epochs.columns) == EPOCH_COLUMNS
     row = trials.set_index("seed")
     assert row.loc[0, "best_val_error"] == 10.0 and row.loc[0, "test_error_at_best_val"] == 7.0

@@ -1,0 +1,205 @@
+"""Ray Tune side of racing stages and of live tracking (imports Ray; the race itself is
+:mod:`gnp_study.racing`).
+
+:class:`RaceSearcher` is a Tune ``Searcher``: Tune asks it for the next trial whenever a worker is free
+(with a custom searcher Tune keeps one trial pending at a time), and it answers with the next
+(configuration, seed) the race wants, a trial of the next block started ahead of the block test
+(``race.lookahead``, leader first), ``None`` (wait for results) or ``Searcher.FINISHED``. Every ended trial
+comes back through ``on_trial_complete``; the race state is never stored as such: the searcher keeps the
+table of ended trials (config_key, seed, status, value) and the trials in flight, and recomputes the race
+from that table with :func:`gnp_study.racing.replay`. Tune saves that table with every experiment snapshot
+(``save``) and gives it back on ``Tuner.restore`` (``restore``), so a killed race resumes where its last
+snapshot was, and the stage's trials table rebuilds the same race for the decision.
+
+:func:`trial_name` / :func:`trial_dirname` give every Tune trial a readable name (stage, alpha, r, seed):
+Tune's TensorBoard logger writes each trial's event file into its folder, so ``tensorboard --logdir
+<study>/ray`` lists runs such as ``sam/sam_alpha=1_r=0.05_seed=0_3f2a1_00004``. :func:`tracking_callbacks`
+adds Ray Tune's MLflow logger callback when ``GNP_STUDY_MLFLOW_URI`` is set (optional extra ``mlflow``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+
+import pandas as pd
+from ray.tune.search import Searcher
+
+from gnp_study import racing
+from gnp_study.protocol import TrialConfig
+
+#: Environment variable naming an MLflow tracking URI (``file:///path/mlruns``, ``http://host:5000``); unset:
+#: no MLflow logging.
+MLFLOW_ENV = "GNP_STUDY_MLFLOW_URI"
+_TERMINAL = ("completed", "diverged")
+
+
+class RaceSearcher(Searcher):
+    """Suggests the trials of one stage's races as results arrive (see the module docstring).
+
+    Args:
+        stage: ``"sam"`` or ``"gnp"``.
+        races: the stage's races (:func:`gnp_study.racing.stage_races`), deciding race first.
+        configs: config_key -> configuration dict (every candidate of every race).
+        metric: the decision column a trial reports (``best_test_error`` or ``best_val_error``).
+    """
+
+    def __init__(self, stage: str, races: list, configs: dict, metric: str, retries: int = 2):
+        super().__init__(metric=None, mode=None)
+        self.stage, self.races, self.configs, self.metric_column = stage, list(races), dict(configs), metric
+        self.retries = int(retries)
+        self.rows: list[dict] = []  # ended trials: config_key, seed, status, value
+        self.live: dict[str, tuple] = {}  # Tune trial id -> (config_key, seed) in flight
+        self.lost: dict[tuple, int] = {}  # (config_key, seed) -> Tune errors before any report
+
+    # ---------------------------------------------------------------------------------- state
+    def results(self) -> pd.DataFrame:
+        """The ended trials as a :func:`gnp_study.racing.results_frame`-shaped table."""
+        return pd.DataFrame(self.rows, columns=["config_key", "seed", "status", "value"])
+
+    def states(self) -> list:
+        """The :class:`gnp_study.racing.RaceState` of every race, from the ended trials."""
+        res = self.results()
+        return [racing.replay(r, res) for r in self.races]
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    # ---------------------------------------------------------------------------------- Tune API
+    def suggest(self, trial_id: str):
+        states = self.states()
+        ended = {(r["config_key"], r["seed"]) for r in self.rows}
+        busy = set(self.live.values())
+        for st in states:
+            for t in st.wanted:
+                if t not in ended and t not in busy:
+                    return self._start(trial_id, t)
+        wanted = {t for st in states for t in st.wanted}
+        for st in states:
+            ahead = sum(1 for t in busy if t not in wanted and t[0] in st.race.candidates)
+            for t in st.lookahead:
+                if ahead >= st.race.config.lookahead:
+                    break
+                if t not in ended and t not in busy:
+                    return self._start(trial_id, t)
+        if all(st.finished for st in states) or not self.live:
+            # finished; or nothing runs and nothing can start (never expected: a race with no trial in
+            # flight has all its block's results, so it has tested or finished)
+            return Searcher.FINISHED
+        return None
+
+    def _start(self, trial_id: str, t: tuple) -> dict:
+        self.live[trial_id] = t
+        key, seed = t
+        return {"trial": TrialConfig(self.stage, dict(self.configs[key]), int(seed)).to_dict()}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        t = self.live.get(trial_id)
+        if t is None:
+            return
+        status = (result or {}).get("status")
+        if error and not (result or {}).get("epoch"):
+            # Tune gave up before the trial's first report (its worker died while Tune handed it over):
+            # not the configuration's fault; suggested again, recorded as failed only after `retries` more
+            del self.live[trial_id]
+            self.lost[t] = self.lost.get(t, 0) + 1
+            if self.lost[t] <= self.retries:
+                return
+            status = "failed"
+        elif error:
+            status = "failed"
+        elif status not in _TERMINAL:
+            # stopped before its end (Ctrl-C): Tune restores and resumes it; it stays in flight
+            return
+        self.live.pop(trial_id, None)
+        value = (result or {}).get(self.metric_column, math.nan) if status == "completed" else math.nan
+        self.rows = [r for r in self.rows if (r["config_key"], r["seed"]) != t]
+        self.rows.append({"config_key": t[0], "seed": int(t[1]), "status": status,
+                          "value": float(value) if value is not None else math.nan})
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"rows": self.rows, "live": self.live, "lost": self.lost}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.rows, self.live = list(state["rows"]), dict(state["live"])
+        self.lost = dict(state.get("lost", {}))
+
+
+def race_searcher(stage: str, races: list, trial_configs: list[TrialConfig], metric: str,
+                  retries: int = 2) -> RaceSearcher:
+    """A :class:`RaceSearcher` for a stage whose fixed plan is ``trial_configs``; ``retries``: how often a
+    trial Tune lost before its first report is suggested again (the study's ``max_failures``)."""
+    return RaceSearcher(stage, races, {tc.config_key: tc.config for tc in trial_configs}, metric, retries)
+
+
+def check_race(stage: str, races: list, trials: pd.DataFrame, metric: str) -> int:
+    """How many trials the stage's races still want, from the stage's collected trials table (0: every race
+    finished and every trial it asked for ended)."""
+    res = racing.results_frame(trials, metric)
+    ended = set(zip(res["config_key"], res["seed"]))
+    missing = 0
+    for race in races:
+        st = racing.replay(race, res)
+        missing += len(st.missing(ended)) + (0 if st.finished else 1)
+    return missing
+
+
+def order_trials(trials: pd.DataFrame, races: list) -> pd.DataFrame:
+    """A race stage's trials in a fixed order (race, candidate in grid order, seed in race order), whatever
+    order Tune ran or restored them in."""
+    pos = {}
+    for i, race in enumerate(races):
+        for j, k in enumerate(race.candidates):
+            for m, s in enumerate(race.seeds):
+                pos[(k, int(s))] = (i, j, m)
+    key = [pos.get((k, int(s)), (len(races), 0, 0)) for k, s in zip(trials["config_key"], trials["seed"])]
+    order = sorted(range(len(trials)), key=lambda i: key[i])
+    return trials.iloc[order].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------- tracking
+def _fields(trial) -> tuple[str, str, str, str]:
+    cfg = getattr(trial, "config", None) or {}
+    t = cfg.get("trial")
+    if t is not None:
+        c = t["config"]
+        return t["stage"], f"{float(c['alpha']):g}", f"{float(c['r']):g}", str(t["seed"])
+    return "standard_search", "0", "0", "search"
+
+
+def trial_name(trial) -> str:
+    """Tune trial name: ``"<stage> alpha=<a> r=<r> seed=<s>"`` (``tune.TuneConfig.trial_name_creator``)."""
+    stage, a, r, s = _fields(trial)
+    return f"{stage} alpha={a} r={r} seed={s}"
+
+
+def trial_dirname(trial) -> str:
+    """Tune trial folder name (and TensorBoard run name): ``"<stage>_alpha=<a>_r=<r>_seed=<s>_<tune id>"``;
+    Tune's trial id keeps two runs of the same trial (a stage restarted from scratch) apart
+    (``tune.TuneConfig.trial_dirname_creator``)."""
+    stage, a, r, s = _fields(trial)
+    return f"{stage}_alpha={a}_r={r}_seed={s}_{trial.trial_id}"
+
+
+def tracking_callbacks(experiment_name: str) -> list:
+    """Ray Tune's ``MLflowLoggerCallback`` (per-epoch metrics and the trial's config, one MLflow run per
+    trial, experiment ``experiment_name``) when ``GNP_STUDY_MLFLOW_URI`` is set; else ``[]``.
+
+    Raises:
+        ImportError: the variable is set but ``mlflow`` is not installed (``pip install 'gnp-study[mlflow]'``).
+    """
+    uri = os.environ.get(MLFLOW_ENV)
+    if not uri:
+        return []
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{MLFLOW_ENV} is set but mlflow is not installed; pip install 'gnp-study[mlflow]' "
+                          f"or unset {MLFLOW_ENV}") from None
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment_name, save_artifact=False)]

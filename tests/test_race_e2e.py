@@ -1,0 +1,182 @@
+"""A racing study through the real CLI and real Ray Tune: the races' trials and decisions agree with the
+race rebuilt from the trials table, a diverging candidate is eliminated after its first block, the report
+shows the race, and TensorBoard's event files hold every trial's per-epoch test error under its readable
+name (stage, alpha, r, seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from gnp_study import racing
+from gnp_study.spec import load_spec
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT_S = 800
+
+RACE = {
+    "name": "tinyrace",
+    "data": {"dataset": "digits", "augmentation": "none"},
+    "model": {"name": "small_cnn"},
+    "training": {"epochs": 2, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    "stages": {
+        "standard": {"space": {"lr": [0.05]}},
+        "sam": {"r": [0.05, 0.1], "race": {"first_block": 2}},
+        # alpha = -100 (an extra, figure only) mixes 101 g1 - 100 g2: its first-epoch training loss is ~10,
+        # above divergence.max_loss (every other configuration is near 2): a diverged candidate
+        "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [-100.0], "figure2_r": [0.05], "race": {"first_block": 2}},
+    },
+    "divergence": {"max_loss": 5.0},
+    "seeds": [0, 1, 2],
+    "resources": {"cpus_per_trial": 1},
+    "max_failures": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def race_run(ray_head, tmp_path_factory):
+    d = tmp_path_factory.mktemp("race")
+    study = d / "race.yaml"
+    study.write_text(yaml.safe_dump(RACE))
+    out = d / "study"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "gnp_study", "run", "greedy", str(study), "--output", str(out),
+                             "--address", ray_head], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        text, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate()
+        pytest.fail(f"the racing study did not finish within {RUN_TIMEOUT_S}s:\n{text[-3000:]}")
+    assert proc.returncode == 0, text[-4000:]
+    return study, out, text
+
+
+def test_race_trials_and_decisions_agree_with_the_rebuilt_race(race_run):
+    study, out, _ = race_run
+    spec = load_spec(study)
+    trials = pd.read_parquet(out / "trials.parquet")
+    decisions = json.loads((out / "decisions.json").read_text())
+    assert not trials["trial_id"].duplicated().any()
+    for stage in ("sam", "gnp"):
+        t = trials[trials["stage"] == stage]
+        res = racing.results_frame(t, "best_test_error")
+        ran = set(zip(res["config_key"], res["seed"]))
+        for race in racing.stage_races(stage, spec, decisions):
+            st = racing.replay(race, res)
+            assert st.finished
+            assert set(st.wanted) <= ran  # every trial the race asked for ran once
+            # beyond them at most `lookahead` trials per block test started ahead
+            extra = {x for x in ran if x[0] in race.candidates} - set(st.wanted)
+            assert len(extra) <= len(st.tests) * race.config.lookahead
+        dec = decisions[stage]
+        assert "race" in dec and dec["race"]["trials_run"] == len(t)
+        survivors = {k for r in dec["race"]["races"] for k, c in r["candidates"].items() if c["status"] == "survivor"}
+        assert dec["config_key"] in survivors
+
+
+def test_diverging_candidate_is_eliminated_after_its_first_block(race_run):
+    _, out, _ = race_run
+    trials = pd.read_parquet(out / "trials.parquet")
+    gnp = trials[trials["stage"] == "gnp"]
+    bad = gnp[gnp["alpha"] == -100.0]
+    assert len(bad) and (bad["status"] == "diverged").all(), bad[["r", "seed", "status"]]
+    races = json.loads((out / "decisions.json").read_text())["gnp"]["race"]["races"]
+    for race in races:  # one race per r of stage 3
+        (cand,) = [c for c in race["candidates"].values() if c["alpha"] == -100.0]
+        assert cand["status"] == "eliminated" and cand["block"] == 1 and cand["reason"] == "diverged"
+        assert cand["n_seeds"] == 2 and cand["seeds_run"] == int((bad["r"] == cand["r"]).sum()) <= 3
+    # a race that ended with every seed gave its survivors all 3
+    for race in races:
+        if race["end_reason"] == "all seeds":
+            assert {c["seeds_run"] for c in race["candidates"].values() if c["status"] == "survivor"} == {3}
+
+
+def test_report_shows_the_race(race_run):
+    _, out, _ = race_run
+    md = (out / "results.md").read_text()
+    assert "Race" in md and "eliminated" in md
+    assert "Race" in (out / "report.html").read_text()
+
+
+def test_tensorboard_has_every_trials_test_error_under_its_readable_name(race_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out, _ = race_run
+    trials = pd.read_parquet(out / "trials.parquet")
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(trials) > 0
+    for row in trials.itertuples():
+        prefix = f"{row.stage}_alpha={row.alpha:g}_r={row.r:g}_seed={row.seed}_"
+        dirs = [p for p in (out / "ray" / row.stage).iterdir() if p.is_dir() and p.name.startswith(prefix)]
+        assert len(dirs) == 1, (prefix, [p.name for p in (out / "ray" / row.stage).iterdir()])
+        ea = EventAccumulator(str(dirs[0]))
+        ea.Reload()
+        tags = ea.Tags()["scalars"]
+
+        def logged(tag):
+            return {int(e.step): e.value for e in ea.Scalars(tag)} if tag in tags else {}
+
+        ep = epochs[epochs["trial_id"] == row.trial_id].set_index("epoch")
+        assert len(ep) == row.epochs_run > 0
+        # Tune's step is the report count: one report per epoch; an epoch whose test error is NaN (the
+        # epoch a trial diverged is not evaluated) has no point, Tune's logger skips NaN
+        for tag, col in (("ray/tune/test_error", "test_error"), ("ray/tune/train_loss", "train_loss")):
+            want = ep[col].dropna()
+            got = logged(tag)
+            assert sorted(got) == sorted(int(e) for e in want.index), (dirs[0].name, tag)
+            for epoch, v in want.items():
+                assert got[int(epoch)] == pytest.approx(v, rel=1e-5, abs=1e-3)  # event files store float32
+        if row.status == "completed":
+            assert len(logged("ray/tune/test_error")) == row.epochs_run
+
+
+def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
+    """SIGKILL the driver in the middle of stage 2's race, run again: the race is rebuilt (Tune's snapshot
+    and the searcher's table of ended trials) and ends with the same trials and numbers as without the kill."""
+    import time
+
+    study, ref_out, _ = race_run
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "gnp_study", "run", "greedy", str(study), "--output", str(out), "--address", ray_head]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + RUN_TIMEOUT_S
+    killed = False
+    for line in proc.stdout:  # ends when the driver's output closes
+        if "stage sam (race): 3/" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert killed, "the driver never reached the third trial of stage 2"
+    assert not (out / "decisions.json").exists() or "sam" not in json.loads((out / "decisions.json").read_text())
+    again = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=RUN_TIMEOUT_S)
+    assert again.returncode == 0, again.stdout[-4000:]
+    ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id")
+    got = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    assert not got.index.duplicated().any()
+    assert sorted(got.index) == sorted(ref.index)
+    cols = ["status", "best_test_error", "epochs_run"]
+    pd.testing.assert_frame_equal(got.loc[ref.index, cols], ref[cols])
+    d_ref = json.loads((ref_out / "decisions.json").read_text())
+    d_got = json.loads((out / "decisions.json").read_text())
+    for stage in ("sam", "gnp"):
+        assert d_got[stage]["config_key"] == d_ref[stage]["config_key"]
+        assert d_got[stage]["race"]["races"] == d_ref[stage]["race"]["races"]
