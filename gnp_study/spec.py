@@ -288,6 +288,16 @@ def _unique_finite(values: list[float], name: str, positive: bool = False, bound
     return values
 
 
+def _check_seed_list(v: list[int]) -> list[int]:
+    """Seeds are distinct and in [0, 2**63) (what torch.manual_seed accepts); raises ValueError naming them."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"duplicate seeds in {v}")
+    bad = [s for s in v if not 0 <= s < 2**63]
+    if bad:
+        raise ValueError(f"seeds must be in [0, 2**63), got {bad}")
+    return v
+
+
 class RaceSpec(_Strict):
     """A racing stage (``stages.sam.race`` / ``stages.gnp.race``): candidates raced over seeds and dropped by
     a paired test against the best (F-Race, Birattari et al. 2002; see :mod:`gnp_study.racing`). Absent:
@@ -307,12 +317,7 @@ class RaceSpec(_Strict):
     @field_validator("extra_seeds")
     @classmethod
     def _extra_seeds(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate seeds in {v}")
-        bad = [s for s in v if not 0 <= s < 2**63]
-        if bad:
-            raise ValueError(f"seeds must be in [0, 2**63), got {bad}")
-        return v
+        return _check_seed_list(v)
 
 
 class SamStage(_Strict):
@@ -420,12 +425,7 @@ class StudySpec(_Strict):
     def _seeds(cls, v):
         if not v:
             raise ValueError("at least one seed is needed")
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate seeds in {v}")
-        bad = [s for s in v if not 0 <= s < 2**63]
-        if bad:
-            raise ValueError(f"seeds must be in [0, 2**63), got {bad}")
-        return v
+        return _check_seed_list(v)
 
     @model_validator(mode="after")
     def _cross(self):
