@@ -76,7 +76,7 @@ ERROR_BARS = ("ci", "std")
 #: Legend text of each kind of error bar.
 ERROR_BAR_LABELS = {"ci": "95% CI of the mean over seeds (Student t)", "std": "± 1 std over seeds"}
 #: Legend text of the ring drawn around the chosen alpha and the alphas not distinguishable from it.
-TIED_LABEL = "chosen alpha and alphas tied with it\n(paired 95% CI of the difference includes 0)"
+TIED_LABEL = ("chosen alpha and alphas tied with it\n(paired 95% CI of the difference in the error\nstage 3 decides on includes 0)")
 #: The paper's extra alpha set B_b (Section 4.1, parameter study), used when the spec has no
 #: figure3_alpha.
 B_B_DEFAULT = (1.1, 1.2, 1.3, 1.5, 2.0)

@@ -443,6 +443,8 @@ def results_table(
     pct = gnp_vs_sam_percent(*df["mean"].tolist())
     df["gnp_vs_sam_pct"] = [float("nan"), float("nan"), pct]
     df.attrs["gnp_vs_sam_stated"] = bool(df["improvement_resolved"].iloc[1:].all())
+    gs = comps[("GNP", "SAM")]
+    df.attrs["gnp_minus_sam_resolved"] = bool(gs is not None and gs.resolved)
     df.attrs["gnp_vs_sam_pct"] = pct
     if paper is not None:
         ref = _paper_rows(paper)
@@ -543,6 +545,8 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
         cands = dec.get("candidates") or []
         eligible = [c for c in cands if (c.get("n") or 0) > 0]
         chosen = _configuration_text(stage, dec)
+        # A stage compares the error it decides on: the validation error in validation mode.
+        on = " on validation error" if dec.get("metric") == "best_val_error" else ""
         pb = next((c.get("prob_best") for c in cands if c.get("config_key") == dec.get("config_key")), None)
         text = f"{name} stage: chose {chosen}"
         if pb is not None:
@@ -553,13 +557,13 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
             ru = next((c for c in cands if c.get("config_key") == margin.get("runner_up")), {})
             ru_text = _candidate_text(stage, ru) if ru else "the runner-up"
             if (mp.get("n") or 0) >= 2:
-                text += (f"; runner-up {ru_text} is {fmt_signed(mp.get('diff'))} points worse, paired 95% CI "
+                text += (f"; runner-up {ru_text} is {fmt_signed(mp.get('diff'))} points worse{on}, paired 95% CI "
                          f"{fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over {mp.get('n')} "
                          f"seeds")
             else:
                 text += f"; runner-up {ru_text}: fewer than 2 paired seeds, no CI"
         n_ind = len(dec.get("indistinguishable") or [])
-        text += (f"; not distinguishable from it at 95%: {n_ind} of the other {max(len(eligible) - 1, 0)} "
+        text += (f"; not distinguishable from it at 95%{on}: {n_ind} of the other {max(len(eligible) - 1, 0)} "
                  f"candidates" if eligible else "")
         lines.append(text)
     return lines
@@ -642,8 +646,9 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         return "" if not math.isfinite(float(v)) else f"{float(v):.0f}%"
 
     stated = table.attrs.get("gnp_vs_sam_stated", True)
-    measured_pct = [pct(v) if stated or not math.isfinite(float(v)) else "not stated (not resolved)"
-                    for v in table["gnp_vs_sam_pct"]]
+    noise = "" if table.attrs.get("gnp_minus_sam_resolved", True) else " (within the noise: GNP − SAM not resolved)"
+    measured_pct = [(pct(v) + (noise if math.isfinite(float(v)) else "")) if stated or not math.isfinite(float(v))
+                    else "not stated (not resolved)" for v in table["gnp_vs_sam_pct"]]
 
     out = pd.DataFrame(
         {
@@ -999,7 +1004,8 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
         "",
         "Differences are in percentage points of test error, paired seed by seed (the same seed gives the "
         "same initial weights and data order in every configuration); negative means the first has the lower "
-        "error. Resolved: the 95% CI of the paired difference excludes 0.",
+        "error. Resolved: the 95% CI of the paired difference excludes 0. The stage lines compare the error "
+        "each stage decides on (the validation error in validation mode, as they say).",
         "",
     ]
     lines += [f"- {v}" for v in verdicts[1:]]

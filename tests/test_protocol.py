@@ -283,3 +283,20 @@ def test_count_trials_with_other_seed_counts():
     assert count_trials(spec, n_seeds=1)["sam"] == 5
     with pytest.raises(ProtocolError, match="seeds"):
         count_trials(spec, n_seeds=0)
+
+
+def test_stage_lines_in_validation_mode_say_they_compare_validation_error():
+    """A stage decided on validation error states its margin as a validation-error difference."""
+    from gnp_study.results import stage_certainty_lines
+
+    spec = make_spec(seeds=[0, 1, 2])
+    a, b = {"lr": 0.05, "alpha": 1.0, "r": 0.05}, {"lr": 0.05, "alpha": 1.0, "r": 0.1}
+    df = rows("sam", [(a, 0, "completed", 1.0), (a, 1, "completed", 1.2), (a, 2, "completed", 1.1),
+                      (b, 0, "completed", 2.0), (b, 1, "completed", 2.2), (b, 2, "completed", 2.4)])
+    df["best_val_error"] = [5.0, 5.2, 5.1, 3.0, 3.1, 3.3]
+    df["test_error_at_best_val"] = [1.5, 1.6, 1.4, 2.5, 2.6, 2.4]
+    (line,) = stage_certainty_lines({"sam": decide("sam", df, _validation_spec(spec))})
+    # runner-up r=0.05 is worse by the mean paired validation-error difference (5.1 - 3.133...)
+    assert "r=0.05 is +1.97 points worse on validation error" in line
+    (paper_line,) = stage_certainty_lines({"sam": decide("sam", df, spec)})
+    assert "on validation error" not in paper_line and "r=0.1 is +1.10 points worse," in paper_line

@@ -242,7 +242,7 @@ def test_load_study_not_a_study(tmp_path):
 
 from scipy import stats as sps  # noqa: E402
 
-from gnp_study.results import comparisons, selection, verdict_lines  # noqa: E402
+from gnp_study.results import comparisons, display_table, selection, study_results_table, verdict_lines  # noqa: E402
 
 
 def _set_errors(path, stage, key, errors):
@@ -388,3 +388,13 @@ def test_percentage_says_when_gnp_minus_sam_is_within_the_noise(tmp_path, gnp_mi
     line = [ln for ln in verdict_lines(st) if "than SAM's (" in ln]
     assert len(line) == 1
     assert ("within the noise" in line[0]) == (not resolved)
+
+
+def test_percentage_cell_warns_when_gnp_minus_sam_is_not_resolved(tmp_path):
+    """The table's "GNP vs SAM improvement" cell carries the GNP − SAM verdict when it is stated."""
+    paper = load_study(make_study(tmp_path / "p").path)
+    table = study_results_table(paper)
+    cells = display_table(table)["GNP vs SAM improvement"].tolist()
+    resolved = comparisons(paper.trials, paper.decisions)[("GNP", "SAM")].resolved
+    assert table.attrs["gnp_vs_sam_stated"]
+    assert ("within the noise" in cells[2]) == (not resolved)
