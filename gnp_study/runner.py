@@ -417,7 +417,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
         # Tune's own console tables would interleave with the study's progress line (verbose=0 alone
         # does not silence the new output engine).
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # Trials checkpoint every epoch by design (resume loses at most one epoch): no warning for it.
+        # Trials may checkpoint every epoch (checkpoint_every: 1, resume loses at most one epoch): no warning.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # No usage statistics sent to Ray's servers from a study (the study needs no network).
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
