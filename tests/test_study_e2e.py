@@ -318,7 +318,8 @@ def _snapshot_running_trials(exp_dir: Path) -> dict[str, str]:
         last = meta.get("last_result") or {}
         if trial.get("status") in ("RUNNING", "PENDING", "PAUSED") and last.get("checkpoint_dir_name") \
                 and last.get("status") == "running":
-            tdir = [d for d in exp_dir.iterdir() if d.is_dir() and d.name.startswith(f"_trainable_{trial['trial_id']}_")]
+            # trial folders are named by gnp_study.race_search.trial_dirname: "<stage>_alpha=..._seed=S_<tune id>"
+            tdir = [d for d in exp_dir.iterdir() if d.is_dir() and d.name.endswith(f"_{trial['trial_id']}")]
             if tdir:
                 out[tdir[0].name] = last["checkpoint_dir_name"]
     return out
@@ -342,6 +343,7 @@ def test_trial_whose_snapshot_checkpoint_is_gone_resumes_from_storage(reference,
             if running:
                 break
         time.sleep(0.05)
+    assert proc.poll() is None, "the study ended before a snapshot held a running trial with a checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert running, "no snapshot with a running trial and a checkpoint"
