@@ -247,3 +247,18 @@ def make_study(
         paper_df = pd.DataFrame(PAPER_ROWS, columns=["scheme", "mean", "std"])
         paper_df.to_csv(root / "paper_reference.csv", index=False)
     return SyntheticStudy(root, trials, epochs, decisions, spec, paper_df, tuple(stages))
+
+
+def make_validation_study(path: Path):
+    """:func:`make_study` in validation mode: study.yaml gets ``data.validation`` and the trials the two
+    validation columns (``best_val_error`` = best test error + 1.0, ``test_error_at_best_val`` = best test
+    error + 0.5)."""
+    s = make_study(path)
+    spec = yaml.safe_load((s.path / "study.yaml").read_text())
+    spec["data"]["validation"] = {"size": 200, "seed": 3}
+    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    t = pd.read_parquet(s.path / "trials.parquet")
+    t["best_val_error"] = t["best_test_error"] + 1.0
+    t["test_error_at_best_val"] = t["best_test_error"] + 0.5
+    t.to_parquet(s.path / "trials.parquet", index=False)
+    return s

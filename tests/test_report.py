@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from study_fixtures import B_B, DIVERGED_ALPHA, FIGURE2_R, make_study  # noqa: E402
+from study_fixtures import B_B, DIVERGED_ALPHA, FIGURE2_R, make_study, make_validation_study  # noqa: E402
 
 from gnp_study.report import (  # noqa: E402
     COLORS,
@@ -391,14 +391,8 @@ def test_report_shows_the_decisions_certainty(tmp_path):
 
 
 def test_figure2_in_validation_mode_shows_the_reported_column(tmp_path):
-    s = make_study(tmp_path / "v")
-    spec = yaml.safe_load((s.path / "study.yaml").read_text())
-    spec["data"]["validation"] = {"size": 200, "seed": 3}
-    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    s = make_validation_study(tmp_path / "v")
     t = pd.read_parquet(s.path / "trials.parquet")
-    t["best_val_error"] = t["best_test_error"] + 1.0
-    t["test_error_at_best_val"] = t["best_test_error"] + 0.5
-    t.to_parquet(s.path / "trials.parquet", index=False)
     fig = figure2(load_study(s.path))
     ax = fig.axes[0]
     ok = t[(t["config_key"] == s.decisions["standard"]["config_key"]) & (t["status"] == "completed")]

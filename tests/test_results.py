@@ -16,7 +16,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from study_fixtures import PAPER_ROWS, make_study  # noqa: E402
+from study_fixtures import PAPER_ROWS, make_study, make_validation_study  # noqa: E402
 
 from gnp_study.results import (  # noqa: E402
     StudyFolderError,
@@ -308,17 +308,7 @@ def test_one_seed_table_says_na(tmp_path):
 
 
 def _validation_study(tmp_path):
-    """A synthetic study in validation mode: study.yaml gets data.validation and the trials the two
-    validation columns (test_error_at_best_val = best test error + 0.5, best_val_error made up)."""
-    s = make_study(tmp_path / "v")
-    spec = yaml.safe_load((s.path / "study.yaml").read_text())
-    spec["data"]["validation"] = {"size": 200, "seed": 3}
-    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    t = pd.read_parquet(s.path / "trials.parquet")
-    t["best_val_error"] = t["best_test_error"] + 1.0
-    t["test_error_at_best_val"] = t["best_test_error"] + 0.5
-    t.to_parquet(s.path / "trials.parquet", index=False)
-    return s
+    return make_validation_study(tmp_path / "v")
 
 
 def test_validation_mode_reports_the_test_error_at_best_val(tmp_path):
