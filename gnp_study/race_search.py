@@ -8,8 +8,10 @@
 comes back through ``on_trial_complete``; the race state is never stored as such: the searcher keeps the
 table of ended trials (config_key, seed, status, value) and the trials in flight, and recomputes the race
 from that table with :func:`gnp_study.racing.replay`. Tune saves that table with every experiment snapshot
-(``save``) and gives it back on ``Tuner.restore`` (``restore``), so a killed race resumes where its last
-snapshot was, and the stage's trials table rebuilds the same race for the decision.
+(``save``) and gives it back on ``Tuner.restore`` (``restore``); on restore the table is also rebuilt from
+the trials Tune restored (``rebuild``, the truth if Tune's saved searcher state is older or damaged), so a
+killed race resumes where its last snapshot was, and the stage's trials table rebuilds the same race for
+the decision.
 
 :func:`trial_name` / :func:`trial_dirname` give every Tune trial a readable name (stage, alpha, r, seed):
 Tune's TensorBoard logger writes each trial's event file into its folder, so ``tensorboard --logdir
@@ -75,9 +77,11 @@ class RaceSearcher(Searcher):
             for t in st.wanted:
                 if t not in ended and t not in busy:
                     return self._start(trial_id, t)
-        wanted = {t for st in states for t in st.wanted}
         for st in states:
-            ahead = sum(1 for t in busy if t not in wanted and t[0] in st.race.candidates)
+            # race.lookahead counts the next block's trials started before this block's test, running or
+            # ended: one that ends early does not free a place for another (at most `lookahead` trials
+            # per test are wasted on candidates the test eliminates)
+            ahead = sum(1 for t in st.lookahead if t in busy or t in ended)
             for t in st.lookahead:
                 if ahead >= st.race.config.lookahead:
                     break
@@ -117,6 +121,29 @@ class RaceSearcher(Searcher):
         self.rows = [r for r in self.rows if (r["config_key"], r["seed"]) != t]
         self.rows.append({"config_key": t[0], "seed": int(t[1]), "status": status,
                           "value": float(value) if value is not None else math.nan})
+
+    def rebuild(self, trials: list) -> None:
+        """Rebuild the table of ended trials and the trials in flight from the trials Tune restored.
+
+        Called at a stage's first step, before Tune asks for a trial: Tune's saved searcher state can be
+        older than its experiment state or missing (a driver killed while Tune copied them to storage,
+        see :func:`gnp_study.runner._set_aside_damaged_state`), while the restored trials are what Tune will
+        run. Each ended trial is replayed through :meth:`on_trial_complete` in Tune's order, so the table is
+        the one an uninterrupted run builds; unfinished trials are in flight (Tune resumes them).
+
+        Args:
+            trials: Tune's ``Trial`` objects of the stage (``config["trial"]`` as :meth:`suggest` made it,
+                ``status``, ``last_result``).
+        """
+        self.rows, self.live, self.lost = [], {}, {}
+        for trial in trials:
+            tc = (trial.config or {}).get("trial")
+            if not tc:
+                continue
+            tc = TrialConfig.from_dict(tc)
+            self.live[trial.trial_id] = (tc.config_key, int(tc.seed))
+            if trial.status in ("TERMINATED", "ERROR"):
+                self.on_trial_complete(trial.trial_id, trial.last_result or {}, error=trial.status == "ERROR")
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

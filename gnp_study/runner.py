@@ -292,6 +292,88 @@ def _repair_restore_point(trial) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------- Tune's snapshot on restore
+#: Tune's saved experiment state, one file per driver session (``<prefix><session>.<ext>``): Tune reads the
+#: newest file of each kind on ``Tuner.restore``. ``experiment_state`` is JSON, the others are pickles.
+_STATE_KINDS = {"experiment": ("experiment_state-", ".json"), "search_gen": ("search_gen_state-", ".json"),
+                "searcher": ("searcher-state-", ".pkl"), "variant": ("basic-variant-state-", ".json"),
+                "callbacks": ("callback-states-", ".pkl")}
+#: Folder (inside a stage's experiment folder) where unreadable state files are moved, never deleted.
+DAMAGED_STATE_DIR = "damaged-state"
+
+
+def _state_file_loads(path: Path) -> bool:
+    """Whether Tune can read the saved-state file ``path`` (a complete JSON document or pickle)."""
+    import ray.cloudpickle as cloudpickle
+
+    try:
+        data = path.read_bytes()
+        if path.name.startswith(_STATE_KINDS["experiment"][0]):
+            json.loads(data)
+        else:
+            cloudpickle.loads(data)
+        return True
+    except Exception:  # empty, truncated, or otherwise unreadable
+        return False
+
+
+def _set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False) -> str | None:
+    """Make the saved state Tune is about to restore from ``exp_dir`` a complete, consistent snapshot.
+
+    Tune writes its experiment snapshot (experiment state, search algorithm state) into a local staging
+    folder and copies it to storage in a background thread; a driver killed during that copy leaves a
+    truncated or empty file on storage (``EOFError: Ran out of input`` or a JSON error when Tune restores,
+    after which Tune restarts the stage with part of its state). Before Tune reads them, this function
+    picks the newest driver session whose experiment state loads and whose search-algorithm files (of the
+    kinds the stage has) are present and load, and moves every file that does not load, and every file of
+    a newer session, into ``<exp_dir>/damaged-state/``: Tune then restores that session's snapshot. With
+    ``searcher_rebuilt`` (a racing stage, whose :class:`gnp_study.race_search.RaceSearcher` is rebuilt from
+    the trials Tune restores), the search-algorithm files need not belong to the chosen session.
+    When no session has a readable experiment state (or Tune's ``tuner.pkl`` does not load), all state
+    files and ``tuner.pkl`` are moved and the stage starts again as a new experiment in the same folder.
+
+    Args:
+        exp_dir: a stage's experiment folder on local storage (``<study>/ray/<stage>``).
+        searcher_rebuilt: whether the stage's searcher state is rebuilt from Tune's trials.
+
+    Returns:
+        A one-line note saying what was moved and where the stage resumes from, or ``None`` when every
+        file was kept.
+    """
+    files: dict[str, dict[str, Path]] = {}
+    for kind, (prefix, ext) in _STATE_KINDS.items():
+        for path in exp_dir.glob(f"{prefix}*{ext}"):
+            files.setdefault(kind, {})[path.name[len(prefix):-len(ext)]] = path
+    tuner_pkl = exp_dir / "tuner.pkl"
+    if not tuner_pkl.exists():
+        return None  # not a Tune experiment Tune would restore
+    ok = {path: _state_file_loads(path) for by_session in files.values() for path in by_session.values()}
+    required = [k for k in ("variant",) + (() if searcher_rebuilt else ("search_gen", "searcher")) if k in files]
+    chosen = None
+    for session in sorted(files.get("experiment", {}), reverse=True):
+        if ok[files["experiment"][session]] and all(ok.get(files[k].get(session), False) for k in required):
+            chosen = session
+            break
+    if chosen is not None and not _state_file_loads(tuner_pkl):
+        chosen = None
+    move = [p for p, good in ok.items() if not good]
+    move += [p for by_session in files.values() for s, p in by_session.items()
+             if (chosen is None or s > chosen) and p not in move]
+    if chosen is None:
+        move.append(tuner_pkl)  # Tune restores whenever it exists (Tuner.can_restore): a new experiment
+    if not move:
+        return None
+    dest = exp_dir / DAMAGED_STATE_DIR
+    dest.mkdir(exist_ok=True)
+    for path in move:
+        os.replace(path, dest / path.name)
+    names = ", ".join(sorted(p.name for p in move))
+    where = (f"it resumes from Tune's snapshot of session {chosen}" if chosen is not None else
+             "no complete snapshot is left, so the stage's trials start again")
+    return (f"Tune's saved state in {exp_dir} was incomplete (a driver stopped while Tune copied it to "
+            f"storage): moved {names} to {dest}; {where}")
+
+
 # ------------------------------------------------------------------------------------------- progress
 def _stage_callback_class():
     """The Tune callback class of a stage (built once, on first use, so that importing this module does not
@@ -314,6 +396,9 @@ def _stage_callback_class():
             def on_step_begin(self, iteration, trials, **info):
                 if self.first_step:  # restored trials are known, none has started: check restore points
                     self.first_step = False
+                    searcher = getattr(self.progress, "searcher", None)
+                    if searcher is not None:  # a racing stage: its table from the restored trials
+                        searcher.rebuild(trials)
                     for t in trials:
                         note = _repair_restore_point(t)
                         if note:
@@ -339,6 +424,7 @@ class _Progress:
     def __init__(self, stage: str, total: int, stream=sys.stderr):
         self.callback = _stage_callback_class()(self)
         self.stage, self.total, self.stream = stage, total, stream
+        self.searcher = None  # a racing stage's RaceSearcher (rebuilt at the first step)
         self.done = self.diverged = self.failed = 0
         self.best = math.inf
         self.t0 = time.time()
@@ -501,7 +587,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
            num_samples: int | None = None, resume_errored: bool = False):
     from ray import tune
 
-    from gnp_study.race_search import tracking_callbacks, trial_dirname, trial_name
+    from gnp_study.race_search import RaceSearcher, tracking_callbacks, trial_dirname, trial_name
 
     optuna = search_alg is not None and num_samples is None
     callbacks = callbacks + tracking_callbacks(spec.name)  # MLflow when GNP_STUDY_MLFLOW_URI is set
@@ -512,6 +598,13 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     )
     exp_path = f"{storage.rstrip('/')}/{name}"
     _stage_callback_class()  # defined before Tune unpickles the stage's callbacks
+    race = isinstance(search_alg, RaceSearcher)
+    if tune.Tuner.can_restore(str(exp_path)):
+        local = exp_path[len("file://"):] if exp_path.startswith("file://") else exp_path
+        if "://" not in local:  # object stores upload each file whole; a local copy can be cut short
+            note = _set_aside_damaged_state(Path(local), searcher_rebuilt=race)
+            if note:
+                print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
     if tune.Tuner.can_restore(str(exp_path)):
         tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
                                    resume_errored=resume_errored, restart_errored=False, param_space=param_space)
@@ -519,6 +612,11 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
         run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
         if run_config is not None:
             run_config.callbacks = callbacks
+        tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+        if race and tune_config is not None:
+            # This run's RaceSearcher: the stage callback rebuilds its table from the trials Tune restores
+            # (RaceSearcher.rebuild), whatever state file Tune found.
+            tune_config.search_alg = search_alg
         return tuner
     return tune.Tuner(
         trainable,
@@ -702,6 +800,7 @@ def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpe
     metric = selection(spec).decide_column
     progress = _Progress(stage + " (race)", sum(r.bounds()[1] for r in races))
     searcher = race_search.race_searcher(stage, races, trial_configs, metric, spec.max_failures)
+    progress.searcher = searcher  # rebuilt from Tune's restored trials at the stage's first step
     _INTERRUPT.check(f"before stage {stage!r} started")
     results = _tuner(name or stage, {}, spec, storage, [progress.callback], search_alg=searcher,
                      num_samples=-1).fit()

@@ -180,3 +180,75 @@ def test_trial_lost_before_its_first_report_is_run_again_before_it_is_recorded(t
     assert (unfinished, lost) == (0, 1) and len(epochs) == 0
     assert got["trial_id"].tolist() == [trial["trial_id"]] and got["status"].tolist() == ["failed"]
     assert got["error"].iloc[0] == "RuntimeError: actor died" and got["epochs_run"].iloc[0] == 0
+
+
+def _state_files(exp, session, kinds, damaged=()):
+    """Tune's saved-state files of one driver session; the kinds in ``damaged`` are cut short (empty or
+    half a file), as a driver killed while Tune copied them to storage leaves them."""
+    import pickle
+
+    names = {"experiment": f"experiment_state-{session}.json", "search_gen": f"search_gen_state-{session}.json",
+             "searcher": f"searcher-state-{session}.pkl", "variant": f"basic-variant-state-{session}.json"}
+    for kind in kinds:
+        data = (json.dumps({"trial_data": [], "runner_data": {}}).encode() if kind == "experiment"
+                else pickle.dumps({"counter": 3, "session": session}))
+        if kind in damaged:
+            data = data[: len(data) // 2] if kind == "experiment" else b""
+        (exp / names[kind]).write_bytes(data)
+    if not (exp / "tuner.pkl").exists():  # written once, when the stage's experiment is created
+        (exp / "tuner.pkl").write_bytes(pickle.dumps({"tuner": "state"}))
+    return [exp / names[k] for k in kinds]
+
+
+def test_damaged_searcher_state_of_a_race_is_set_aside_and_the_snapshot_kept(tmp_path):
+    """The failure CI saw: the driver killed while Tune copied its snapshot left an empty
+    search_gen_state file (EOFError: Ran out of input on restore). A racing stage rebuilds its searcher
+    from the trials, so only the unreadable files move; the experiment state stays."""
+    exp, old, new = tmp_path, "2026-11-30_09-00-00", "2026-11-30_10-00-00"
+    kept = _state_files(exp, old, ["experiment", "search_gen", "searcher"])
+    e_new, g_new, s_new = _state_files(exp, new, ["experiment", "search_gen", "searcher"], damaged=("search_gen",))
+    note = runner._set_aside_damaged_state(exp, searcher_rebuilt=True)
+    assert note and g_new.name in note and f"session {new}" in note
+    assert not g_new.exists() and (exp / runner.DAMAGED_STATE_DIR / g_new.name).read_bytes() == b""
+    assert e_new.exists() and s_new.exists() and all(p.exists() for p in kept)
+
+
+def test_damaged_newest_session_rolls_back_to_the_older_complete_one(tmp_path):
+    """A grid stage needs its generator state from the same session as its experiment state: a newest
+    session with a cut experiment state, or with a cut or missing generator state, is moved whole."""
+    exp = tmp_path
+    kept = _state_files(exp, "a1", ["experiment", "variant"])
+    moved = _state_files(exp, "a2", ["experiment", "variant"], damaged=("variant",))
+    moved += _state_files(exp, "a3", ["experiment"])  # its generator state never reached storage
+    moved += _state_files(exp, "a4", ["experiment", "variant"], damaged=("experiment",))
+    note = runner._set_aside_damaged_state(exp)
+    assert "session a1" in note
+    assert all(p.exists() for p in kept)
+    assert not any(p.exists() for p in moved)
+    assert sorted(p.name for p in (exp / runner.DAMAGED_STATE_DIR).iterdir()) == sorted(p.name for p in moved)
+
+
+def test_no_complete_session_moves_every_state_file_and_the_stage_starts_again(tmp_path):
+    files = _state_files(tmp_path, "b1", ["experiment", "search_gen", "searcher"], damaged=("searcher",))
+    note = runner._set_aside_damaged_state(tmp_path)  # an Optuna stage: its searcher state is needed
+    # tuner.pkl goes too: Tune restores whenever it exists, and would fail without an experiment state
+    assert "start again" in note and not any(p.exists() for p in files) and not (tmp_path / "tuner.pkl").exists()
+    assert len(list((tmp_path / runner.DAMAGED_STATE_DIR).iterdir())) == 4
+
+
+def test_a_cut_tuner_pickle_or_a_stage_killed_before_its_first_snapshot_starts_again(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    files = _state_files(a, "d1", ["experiment", "variant"])
+    (a / "tuner.pkl").write_bytes(b"")
+    assert "start again" in runner._set_aside_damaged_state(a)
+    assert not any(p.exists() for p in files + [a / "tuner.pkl"])
+    (b / "tuner.pkl").write_bytes(b"\x80\x04N.")  # no snapshot reached storage before the kill
+    assert "start again" in runner._set_aside_damaged_state(b) and not (b / "tuner.pkl").exists()
+
+
+def test_complete_snapshots_are_left_alone(tmp_path):
+    files = _state_files(tmp_path, "c1", ["experiment", "variant"]) + _state_files(tmp_path, "c2", ["experiment", "variant"])
+    assert runner._set_aside_damaged_state(tmp_path) is None
+    assert all(p.exists() for p in files) and (tmp_path / "tuner.pkl").exists()
+    assert not (tmp_path / runner.DAMAGED_STATE_DIR).exists()

@@ -50,6 +50,20 @@ def test_suggests_the_first_block_then_one_ahead_then_waits():
     assert suggested(s, "t7") is None
 
 
+def test_a_trial_started_ahead_that_ends_early_does_not_free_its_place():
+    """race.lookahead counts the next block's trials started before the block test, not those running:
+    the leader's seed-2 trial ending while the block still runs does not start another candidate's."""
+    s = searcher(lookahead=1)
+    for i in range(6):
+        suggested(s, f"t{i}")
+    assert suggested(s, "t6") == ("A", 2)
+    done(s, "t6", 1.0)  # ended before any trial of the first block
+    assert suggested(s, "t7") is None
+    for tid, v in zip([f"t{i}" for i in range(6)], [1, 2, 2, 3, 3, 1]):  # the block test: B eliminated
+        done(s, tid, v)
+    assert suggested(s, "t8") == ("C", 2)  # the next block: A's seed 2 already ran
+
+
 def test_eliminates_and_finishes_as_results_arrive():
     s = searcher(lookahead=0)
     for i in range(6):
@@ -94,6 +108,44 @@ def test_state_saved_and_restored_continues_the_same_race(tmp_path):
     (st,) = r.states()
     assert {NAME[k] for k in st.eliminated} == {"B"}
     assert suggested(r, "t6") == ("A", 2)
+
+
+def _tune_trials(s, statuses: dict) -> list:
+    """Tune's restored trials for the trials ``s`` suggested: Tune status and last result per trial id."""
+    from types import SimpleNamespace
+
+    out = []
+    for tid, (key, seed) in s.live.items():
+        status, result = statuses.get(tid, ("PENDING", {}))
+        config = {"trial": {"stage": "sam", "config": CFG[NAME[key]], "seed": seed}}
+        out.append(SimpleNamespace(trial_id=tid, config=config, status=status, last_result=result))
+    return out
+
+
+def test_rebuilt_from_the_restored_trials_when_the_saved_state_is_older():
+    """A killed driver can leave Tune's saved searcher state older than its experiment state (or none):
+    the table is rebuilt from the trials Tune restored, and the race goes on as if uninterrupted."""
+    live = searcher()
+    for i in range(6):
+        suggested(live, f"t{i}")
+    trials = _tune_trials(live, {})  # every trial Tune knows, before any ended
+    ends = {"t0": 1, "t1": 2, "t2": 2, "t3": 3}
+    for tid, v in ends.items():
+        done(live, tid, v)
+    live.on_trial_complete("t5", {"epoch": 1, "status": "running"}, error=True)  # C seed 1 failed
+    for t in trials:
+        if t.trial_id in ends:
+            t.status, t.last_result = "TERMINATED", {"status": "completed", "best_test_error": ends[t.trial_id]}
+        elif t.trial_id == "t5":
+            t.status, t.last_result = "ERROR", {"epoch": 1, "status": "running"}
+    stale = searcher()  # what an old or missing state file gives: nothing ended, nothing in flight
+    stale.rebuild(trials)
+    assert sorted(map(str, stale.rows)) == sorted(map(str, live.rows)) and stale.live == live.live
+    assert stale.live == {"t4": (KEY["C"], 0)}  # unfinished: Tune resumes it, it is not suggested again
+    # the same next suggestions as the uninterrupted searcher's, never a trial that already ended
+    assert [suggested(stale, f"u{i}") for i in range(3)] == [suggested(live, f"u{i}") for i in range(3)]
+    ended = {(NAME[r["config_key"]], r["seed"]) for r in stale.rows}
+    assert not ended & {suggested(stale, "v")} - {None}
 
 
 def test_readable_trial_names():
