@@ -182,11 +182,33 @@ def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
     ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id")
     got = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
     assert not got.index.duplicated().any()
-    assert sorted(got.index) == sorted(ref.index)
-    cols = ["status", "best_test_error", "epochs_run"]
-    pd.testing.assert_frame_equal(got.loc[ref.index, cols], ref[cols])
     d_ref = json.loads((ref_out / "decisions.json").read_text())
     d_got = json.loads((out / "decisions.json").read_text())
+    # Every trial a race wanted (its blocks up to each test) ran in both, with the same numbers. Beyond
+    # them, which trials started ahead of a block test (race.lookahead) depends on which worker was free
+    # when: such trials may differ between two runs, killed or not, and are then never wanted by the race.
+    spec = load_spec(study)
+    wanted = set()
+    for stage in ("sam", "gnp"):
+        res = racing.results_frame(ref[ref["stage"] == stage].reset_index(), "best_test_error")
+        for race in racing.stage_races(stage, spec, d_ref):
+            wanted |= set(racing.replay(race, res).wanted)
+    key = lambda t: (t["config_key"], int(t["seed"]))  # noqa: E731
+    ref_w = {i for i, t in ref.iterrows() if key(t) in wanted}
+    assert ref_w and ref_w <= set(got.index)
+    cols = ["status", "best_test_error", "epochs_run"]
+    common = sorted(set(ref.index) & set(got.index))
+    pd.testing.assert_frame_equal(got.loc[common, cols], ref.loc[common, cols])
+    assert all(key(t) not in wanted for i, t in pd.concat([ref, got]).iterrows() if i not in common)
+
+    def timing_free(races):  # the races without the counts of trials started ahead
+        races = json.loads(json.dumps(races))
+        for r in races:
+            r.pop("trials_run")
+            for c in r["candidates"].values():
+                c.pop("seeds_run")
+        return races
+
     for stage in ("sam", "gnp"):
         assert d_got[stage]["config_key"] == d_ref[stage]["config_key"]
-        assert d_got[stage]["race"]["races"] == d_ref[stage]["race"]["races"]
+        assert timing_free(d_got[stage]["race"]["races"]) == timing_free(d_ref[stage]["race"]["races"])
