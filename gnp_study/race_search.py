@@ -14,7 +14,7 @@ killed race resumes where its last snapshot was, and the stage's trials table re
 the decision.
 
 :func:`trial_name` / :func:`trial_dirname` give every Tune trial a readable name (stage, alpha, r, seed):
-Tune's TensorBoard logger writes each trial's event file into its folder, so ``tensorboard --logdir
+the TensorBoard logger (:class:`EpochTensorBoardLogger`) writes each trial's event file into its folder, so ``tensorboard --logdir
 <study>/ray`` lists runs such as ``sam/sam_alpha=1_r=0.05_seed=0_3f2a1_00004``. :func:`tracking_callbacks`
 adds Ray Tune's MLflow logger callback when ``GNP_STUDY_MLFLOW_URI`` is set (optional extra ``mlflow``).
 """
@@ -25,7 +25,10 @@ import math
 import os
 import pickle
 
+import numpy as np
 import pandas as pd
+from ray.tune.logger import TBXLoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS, TRAINING_ITERATION
 from ray.tune.search import Searcher
 
 from gnp_study import racing
@@ -210,6 +213,52 @@ def trial_dirname(trial) -> str:
     (``tune.TuneConfig.trial_dirname_creator``)."""
     stage, a, r, s = _fields(trial)
     return f"{stage}_alpha={a}_r={r}_seed={s}_{trial.trial_id}"
+
+
+class EpochTensorBoardLogger(TBXLoggerCallback):
+    """Ray Tune's TensorBoard logger, lighter: the same event file per trial (in the trial's folder, tags
+    ``ray/tune/<metric>``, step = Tune's ``training_iteration``, i.e. the epoch for a trial reporting every
+    epoch, hyper-parameters at the trial's end) holding only the metrics the trial reported, and flushed by
+    tensorboardX's writer every 30 s and when the trial ends instead of after every result.
+
+    Tune's own ``TBXLoggerCallback`` also writes its bookkeeping (times, pid, iteration counters: about 25
+    scalars per result where a trial reports 13) and flushes the file (``fsync``) after every result; in a
+    study of short trials that is the driver's largest cost per result, and a trial waits for it at each
+    ``tune.report`` (benchmarks/README.md, issue 10). Passing an instance in ``RunConfig.callbacks`` keeps
+    Tune from adding its own (Tune adds a TensorBoard logger only when none is given).
+
+    Source: ``ray.tune.logger.TBXLoggerCallback`` (Ray 2.60), of which this overrides ``log_trial_result``.
+    """
+
+    #: Result keys Tune fills in itself, not logged (``ray.tune.result.AUTO_RESULT_KEYS`` and the config).
+    SKIP = frozenset(AUTO_RESULT_KEYS) | {"config", "done", "should_checkpoint", "checkpoint_dir_name"}
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        """Add the trial's numeric, non-NaN reported metrics of ``result`` as scalars at step
+        ``result["training_iteration"]``; no flush."""
+        if trial not in self._trial_writer:
+            self.log_trial_start(trial)
+        writer = self._trial_writer[trial]
+        step = result[TRAINING_ITERATION]
+        logged = {}
+        for key, value in result.items():
+            if key in self.SKIP or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                continue
+            if math.isnan(value):
+                continue
+            tag = f"ray/tune/{key}"
+            writer.add_scalar(tag, value, global_step=step)
+            logged[tag] = value
+        self._trial_result[trial] = logged  # what Tune's logger keeps for the hyper-parameter table at the end
+
+
+def tensorboard_callbacks() -> list:
+    """``[EpochTensorBoardLogger()]``, or ``[]`` when ``tensorboardX`` is not installed (then Tune writes no
+    TensorBoard files either)."""
+    try:
+        return [EpochTensorBoardLogger()]
+    except ImportError:
+        return []
 
 
 def tracking_callbacks(experiment_name: str) -> list:
