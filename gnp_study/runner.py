@@ -181,90 +181,8 @@ def _trial_of(config: dict, spec: StudySpec) -> dict:
     return TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
 
 
-class BackgroundReports:
-    """Hands a trial's results to Ray Tune from a background thread, so that training does not wait for Tune's
-    driver between epochs.
-
-    A Tune function trainable reports synchronously: ``tune.report`` blocks the training loop until the
-    driver has taken the result, run its logger callbacks and asked for the next one (a few milliseconds
-    per report on an idle 2-core machine, more under load; benchmarks/README.md, issue 10). Here a report
-    without a checkpoint is queued and sent by one background thread, in order, while the next epoch
-    trains; a report with a checkpoint waits until every earlier report and the checkpoint have been sent,
-    so a checkpoint is on storage when training goes on (resume loses no more than before) and the trial's
-    last report (always with a checkpoint in this project) is delivered before the trial function returns.
-    The numbers reported do not change, only when Tune sees them.
-
-    Args:
-        send: ``send(metrics, checkpoint)``: ``tune.report`` in a trial; a function of the same signature in
-            tests.
-        max_pending: reports queued at most; a full queue makes the training thread wait (a slow driver
-            holds training back instead of being buried).
-
-    Stopping: when Tune asks the trial to stop, ``tune.report`` raises ``SystemExit(0)`` in the sending
-    thread; the next :meth:`report` (or :meth:`close`) raises ``SystemExit(0)`` in the training thread, which
-    Tune takes as a trial that stopped without error. An exception of ``send`` is raised by the next
-    :meth:`report` or :meth:`close` in the training thread.
-    """
-
-    def __init__(self, send, max_pending: int = 64):
-        import queue
-
-        self._send = send
-        self._queue: "queue.Queue" = queue.Queue(maxsize=max_pending)
-        self._stopped = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gnp-study-reports", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                if not self._stopped and self._error is None:
-                    self._send(*item)
-            except SystemExit:  # Tune stopped the trial (its session's stop event)
-                self._stopped = True
-            except BaseException as e:  # raised in the training thread by the next report()/close()
-                self._error = e
-            finally:
-                self._queue.task_done()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._stopped:
-            raise SystemExit(0)
-
-    def report(self, metrics: dict, checkpoint=None) -> None:
-        """Queue ``metrics`` (and ``checkpoint``, a ``tune.Checkpoint``); with a checkpoint, return only
-        once it and every earlier report were sent.
-
-        Raises:
-            SystemExit: ``SystemExit(0)`` once Tune has stopped the trial.
-            Exception: whatever an earlier send raised.
-        """
-        self._raise()
-        self._queue.put((metrics, checkpoint))
-        if checkpoint is not None:
-            self._queue.join()
-            self._raise()
-
-    def close(self) -> None:
-        """Send what is queued, end the thread, and raise what a send raised (as :meth:`report`)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._raise()
-
-
 def _trainable(config: dict, spec_dict: dict) -> None:
-    """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample.
-
-    Epochs are reported through :class:`BackgroundReports` (the trial does not wait for Tune's driver
-    between epochs); a checkpoint is written every ``checkpoint_every`` epochs and at the trial's end.
-    """
+    """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample."""
     import ray
     import torch
     from ray import tune
@@ -281,29 +199,20 @@ def _trainable(config: dict, spec_dict: dict) -> None:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=True)
     node = ray.get_runtime_context().get_node_id()
-    reports = BackgroundReports(lambda metrics, checkpoint: tune.report(metrics, checkpoint=checkpoint))
 
     def report(metrics: dict, st: dict | None) -> None:
         metrics = dict(metrics, gnp_trial_id=trial["trial_id"], node=node)
         if st is None:
-            reports.report(metrics)
+            tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(st, Path(tmp) / "state.pt")
             # Every epoch's metrics so far, small and readable without torch: the driver fills the epochs
             # table from it when Tune's result files lag behind the checkpoint (see _collect).
             (Path(tmp) / HISTORY_FILE).write_text(json.dumps(st.get("history", [])))
-            reports.report(metrics, tune.Checkpoint.from_directory(tmp))  # returns once Tune has it
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    try:
-        train_trial(spec, trial, report, state)
-    except BaseException:
-        try:
-            reports.close()  # the epochs reported before the error still reach Tune
-        except BaseException:
-            pass  # the trial's own error is the one Tune should see
-        raise
-    reports.close()
+    train_trial(spec, trial, report, state)
 
 
 # ------------------------------------------------------------------------------- checkpoints on restore

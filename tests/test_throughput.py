@@ -112,8 +112,8 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path):
         seen[lines[0]["gnp_trial_id"]] = [int(l["epoch"]) for l in lines]
         assert [p.name for p in f.parent.glob("checkpoint_*")] == ["checkpoint_000000"]
     assert seen == {tc.trial_id: [1, 2, 3] for tc in plan}
-    # the reports went through BackgroundReports and the lighter TensorBoard logger: one event file per
-    # trial with every epoch of the trial's test error, equal to the in-process run (float32 in the file)
+    # the lighter TensorBoard logger (EpochTensorBoardLogger): one event file per trial with every epoch of
+    # the trial's test error, equal to the in-process run (float32 in the file)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for f in (tmp_path / "ray" / "gnp").rglob("result.json"):
@@ -137,93 +137,6 @@ def test_a_gpu_fraction_fits_one_gpu_and_still_needs_one():
     runner.check_resources(s, {"CPU": 16.0, "GPU": 1.0})
     with pytest.raises(runner.StudyError, match="gpus_per_trial is 0.25"):
         runner.check_resources(s, {"CPU": 16.0})
-
-
-# ------------------------------------------------------------------ reports sent from a background thread
-def _gate():
-    """A send function that records what it got and blocks on a gate while the gate is closed."""
-    import threading
-
-    sent, gate = [], threading.Event()
-
-    def send(metrics, checkpoint):
-        assert gate.wait(60), "the test never opened the gate"
-        sent.append((metrics["epoch"], checkpoint))
-
-    return sent, gate, send
-
-
-def test_background_reports_do_not_wait_for_tune_but_checkpoints_do():
-    import threading
-
-    from gnp_study.runner import BackgroundReports
-
-    sent, gate, send = _gate()
-    reports = BackgroundReports(send)
-    reports.report({"epoch": 1})  # returns although the send is blocked: training goes on
-    reports.report({"epoch": 2})
-    assert sent == []
-    returned = threading.Event()
-    t = threading.Thread(target=lambda: (reports.report({"epoch": 3}, "ck3"), returned.set()), daemon=True)
-    t.start()
-    assert not returned.wait(0.3)  # a checkpoint report waits while Tune has not taken it
-    gate.set()
-    assert returned.wait(60)
-    assert sent == [(1, None), (2, None), (3, "ck3")]  # in order, the checkpoint after the earlier reports
-    reports.report({"epoch": 4})
-    reports.close()  # delivers what is queued before returning
-    assert sent[-1] == (4, None)
-
-
-def test_background_reports_stop_the_trial_when_tune_stops_it():
-    from gnp_study.runner import BackgroundReports
-
-    sent = []
-
-    def send(metrics, checkpoint):
-        if metrics["epoch"] == 2:
-            raise SystemExit(0)  # what tune.report does once Tune asked the trial to stop
-        sent.append(metrics["epoch"])
-
-    reports = BackgroundReports(send)
-    reports.report({"epoch": 1})
-    reports.report({"epoch": 2})
-    with pytest.raises(SystemExit) as e:
-        for epoch in range(3, 1000):  # the training thread learns it at a following report
-            reports.report({"epoch": epoch}, "ck" if epoch % 5 == 0 else None)
-    assert e.value.code == 0  # Tune's runner thread takes SystemExit(0) as a graceful stop
-    assert sent == [1]  # nothing sent after the stop
-
-
-def test_background_reports_raise_a_send_error_in_the_training_thread():
-    from gnp_study.runner import BackgroundReports
-
-    def send(metrics, checkpoint):
-        raise ValueError(f"bad metric at epoch {metrics['epoch']}")
-
-    reports = BackgroundReports(send)
-    reports.report({"epoch": 1})
-    with pytest.raises(ValueError, match="epoch 1"):
-        reports.close()
-
-
-def test_background_reports_hold_training_back_when_too_many_are_pending():
-    import threading
-
-    from gnp_study.runner import BackgroundReports
-
-    sent, gate, send = _gate()
-    reports = BackgroundReports(send, max_pending=2)
-    reports.report({"epoch": 1})  # taken by the sending thread, blocked in send
-    reports.report({"epoch": 2})
-    reports.report({"epoch": 3})  # queue full now
-    returned = threading.Event()
-    threading.Thread(target=lambda: (reports.report({"epoch": 4}), returned.set()), daemon=True).start()
-    assert not returned.wait(0.3)
-    gate.set()
-    assert returned.wait(60)
-    reports.close()
-    assert [e for e, _ in sent] == [1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------------- the lighter TensorBoard logger
