@@ -219,6 +219,17 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (a usage error, exit status 2, otherwise)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"an epoch takes more than 0 seconds, got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``gnp-study`` with every verb."""
     p = argparse.ArgumentParser(prog="gnp-study", description=(
@@ -252,8 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(GPU hours when trials use GPUs) from a given or measured epoch time. "
                                     "Writes nothing.")
     pl.add_argument("study", nargs="?", default=None, help="study YAML file or name (default: digits)")
-    pl.add_argument("--epoch-time", type=float, default=None, help="seconds per standard epoch of one trial")
-    pl.add_argument("--measure", action="store_true", help="measure one standard epoch here (needs the data)")
+    how = pl.add_mutually_exclusive_group()
+    how.add_argument("--epoch-time", type=_positive_seconds, default=None, metavar="S",
+                     help="seconds per standard epoch of one trial")
+    how.add_argument("--measure", action="store_true", help="measure one standard epoch here (needs the data)")
     pl.add_argument("--check-data", action="store_true", help="also check that the data folder is there")
     pl.add_argument("--seeds", type=_positive_int, default=None, metavar="N",
                     help="price the study with N seeds instead of the study file's (e.g. the seeds a verdict "

@@ -84,6 +84,20 @@ def test_plan_rejects_a_bad_seed_count(bad, capsys):
     assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["plan", "--epoch-time", "-1"], "more than 0 seconds"),
+    (["plan", "--epoch-time", "0"], "more than 0 seconds"),
+    (["plan", "--epoch-time", "nan"], "more than 0 seconds"),
+    (["plan", "--epoch-time", "fast"], "expected a number of seconds"),
+    (["plan", "--epoch-time", "2", "--measure"], "not allowed with argument"),  # one source of the epoch time
+])
+def test_plan_rejects_an_impossible_epoch_time(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--epoch-time" in err and says in err
+
+
 def test_summary_lines_of_a_study_folder(tmp_path):
     import sys
     from pathlib import Path

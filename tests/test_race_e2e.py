@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,10 +15,10 @@ import yaml
 
 from gnp_study import racing
 from gnp_study.spec import load_spec
+from test_study_e2e import cli, finish
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 800
 
 RACE = {
@@ -49,16 +46,8 @@ def race_run(ray_head, tmp_path_factory):
     study = d / "race.yaml"
     study.write_text(yaml.safe_dump(RACE))
     out = d / "study"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "gnp_study", "run", "greedy", str(study), "--output", str(out),
-                             "--address", ray_head], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        text, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        text, _ = proc.communicate()
-        pytest.fail(f"the racing study did not finish within {RUN_TIMEOUT_S}s:\n{text[-3000:]}")
+    proc = cli(["run", "greedy", str(study), "--output", str(out), "--address", ray_head])
+    text = finish(proc, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, text[-4000:]
     return study, out, text
 
@@ -149,10 +138,8 @@ def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
 
     study, ref_out, _ = race_run
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    args = [sys.executable, "-m", "gnp_study", "run", "greedy", str(study), "--output", str(out), "--address", ray_head]
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    args = ["run", "greedy", str(study), "--output", str(out), "--address", ray_head]
+    proc = cli(args)
     deadline = time.time() + RUN_TIMEOUT_S
     killed = False
     for line in proc.stdout:  # ends when the driver's output closes
@@ -173,11 +160,11 @@ def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
     assert cut, "Tune saved no searcher state before the kill"
     for path in cut:
         path.write_bytes(b"")
-    again = subprocess.run(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=RUN_TIMEOUT_S)
-    assert again.returncode == 0, again.stdout[-4000:]
-    assert "Failed to restore" not in again.stdout and "Traceback" not in again.stdout, again.stdout[-4000:]
-    assert all(p.name in again.stdout for p in cut), again.stdout[-4000:]  # said what it set aside, and where
+    again = cli(args)
+    text = finish(again, timeout=RUN_TIMEOUT_S)
+    assert again.returncode == 0, text[-4000:]
+    assert "Failed to restore" not in text and "Traceback" not in text, text[-4000:]
+    assert all(p.name in text for p in cut), text[-4000:]  # said what it set aside, and where
     assert all((exp / "damaged-state" / p.name).exists() for p in cut)
     ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id")
     got = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
