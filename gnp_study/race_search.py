@@ -14,8 +14,9 @@ killed race resumes where its last snapshot was, and the stage's trials table re
 the decision.
 
 :func:`trial_name` / :func:`trial_dirname` give every Tune trial a readable name (stage, alpha, r, seed):
-the TensorBoard logger (:class:`EpochTensorBoardLogger`) writes each trial's event file into its folder, so ``tensorboard --logdir
-<study>/ray`` lists runs such as ``sam/sam_alpha=1_r=0.05_seed=0_3f2a1_00004``. :func:`tracking_callbacks`
+the TensorBoard logger (:class:`EpochTensorBoardLogger`) writes each trial's event file into its folder,
+so ``tensorboard --logdir <study>/ray`` lists runs such as
+``sam/sam_alpha=1_r=0.05_seed=0_3f2a1_00004``. :func:`tracking_callbacks`
 adds Ray Tune's MLflow logger callback when ``GNP_STUDY_MLFLOW_URI`` is set (optional extra ``mlflow``).
 """
 
