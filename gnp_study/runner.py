@@ -317,7 +317,18 @@ def _state_file_loads(path: Path) -> bool:
         return False
 
 
-def _set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False) -> str | None:
+def _snapshot_trial_ids(path: Path) -> set[str]:
+    """The study trial ids (``config["trial"]["trial_id"]``) of the trials in Tune's experiment state file
+    ``path``; empty when it does not load."""
+    try:
+        data = json.loads(path.read_bytes())
+        return {json.loads(t[0])["config"]["trial"]["trial_id"] for t in data["trial_data"]}
+    except Exception:  # unreadable, or trials without a planned study trial (an Optuna search)
+        return set()
+
+
+def _set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False,
+                             planned: set[str] | None = None) -> str | None:
     """Make the saved state Tune is about to restore from ``exp_dir`` a complete, consistent snapshot.
 
     Tune writes its experiment snapshot (experiment state, search algorithm state) into a local staging
@@ -328,13 +339,18 @@ def _set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False) -> s
     kinds the stage has) are present and load, and moves every file that does not load, and every file of
     a newer session, into ``<exp_dir>/damaged-state/``: Tune then restores that session's snapshot. With
     ``searcher_rebuilt`` (a racing stage, whose :class:`gnp_study.race_search.RaceSearcher` is rebuilt from
-    the trials Tune restores), the search-algorithm files need not belong to the chosen session.
+    the trials Tune restores), the search-algorithm files need not belong to the chosen session. A grid
+    stage's generator state is not needed either when the session's experiment state already holds every
+    ``planned`` trial: the generator has nothing left to make, and Tune, finding no generator state,
+    resumes the snapshot's trials and adds none (a kill that cut only the generator file then loses
+    nothing; without this the stage started again and trials that had ended were trained again).
     When no session has a readable experiment state (or Tune's ``tuner.pkl`` does not load), all state
     files and ``tuner.pkl`` are moved and the stage starts again as a new experiment in the same folder.
 
     Args:
         exp_dir: a stage's experiment folder on local storage (``<study>/ray/<stage>``).
         searcher_rebuilt: whether the stage's searcher state is rebuilt from Tune's trials.
+        planned: a grid stage's study trial ids (every trial of its ``grid_search``), or ``None``.
 
     Returns:
         A one-line note saying what was moved and where the stage resumes from, or ``None`` when every
@@ -351,7 +367,11 @@ def _set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False) -> s
     required = [k for k in ("variant",) + (() if searcher_rebuilt else ("search_gen", "searcher")) if k in files]
     chosen = None
     for session in sorted(files.get("experiment", {}), reverse=True):
-        if ok[files["experiment"][session]] and all(ok.get(files[k].get(session), False) for k in required):
+        exp_file = files["experiment"][session]
+        need = required
+        if planned and ok[exp_file] and planned <= _snapshot_trial_ids(exp_file):
+            need = [k for k in required if k != "variant"]  # every trial is made: no generator state needed
+        if ok[exp_file] and all(ok.get(files[k].get(session), False) for k in need):
             chosen = session
             break
     if chosen is not None and not _state_file_loads(tuner_pkl):
@@ -359,6 +379,11 @@ def _set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False) -> s
     move = [p for p, good in ok.items() if not good]
     move += [p for by_session in files.values() for s, p in by_session.items()
              if (chosen is None or s > chosen) and p not in move]
+    own = files.get("variant", {}).get(chosen) if chosen is not None else None
+    if chosen is not None and "variant" in files and (own is None or not ok[own]):
+        # chosen without its own generator state (cut or missing; every planned trial is in the snapshot):
+        # no generator file may stay, or Tune would restore an older generator that makes trials again
+        move += [p for s, p in files["variant"].items() if p not in move]
     if chosen is None:
         move.append(tuner_pkl)  # Tune restores whenever it exists (Tuner.can_restore): a new experiment
     if not move:
@@ -604,7 +629,9 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     if tune.Tuner.can_restore(str(exp_path)):
         local = exp_path[len("file://"):] if exp_path.startswith("file://") else exp_path
         if "://" not in local:  # object stores upload each file whole; a local copy can be cut short
-            note = _set_aside_damaged_state(Path(local), searcher_rebuilt=race)
+            grid = param_space.get("trial") if isinstance(param_space.get("trial"), dict) else {}
+            planned = {t["trial_id"] for t in grid.get("grid_search", [])} or None
+            note = _set_aside_damaged_state(Path(local), searcher_rebuilt=race, planned=planned)
             if note:
                 print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
     if tune.Tuner.can_restore(str(exp_path)):

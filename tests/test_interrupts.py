@@ -252,3 +252,40 @@ def test_complete_snapshots_are_left_alone(tmp_path):
     assert runner._set_aside_damaged_state(tmp_path) is None
     assert all(p.exists() for p in files) and (tmp_path / "tuner.pkl").exists()
     assert not (tmp_path / runner.DAMAGED_STATE_DIR).exists()
+
+
+def _experiment_state(exp, session, trial_ids):
+    """An experiment state file holding trials of these study trial ids (Tune's layout: one JSON string per
+    trial with its config)."""
+    data = {"trial_data": [[json.dumps({"config": {"trial": {"trial_id": t}}, "status": "RUNNING"}), "{}"]
+                           for t in trial_ids], "runner_data": {}}
+    path = exp / f"experiment_state-{session}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_cut_generator_state_is_not_needed_when_the_snapshot_holds_every_planned_trial(tmp_path):
+    """The failure the CI kill soak saw: SIGKILL while Tune copied the first snapshot of stage 3 cut only
+    basic-variant-state to 0 bytes. The experiment state held all the stage's trials, so the generator had
+    nothing left to make: the cut file (and any older generator file) is set aside and the snapshot kept,
+    instead of starting the stage again (which trained a trial that had ended a second time)."""
+    exp = tmp_path
+    planned = {"gnp-a-s0", "gnp-a-s1", "gnp-b-s0", "gnp-b-s1"}
+    older = _state_files(exp, "e1", ["variant"])
+    (variant,) = _state_files(exp, "e2", ["variant"], damaged=("variant",))
+    state = _experiment_state(exp, "e2", sorted(planned))
+    note = runner._set_aside_damaged_state(exp, planned=planned)
+    assert note and "session e2" in note and variant.name in note
+    assert state.exists() and (exp / "tuner.pkl").exists()
+    assert not variant.exists() and not any(p.exists() for p in older)  # no generator state left to restore
+
+
+def test_a_cut_generator_state_still_starts_the_stage_again_when_trials_are_missing(tmp_path):
+    """A snapshot that lacks some planned trials needs the generator (it makes the rest): without a
+    readable one the stage starts again, as before."""
+    exp = tmp_path
+    _state_files(exp, "f1", ["variant"], damaged=("variant",))
+    _experiment_state(exp, "f1", ["gnp-a-s0"])
+    note = runner._set_aside_damaged_state(exp, planned={"gnp-a-s0", "gnp-a-s1"})
+    assert "start again" in note and not (exp / "tuner.pkl").exists()
+    assert runner._set_aside_damaged_state(exp, planned={"x"}) is None  # nothing left to set aside
