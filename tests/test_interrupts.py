@@ -182,15 +182,19 @@ def test_trial_lost_before_its_first_report_is_run_again_before_it_is_recorded(t
     assert got["error"].iloc[0] == "RuntimeError: actor died" and got["epochs_run"].iloc[0] == 0
 
 
-def _state_files(exp, session, kinds, damaged=()):
+def _state_files(exp, session, kinds, damaged=(), trial_ids=()):
     """Tune's saved-state files of one driver session; the kinds in ``damaged`` are cut short (empty or
-    half a file), as a driver killed while Tune copied them to storage leaves them."""
+    half a file), as a driver killed while Tune copied them to storage leaves them. The experiment state
+    holds trials of the study trial ids ``trial_ids`` (Tune's layout: one JSON string per trial with its
+    config)."""
     import pickle
 
     names = {"experiment": f"experiment_state-{session}.json", "search_gen": f"search_gen_state-{session}.json",
              "searcher": f"searcher-state-{session}.pkl", "variant": f"basic-variant-state-{session}.json"}
     for kind in kinds:
-        data = (json.dumps({"trial_data": [], "runner_data": {}}).encode() if kind == "experiment"
+        trial_data = [[json.dumps({"config": {"trial": {"trial_id": t}}, "status": "RUNNING"}), "{}"]
+                      for t in trial_ids]
+        data = (json.dumps({"trial_data": trial_data, "runner_data": {}}).encode() if kind == "experiment"
                 else pickle.dumps({"counter": 3, "session": session}))
         if kind in damaged:
             data = data[: len(data) // 2] if kind == "experiment" else b""
@@ -254,16 +258,6 @@ def test_complete_snapshots_are_left_alone(tmp_path):
     assert not (tmp_path / runner.DAMAGED_STATE_DIR).exists()
 
 
-def _experiment_state(exp, session, trial_ids):
-    """An experiment state file holding trials of these study trial ids (Tune's layout: one JSON string per
-    trial with its config)."""
-    data = {"trial_data": [[json.dumps({"config": {"trial": {"trial_id": t}}, "status": "RUNNING"}), "{}"]
-                           for t in trial_ids], "runner_data": {}}
-    path = exp / f"experiment_state-{session}.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
 def test_a_cut_generator_state_is_not_needed_when_the_snapshot_holds_every_planned_trial(tmp_path):
     """The failure the CI kill soak saw: SIGKILL while Tune copied the first snapshot of stage 3 cut only
     basic-variant-state to 0 bytes. The experiment state held all the stage's trials, so the generator had
@@ -272,8 +266,8 @@ def test_a_cut_generator_state_is_not_needed_when_the_snapshot_holds_every_plann
     exp = tmp_path
     planned = {"gnp-a-s0", "gnp-a-s1", "gnp-b-s0", "gnp-b-s1"}
     older = _state_files(exp, "e1", ["variant"])
-    (variant,) = _state_files(exp, "e2", ["variant"], damaged=("variant",))
-    state = _experiment_state(exp, "e2", sorted(planned))
+    state, variant = _state_files(exp, "e2", ["experiment", "variant"], damaged=("variant",),
+                                  trial_ids=sorted(planned))
     note = runner._set_aside_damaged_state(exp, planned=planned)
     assert note and "session e2" in note and variant.name in note
     assert state.exists() and (exp / "tuner.pkl").exists()
@@ -284,8 +278,7 @@ def test_a_cut_generator_state_still_starts_the_stage_again_when_trials_are_miss
     """A snapshot that lacks some planned trials needs the generator (it makes the rest): without a
     readable one the stage starts again, as before."""
     exp = tmp_path
-    _state_files(exp, "f1", ["variant"], damaged=("variant",))
-    _experiment_state(exp, "f1", ["gnp-a-s0"])
+    _state_files(exp, "f1", ["experiment", "variant"], damaged=("variant",), trial_ids=["gnp-a-s0"])
     note = runner._set_aside_damaged_state(exp, planned={"gnp-a-s0", "gnp-a-s1"})
     assert "start again" in note and not (exp / "tuner.pkl").exists()
     assert runner._set_aside_damaged_state(exp, planned={"x"}) is None  # nothing left to set aside

@@ -98,33 +98,30 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path):
     epochs = pd.read_parquet(tmp_path / "epochs.parquet")
     assert list(trials["trial_id"]) == [tc.trial_id for tc in plan]
     assert (trials["status"] == "completed").all()
+    in_process = {tc.trial_id: pd.DataFrame(metrics_of(s, tc.to_dict())) for tc in plan}
     for tc in plan:
-        mine = pd.DataFrame(metrics_of(s, tc.to_dict()))
+        mine = in_process[tc.trial_id]
         got = epochs[epochs["trial_id"] == tc.trial_id].sort_values("epoch")
         assert list(got["epoch"]) == [1, 2, 3]
         for c in COLS:  # bit for bit (NaN where both are NaN)
             assert np.array_equal(got[c].to_numpy(float), mine[c].to_numpy(float), equal_nan=True), c
-    # Tune's own result files (what its JSON/CSV/TensorBoard loggers write) hold every epoch once, and each
-    # trial kept its one checkpoint (the last epoch's)
+    # Tune's own result files (what its JSON/CSV loggers write) hold every epoch once, each trial kept its
+    # one checkpoint (the last epoch's), and the lighter TensorBoard logger (EpochTensorBoardLogger) wrote
+    # one event file per trial with every epoch's test error of the in-process run (float32 in the file)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     seen = {}
     for f in (tmp_path / "ray" / "gnp").rglob("result.json"):
         lines = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
-        seen[lines[0]["gnp_trial_id"]] = [int(l["epoch"]) for l in lines]
+        trial_id = lines[0]["gnp_trial_id"]
+        seen[trial_id] = [int(l["epoch"]) for l in lines]
         assert [p.name for p in f.parent.glob("checkpoint_*")] == ["checkpoint_000000"]
-    assert seen == {tc.trial_id: [1, 2, 3] for tc in plan}
-    # the lighter TensorBoard logger (EpochTensorBoardLogger): one event file per trial with every epoch of
-    # the trial's test error, equal to the in-process run (float32 in the file)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    for f in (tmp_path / "ray" / "gnp").rglob("result.json"):
         assert len(list(f.parent.glob("events.out.tfevents.*"))) == 1
         ea = EventAccumulator(str(f.parent))
         ea.Reload()
-        trial_id = json.loads(f.read_text().splitlines()[0])["gnp_trial_id"]
-        tc = next(tc for tc in plan if tc.trial_id == trial_id)
-        want = [m["test_error"] for m in metrics_of(s, tc.to_dict())]
         got = [e.value for e in sorted(ea.Scalars("ray/tune/test_error"), key=lambda e: e.step)]
-        assert got == pytest.approx(want, rel=1e-6)
+        assert got == pytest.approx(in_process[trial_id]["test_error"].tolist(), rel=1e-6)
+    assert seen == {tc.trial_id: [1, 2, 3] for tc in plan}
 
 
 def test_a_gpu_fraction_fits_one_gpu_and_still_needs_one():
