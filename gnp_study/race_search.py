@@ -217,10 +217,11 @@ def trial_dirname(trial) -> str:
 
 
 class EpochTensorBoardLogger(TBXLoggerCallback):
-    """Ray Tune's TensorBoard logger, lighter: the same event file per trial (in the trial's folder, tags
-    ``ray/tune/<metric>``, step = Tune's ``training_iteration``, i.e. the epoch for a trial reporting every
-    epoch, hyper-parameters at the trial's end) holding only the metrics the trial reported, and flushed by
-    tensorboardX's writer every 30 s and when the trial ends instead of after every result.
+    """Ray Tune's TensorBoard logger, lighter and per epoch: the same event file per trial (in the trial's
+    folder, tags ``ray/tune/<metric>``, hyper-parameters at the trial's end) holding only the metrics the
+    trial reported, one point per epoch at step = the trial's ``epoch`` (Tune's ``training_iteration`` for a
+    result without one), flushed by tensorboardX's writer every 30 s and when the trial ends instead of
+    after every result.
 
     Tune's own ``TBXLoggerCallback`` also writes its bookkeeping (times, pid, iteration counters: about 25
     scalars per result where a trial reports 13) and flushes the file (``fsync``) after every result; in a
@@ -228,21 +229,43 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
     ``tune.report`` (benchmarks/README.md, issue 10). Passing an instance in ``RunConfig.callbacks`` keeps
     Tune from adding its own (Tune adds a TensorBoard logger only when none is given).
 
-    Source: ``ray.tune.logger.TBXLoggerCallback`` (Ray 2.60), of which this overrides ``log_trial_result``.
+    With ``report_every`` > 1 a trial reports some epochs to Tune only through a checkpoint's history
+    (:data:`gnp_study.runner.HISTORY_FILE`): on every checkpoint the epochs of that history that this
+    driver has not yet written for the trial, and that come after the checkpoint the trial (re)started
+    from, are added (same tags and filtering), so the trial's event files hold every epoch, each once.
+
+    Args:
+        report_every: the study's ``report_every`` (1: nothing is read from checkpoints).
+
+    Source: ``ray.tune.logger.TBXLoggerCallback`` (Ray 2.60), of which this overrides ``log_trial_result``
+    and ``log_trial_end`` and adds ``on_checkpoint``.
     """
 
     #: Result keys Tune fills in itself, not logged (``ray.tune.result.AUTO_RESULT_KEYS`` and the config).
     SKIP = frozenset(AUTO_RESULT_KEYS) | {"config", "done", "should_checkpoint", "checkpoint_dir_name"}
 
-    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
-        """Add the trial's numeric, non-NaN reported metrics of ``result`` as scalars at step
-        ``result["training_iteration"]``; no flush."""
+    def __init__(self, report_every: int = 1):
+        super().__init__()
+        self.report_every = int(report_every)
+        self._steps: dict = {}  # per trial: the epochs written by this driver
+        self._floor: dict = {}  # per trial: the last epoch of the checkpoint it (re)started from
+
+    def log_trial_start(self, trial) -> None:
+        """Tune's start of trial (a new writer); remember the epoch of the checkpoint it starts from."""
+        super().log_trial_start(trial)
+        if self.report_every > 1:
+            from gnp_study.runner import history_rows
+
+            rows = history_rows(getattr(trial, "checkpoint", None))
+            self._floor[trial] = max((r["epoch"] for r in rows if isinstance(r.get("epoch"), int)), default=0)
+
+    def _add(self, trial, metrics: dict, step: int) -> dict:
+        """Write ``metrics``' numeric, non-NaN, non-bookkeeping values at ``step``; return them by tag."""
         if trial not in self._trial_writer:
             self.log_trial_start(trial)
         writer = self._trial_writer[trial]
-        step = result[TRAINING_ITERATION]
         logged = {}
-        for key, value in result.items():
+        for key, value in metrics.items():
             if key in self.SKIP or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 continue
             if math.isnan(value):
@@ -250,14 +273,43 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
             tag = f"ray/tune/{key}"
             writer.add_scalar(tag, value, global_step=step)
             logged[tag] = value
-        self._trial_result[trial] = logged  # what Tune's logger keeps for the hyper-parameter table at the end
+        self._steps.setdefault(trial, set()).add(step)
+        return logged
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        """Add the trial's reported metrics of ``result`` at step ``result["epoch"]`` (else
+        ``training_iteration``), unless that epoch is already in the file; no flush."""
+        step = int(result["epoch"]) if isinstance(result.get("epoch"), (int, np.integer)) else result[TRAINING_ITERATION]
+        if step in self._steps.get(trial, ()):
+            return
+        # what Tune's logger keeps for the hyper-parameter table at the end
+        self._trial_result[trial] = self._add(trial, result, step)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        """Add the epochs of ``checkpoint``'s history (:func:`gnp_study.runner.history_rows`) that are not yet
+        in the trial's event file (the epochs a trial with ``report_every`` > 1 did not report)."""
+        if self.report_every <= 1:
+            return
+        from gnp_study.runner import history_rows
+
+        floor = self._floor.get(trial, 0)
+        for row in history_rows(checkpoint):
+            epoch = row.get("epoch")
+            if isinstance(epoch, int) and epoch > floor and epoch not in self._steps.get(trial, ()):
+                self._add(trial, row, epoch)
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        """Tune's end of trial (hyper-parameters, close the file); forget the trial's epochs."""
+        super().log_trial_end(trial, failed)
+        self._steps.pop(trial, None)
+        self._floor.pop(trial, None)
 
 
-def tensorboard_callbacks() -> list:
-    """``[EpochTensorBoardLogger()]``, or ``[]`` when ``tensorboardX`` is not installed (then Tune writes no
-    TensorBoard files either)."""
+def tensorboard_callbacks(report_every: int = 1) -> list:
+    """``[EpochTensorBoardLogger(report_every)]``, or ``[]`` when ``tensorboardX`` is not installed (then
+    Tune writes no TensorBoard files either)."""
     try:
-        return [EpochTensorBoardLogger()]
+        return [EpochTensorBoardLogger(report_every)]
     except ImportError:
         return []
 

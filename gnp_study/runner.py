@@ -182,7 +182,12 @@ def _trial_of(config: dict, spec: StudySpec) -> dict:
 
 
 def _trainable(config: dict, spec_dict: dict) -> None:
-    """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample."""
+    """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample.
+
+    It reports to Tune (``tune.report``) every ``spec.report_every`` epochs, with every checkpoint
+    (``spec.checkpoint_every`` epochs, and the trial's last epoch) and when the trial ends; each checkpoint
+    holds the metrics of every epoch so far (:data:`HISTORY_FILE`).
+    """
     import ray
     import torch
     from ray import tune
@@ -201,6 +206,10 @@ def _trainable(config: dict, spec_dict: dict) -> None:
     node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, st: dict | None) -> None:
+        if st is None and metrics.get("status") == "running" and metrics["epoch"] % spec.report_every:
+            # Not a report epoch (report_every > 1): this epoch reaches Tune with the next checkpoint's
+            # history (HISTORY_FILE), from which _collect and EpochTensorBoardLogger take every epoch.
+            return
         metrics = dict(metrics, gnp_trial_id=trial["trial_id"], node=node)
         if st is None:
             tune.report(metrics)
@@ -617,7 +626,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
 
     optuna = search_alg is not None and num_samples is None
     # TensorBoard event files without Tune's per-result flush; MLflow when GNP_STUDY_MLFLOW_URI is set
-    callbacks = callbacks + tensorboard_callbacks() + tracking_callbacks(spec.name)
+    callbacks = callbacks + tensorboard_callbacks(spec.report_every) + tracking_callbacks(spec.name)
 
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_dict=spec.resolved()),
@@ -675,15 +684,24 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     )
 
 
-def _history(checkpoint) -> pd.DataFrame:
-    """The per-epoch metrics stored in a trial checkpoint (:data:`HISTORY_FILE`); empty if unreadable."""
+def history_rows(checkpoint) -> list[dict]:
+    """The per-epoch metrics stored in a trial checkpoint (:data:`HISTORY_FILE`): one dict per epoch so far,
+    the metrics ``train_trial`` passed to ``report`` (epoch order); ``[]`` when ``checkpoint`` is None or
+    the file is unreadable (an older checkpoint without it, or one deleted since). Raises nothing."""
     if checkpoint is None:
-        return pd.DataFrame(columns=["epoch"])
+        return []
     try:
         with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY_FILE}") as f:
-            return pd.DataFrame(json.loads(f.readall().decode("utf-8")), columns=None)
-    except Exception:  # an older checkpoint without the file, or one deleted since
-        return pd.DataFrame(columns=["epoch"])
+            rows = json.loads(f.readall().decode("utf-8"))
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    except Exception:
+        return []
+
+
+def _history(checkpoint) -> pd.DataFrame:
+    """:func:`history_rows` as a table (at least the column ``epoch``)."""
+    rows = history_rows(checkpoint)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["epoch"])
 
 
 def _params(res) -> dict | None:
@@ -920,7 +938,8 @@ def _hardware(resources: dict) -> dict:
 
 
 def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
-    """Refuse to resume a study folder whose stored spec differs from ``spec``.
+    """Refuse to resume a study folder whose stored spec differs from ``spec`` (``report_every`` aside:
+    it changes what Tune receives, not any trial's result).
 
     Raises:
         StudyError: with a short unified diff of the stored and the new resolved spec.
@@ -933,6 +952,11 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise StudyError(f"{stored} is not readable YAML ({e}); use a new study folder (--output or --new)")
     new = spec.resolved()
+    if isinstance(old, dict):
+        # How often a trial reports to Tune changes no trial's numbers (every epoch reaches the tables from
+        # the checkpoint's history): a folder resumes with another report_every.
+        old = {k: v for k, v in old.items() if k != "report_every"}
+    new = {k: v for k, v in new.items() if k != "report_every"}
     if old != new:
         diff = difflib.unified_diff(yaml.safe_dump(old, sort_keys=True).splitlines(),
                                     yaml.safe_dump(new, sort_keys=True).splitlines(),

@@ -411,6 +411,9 @@ class StudySpec(_Strict):
     divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial from its last checkpoint")
     checkpoint_every: int = Field(1, gt=0, description="epochs between trial checkpoints")
+    report_every: int = Field(1, gt=0, description=(
+        "epochs between a trial's reports to Ray Tune; a trial also reports at every checkpoint and at its "
+        "end, and every epoch still reaches the tables and TensorBoard (from the checkpoint's history)"))
     paper: PaperRef | None = None
 
     @field_validator("name")
@@ -476,7 +479,8 @@ class StudySpec(_Strict):
         """The spec with every default filled in, as plain YAML-ready data (dict).
 
         ``data.validation`` and ``data.label_noise`` appear only when set (absent means the paper's
-        protocol and clean labels), so study folders written before these options existed still resume.
+        protocol and clean labels), a stage's ``race`` only when set and ``report_every`` only when not 1,
+        so study folders written before these options existed still resume.
         """
         d = self.model_dump(mode="json")
         d["stages"]["gnp"]["figure3_alpha"] = self.figure3_alpha()
@@ -486,6 +490,8 @@ class StudySpec(_Strict):
         for stage in ("sam", "gnp"):  # likewise a stage without a race
             if d["stages"][stage]["race"] is None:
                 del d["stages"][stage]["race"]
+        if d["report_every"] == 1:  # likewise the default reporting cadence
+            del d["report_every"]
         return d
 
 

@@ -117,6 +117,9 @@ ITEM4_CASES = [
     ("train-subset-true", study_with(data__train_subset=True), "data.train_subset"),
     ("gpus-false", study_with(resources__gpus_per_trial=False), "resources.gpus_per_trial"),
     ("max-failures-true", study_with(max_failures=True), "max_failures"),
+    ("report-every-zero", study_with(report_every=0), "report_every"),
+    ("report-every-true", study_with(report_every=True), "report_every"),
+    ("report-every-float", study_with(report_every=2.5), "report_every"),
     ("optuna-low-true", study_with(stages__standard__search="optuna",
                                    stages__standard__space={"lr": {"low": True, "high": 2.0}}),
      "stages.standard.space.lr"),
@@ -232,6 +235,24 @@ def test_changed_study_is_refused_with_a_diff(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert "different spec" in err and "-  epochs: 15" in err and "+  epochs: 7" in err
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("stored, given", [(1, 15), (15, 1), (15, 5)])
+def test_a_folder_resumes_with_another_report_every(tmp_path, stored, given):
+    """report_every changes what Tune receives, not a trial's numbers: a folder stored with one value is
+    not refused with another (a folder of a version without the key has the default, 1); anything else
+    that changed still is."""
+    from gnp_study.runner import StudyError, check_study_folder
+    from gnp_study.spec import parse_spec
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stored_spec = parse_spec(study_with(report_every=stored))
+    (out / "study.yaml").write_text(yaml.safe_dump(stored_spec.resolved(), sort_keys=False))
+    assert ("report_every" in yaml.safe_load((out / "study.yaml").read_text())) == (stored != 1)
+    check_study_folder(parse_spec(study_with(report_every=given)), out)  # no error
+    with pytest.raises(StudyError, match="different spec"):
+        check_study_folder(parse_spec(study_with(report_every=given, training__epochs=7)), out)
 
 
 def test_report_on_a_folder_without_a_study(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The kill soak (``tests/kill_soak.py``) at a size that fits the test suite: a small study interrupted at
-three randomised moments ends exactly as its uninterrupted run (issue 11). Run it by hand with
-``--points 30`` or more."""
+three randomised moments ends exactly as its uninterrupted run (issue 11); and at two moments with one
+checkpoint per trial and reports every second epoch (the digits study's cadence, issue 10) against a reference
+run that checkpoints and reports every epoch. Run it by hand with ``--points 30`` or more."""
 
 from __future__ import annotations
 
@@ -19,15 +20,20 @@ SOAK_TIMEOUT_S = 2400
 
 
 @pytest.mark.timeout(SOAK_TIMEOUT_S + 60)
-def test_kill_soak_small(tmp_path):
+@pytest.mark.parametrize("points, seed, cadence", [
+    (3, 2611, []),
+    # as the digits study ships: one checkpoint per trial (at its end), reports sparser than epochs
+    (2, 3011, ["--checkpoint-every", "3", "--report-every", "2"]),
+], ids=["every-epoch", "one-checkpoint-sparse-reports"])
+def test_kill_soak_small(tmp_path, points, seed, cadence):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_soak.py"), "--points", "3", "--seed", "2611",
-                           "--per-folder", "3", "--workdir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_soak.py"), "--points", str(points),
+                           "--seed", str(seed), "--per-folder", "3", "--workdir", str(tmp_path), *cadence],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=SOAK_TIMEOUT_S)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     summary = re.search(r"(\d+) points in (\d+) study folders, (\d+) passed, (\d+) failed", out)
     assert summary, out[-3000:]
-    points, folders, passed, failed = map(int, summary.groups())
-    assert points == 3 and passed == folders and failed == 0, out[-3000:]
+    got_points, folders, passed, failed = map(int, summary.groups())
+    assert got_points == points and passed == folders and failed == 0, out[-3000:]

@@ -83,13 +83,15 @@ epochs.to_parquet(out + "/epochs.parquet")
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path):
-    """With one checkpoint per trial (checkpoint_every = epochs) every epoch still reaches Tune's result
-    files and the epochs table, equal bit for bit to the trial run in-process."""
+@pytest.mark.parametrize("report_every,reported", [(1, [1, 2, 3]), (2, [2, 3])])
+def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path, report_every, reported):
+    """With one checkpoint per trial (checkpoint_every = epochs) every epoch still reaches the epochs table,
+    equal bit for bit to the trial run in-process, and the TensorBoard file; Tune's result files hold the
+    epochs the trial reported: every epoch, or with report_every = 2 epoch 2 and the last (its checkpoint)."""
     import subprocess
     import sys
 
-    s = spec(checkpoint_every=3, resources={"cpus_per_trial": 1, "gpus_per_trial": 0})
+    s = spec(checkpoint_every=3, report_every=report_every, resources={"cpus_per_trial": 1, "gpus_per_trial": 0})
     plan = [TrialConfig("gnp", {"alpha": a, "r": 0.05}, seed) for a in (0.0, 0.5) for seed in (0, 1)]
     arg = json.dumps([s.resolved(), [tc.to_dict() for tc in plan], ray_head, str(tmp_path / "ray"), str(tmp_path)])
     proc = subprocess.run([sys.executable, "-c", _STAGE_SCRIPT, arg], capture_output=True, text=True, timeout=540)
@@ -105,9 +107,10 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path):
         assert list(got["epoch"]) == [1, 2, 3]
         for c in COLS:  # bit for bit (NaN where both are NaN)
             assert np.array_equal(got[c].to_numpy(float), mine[c].to_numpy(float), equal_nan=True), c
-    # Tune's own result files (what its JSON/CSV loggers write) hold every epoch once, each trial kept its
-    # one checkpoint (the last epoch's), and the lighter TensorBoard logger (EpochTensorBoardLogger) wrote
-    # one event file per trial with every epoch's test error of the in-process run (float32 in the file)
+    # Tune's own result files (what its JSON/CSV loggers write) hold each reported epoch once, each trial
+    # kept its one checkpoint (the last epoch's), and the lighter TensorBoard logger (EpochTensorBoardLogger)
+    # wrote one event file per trial with every epoch's test error of the in-process run (float32 in the
+    # file), each epoch once (with report_every = 2, epoch 1 from the checkpoint's history)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     seen = {}
@@ -119,9 +122,10 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path):
         assert len(list(f.parent.glob("events.out.tfevents.*"))) == 1
         ea = EventAccumulator(str(f.parent))
         ea.Reload()
-        got = [e.value for e in sorted(ea.Scalars("ray/tune/test_error"), key=lambda e: e.step)]
-        assert got == pytest.approx(in_process[trial_id]["test_error"].tolist(), rel=1e-6)
-    assert seen == {tc.trial_id: [1, 2, 3] for tc in plan}
+        points = sorted(ea.Scalars("ray/tune/test_error"), key=lambda e: e.step)
+        assert [e.step for e in points] == [1, 2, 3]
+        assert [e.value for e in points] == pytest.approx(in_process[trial_id]["test_error"].tolist(), rel=1e-6)
+    assert seen == {tc.trial_id: reported for tc in plan}
 
 
 def test_a_gpu_fraction_fits_one_gpu_and_still_needs_one():
@@ -180,6 +184,68 @@ def test_tensorboard_logger_writes_the_reported_metrics_once_per_epoch_without_a
     assert tags == {"ray/tune/epoch", "ray/tune/test_error", "ray/tune/val_error"}  # Tune's bookkeeping left out
     assert {e.step: e.value for e in ea.Scalars("ray/tune/test_error")} == pytest.approx({1: 50.0, 2: 25.0, 3: 50 / 3})
     assert sorted(e.step for e in ea.Scalars("ray/tune/val_error")) == [1, 3]  # NaN skipped, as Tune's logger does
+
+
+def _checkpoint_with_history(path, epochs: list[int]):
+    """A Tune checkpoint folder holding the history file of ``epochs`` (test error 50 / epoch)."""
+    from ray import tune
+
+    from gnp_study.runner import HISTORY_FILE
+
+    path.mkdir(parents=True)
+    rows = [{"epoch": e, "test_error": 50.0 / e, "val_error": float("nan"), "status": "running", "node": "n1"}
+            for e in epochs]
+    (path / HISTORY_FILE).write_text(json.dumps(rows))
+    return tune.Checkpoint.from_directory(str(path))
+
+
+def _steps(folder, tag="ray/tune/test_error") -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(folder))
+    ea.Reload()
+    points = ea.Scalars(tag)
+    assert len({e.step for e in points}) == len(points), "an epoch written twice"
+    return {e.step: e.value for e in points}
+
+
+def test_tensorboard_logger_adds_the_unreported_epochs_from_the_checkpoint_history(tmp_path):
+    """report_every > 1: epochs that reached Tune only through a checkpoint's history are written from it,
+    each epoch once whichever of result and checkpoint comes first; report_every = 1 reads no checkpoint."""
+    from gnp_study.race_search import EpochTensorBoardLogger
+
+    logger = EpochTensorBoardLogger(report_every=2)
+    trial = _Trial(tmp_path / "t")
+    trial.checkpoint = None
+    logger.log_trial_start(trial)
+    logger.log_trial_result(0, trial, {"epoch": 2, "test_error": 25.0, "training_iteration": 1})
+    logger.on_checkpoint(iteration=0, trials=[trial], trial=trial,
+                         checkpoint=_checkpoint_with_history(tmp_path / "c3", [1, 2, 3]))
+    logger.log_trial_result(1, trial, {"epoch": 3, "test_error": 50.0 / 3, "training_iteration": 2})
+    logger.on_checkpoint(iteration=1, trials=[trial], trial=trial,
+                         checkpoint=_checkpoint_with_history(tmp_path / "c4", [1, 2, 3, 4]))
+    logger.log_trial_end(trial)
+    assert _steps(tmp_path / "t") == pytest.approx({1: 50.0, 2: 25.0, 3: 50 / 3, 4: 12.5})
+
+    # a trial restarted from its epoch-3 checkpoint (a new driver): only the epochs after it are added
+    logger = EpochTensorBoardLogger(report_every=2)
+    again = _Trial(tmp_path / "again")
+    again.checkpoint = _checkpoint_with_history(tmp_path / "r3", [1, 2, 3])
+    logger.log_trial_start(again)
+    logger.on_checkpoint(iteration=0, trials=[again], trial=again,
+                         checkpoint=_checkpoint_with_history(tmp_path / "r5", [1, 2, 3, 4, 5]))
+    logger.log_trial_end(again)
+    assert _steps(tmp_path / "again") == pytest.approx({4: 12.5, 5: 10.0})
+
+    # report_every = 1: every epoch comes as a result; checkpoints are not read
+    logger = EpochTensorBoardLogger()
+    one = _Trial(tmp_path / "one")
+    one.checkpoint = None
+    logger.log_trial_result(0, one, {"epoch": 1, "test_error": 7.0, "training_iteration": 1})
+    logger.on_checkpoint(iteration=0, trials=[one], trial=one,
+                         checkpoint=_checkpoint_with_history(tmp_path / "o1", [1, 2]))
+    logger.log_trial_end(one)
+    assert _steps(tmp_path / "one") == {1: 7.0}
 
 
 def test_tune_adds_no_second_tensorboard_logger():
