@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gc
 import math
 import sys
 from pathlib import Path
@@ -315,5 +316,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``gnp-study`` console script and ``python -m gnp_study``: run :func:`main` on ``sys.argv`` and exit
+    the process with its status.
+
+    Raises:
+        SystemExit: always, with :func:`main`'s status (0, 2 for bad input, 130 when interrupted).
+
+    Before exiting, every object still alive moves to the garbage collector's permanent generation
+    (``gc.freeze``): with torch and Ray loaded, the full collection Python runs while it shuts down walks
+    millions of objects that are freed right after anyway (about 1 s after a study, with the machine
+    otherwise idle; 0.3 s instead of 1.4 s measured after a Ray Tune run). Everything else of a normal exit
+    still happens: ``atexit`` handlers (Ray's shutdown), finalizers, flushing and closing files.
+    """
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -30,7 +30,8 @@ import yaml
 
 from gnp_study import protocol, racing
 from gnp_study.protocol import STAGES, TrialConfig
-from gnp_study.spec import StudySpec, parse_spec
+from gnp_study.spec import StudySpec
+from gnp_study.trainable import HISTORY_FILE, trainable, trial_of
 
 # best_val_error / test_error_at_best_val (trials) and val_loss / val_error (epochs) are NaN unless the
 # study sets data.validation (see gnp_study.train).
@@ -166,62 +167,9 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- the trainable
-#: File in every trial checkpoint: the JSON list of the metrics of every epoch up to the checkpoint.
-HISTORY_FILE = "history.json"
-
-
-def _trial_of(config: dict, spec: StudySpec) -> dict:
-    """The trial (``TrialConfig.to_dict()``) of a Tune config: a planned trial, or an Optuna search sample
-    of stage 1 (searched fields at flat keys, run on the first seed)."""
-    if "trial" in config:
-        return config["trial"]
-    overrides = {k: config[k] for k in spec.stages.standard.space}
-    if "batch_size" in overrides:
-        overrides["batch_size"] = int(round(overrides["batch_size"]))
-    return TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
-
-
-def _trainable(config: dict, spec_dict: dict) -> None:
-    """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample.
-
-    It reports to Tune (``tune.report``) every ``spec.report_every`` epochs, with every checkpoint
-    (``spec.checkpoint_every`` epochs, and the trial's last epoch) and when the trial ends; each checkpoint
-    holds the metrics of every epoch so far (:data:`HISTORY_FILE`).
-    """
-    import ray
-    import torch
-    from ray import tune
-
-    from gnp_study import train
-    from gnp_study.train import train_trial
-
-    train.CACHE_DATA = True  # this worker trains many trials of one data spec (reuse_actors)
-    spec = parse_spec(spec_dict, check_names=False)
-    trial = _trial_of(config, spec)
-    state = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=True)
-    node = ray.get_runtime_context().get_node_id()
-
-    def report(metrics: dict, st: dict | None) -> None:
-        if st is None and metrics.get("status") == "running" and metrics["epoch"] % spec.report_every:
-            # Not a report epoch (report_every > 1): this epoch reaches Tune with the next checkpoint's
-            # history (HISTORY_FILE), from which _collect and EpochTensorBoardLogger take every epoch.
-            return
-        metrics = dict(metrics, gnp_trial_id=trial["trial_id"], node=node)
-        if st is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(st, Path(tmp) / "state.pt")
-            # Every epoch's metrics so far, small and readable without torch: the driver fills the epochs
-            # table from it when Tune's result files lag behind the checkpoint (see _collect).
-            (Path(tmp) / HISTORY_FILE).write_text(json.dumps(st.get("history", [])))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    train_trial(spec, trial, report, state)
+# The trainable lives in its own lean module (gnp_study.trainable): a trial worker imports only that.
+_trainable = trainable  # the names the runner and its tests use
+_trial_of = trial_of
 
 
 # ------------------------------------------------------------------------------- checkpoints on restore

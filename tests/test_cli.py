@@ -177,3 +177,25 @@ def test_label_noise_is_stated_in_console_results_and_report(tmp_path, kind, how
                  "\n".join(summary_lines(s.path))):
         assert f"Training labels: 25% wrong ({kind} noise" in text and how in text
         assert "noise seed 7" in text and "test labels are clean" in text
+
+
+def test_entry_exits_with_mains_status_after_freezing_the_collector(monkeypatch):
+    """The console script (``gnp-study``) and ``python -m gnp_study`` run ``entry``: main's status becomes
+    the exit status, and the objects alive at the end are frozen (``gc.freeze``) so Python's exit skips
+    collecting them."""
+    import gc
+    import tomllib
+    from pathlib import Path
+
+    from gnp_study import cli
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["gnp-study"] == "gnp_study.cli:entry"
+    monkeypatch.setattr(cli, "main", lambda: 2)
+    gc.unfreeze()
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.entry()
+        assert e.value.code == 2 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -208,3 +208,22 @@ def test_shake_drop_expectation_and_eval():
     net = build_model("pyramidnet_sd", 10, depth=20, alpha=12)
     keeps = [m.p_keep for m in net.modules() if isinstance(m, ShakeDrop)]
     assert len(keeps) == 6 and abs(keeps[-1] - 0.5) < 1e-9 and all(k1 > k2 for k1, k2 in zip(keeps, keeps[1:]))
+
+
+def test_he_init_on_cpu_and_none_on_the_meta_device():
+    """On a real device the CIFAR models get He (fan-out) init, unit/zero BatchNorm and zero linear bias
+    (He et al. 2015: std = sqrt(2 / fan_out)); on the meta device (the study check) init is skipped."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs[1:]:  # every conv but the 3-channel stem has >= 16 x 9 fan-out values
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx((2.0 / fan_out) ** 0.5, rel=0.15)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(torch.equal(b.weight, torch.ones_like(b.weight)) and not b.bias.any() for b in bns)
+    assert not next(m for m in model.modules() if isinstance(m, nn.Linear)).bias.any()
+
+    with torch.device("meta"):
+        meta = build_model("resnet20", 10)
+    assert all(p.is_meta for p in meta.parameters())
+    assert [tuple(p.shape) for p in meta.parameters()] == [tuple(p.shape) for p in model.parameters()]

@@ -257,3 +257,55 @@ def test_tune_adds_no_second_tensorboard_logger():
     callbacks = _create_default_callbacks(tensorboard_callbacks())
     tbx = [c for c in callbacks if isinstance(c, TBXLoggerCallback)]
     assert len(tbx) == 1 and isinstance(tbx[0], EpochTensorBoardLogger)
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after running ``code``."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('\\n'.join(sys.modules))"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    return set(out.split())
+
+
+def test_a_trial_worker_unpickles_the_trainable_without_the_driver_modules():
+    """Ray ships the trainable by reference (cloudpickle of an importable function): a worker imports its
+    module. That module must not pull in the protocol, statistics (scipy.stats), results or runner code,
+    which a worker never uses and each stage's new workers would otherwise import again."""
+    from ray import cloudpickle
+
+    from gnp_study import runner
+
+    blob = cloudpickle.dumps(runner._trainable)
+    loaded = _modules_after(f"import pickle; f = pickle.loads({blob!r}); assert f.__name__ == 'trainable'")
+    assert "gnp_study.trainable" in loaded
+    assert not loaded & {"gnp_study.runner", "gnp_study.protocol", "gnp_study.stats", "gnp_study.results",
+                         "gnp_study.racing", "gnp_study.report", "scipy.stats"}
+
+
+def test_a_search_sample_still_becomes_a_standard_search_trial():
+    """The trainable's Optuna branch imports the protocol lazily: the sample becomes the same trial dict as
+    ``TrialConfig('standard_search', ...)`` (batch size rounded, alpha = r = 0, the first seed)."""
+    from gnp_study.trainable import trial_of
+
+    s = parse_spec({"name": "t", "data": {"dataset": "digits"}, "model": {"name": "small_cnn"},
+                    "training": {"epochs": 2, "batch_size": 64, "lr": 0.05}, "seeds": [7, 8],
+                    "stages": {"standard": {"search": "optuna", "num_samples": 2,
+                                            "space": {"lr": {"low": 0.01, "high": 0.1, "log": True},
+                                                      "batch_size": {"low": 32, "high": 128}}}}})
+    got = trial_of({"lr": 0.02, "batch_size": 63.6}, s)
+    assert got == TrialConfig("standard_search", {"lr": 0.02, "batch_size": 64, "alpha": 0.0, "r": 0.0},
+                              7).to_dict()
+
+
+@pytest.mark.parametrize("study", ["digits.yaml", "cifar10_quick.yaml", "table1_wrn28_10_cifar10_basic.yaml"])
+def test_the_study_check_builds_the_model_without_importing_torch_dynamo(study):
+    """The driver's check builds the model on the meta device; weight init there would import
+    torch._dynamo (~1.8 s with one core idle at the start of every study), so it is skipped on meta."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "search_spaces" / study
+    loaded = _modules_after(f"from gnp_study.spec import load_spec; load_spec({str(path)!r})")
+    assert "torch" in loaded and "gnp_study.models" in loaded  # the model was built
+    assert "torch._dynamo" not in loaded

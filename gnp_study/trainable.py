@@ -1,0 +1,99 @@
+"""The Ray Tune trainable of a study: the code each trial worker runs (the Tune side of ``runner``).
+
+Kept apart from :mod:`gnp_study.runner` so that a trial worker, which imports the trainable's module to
+unpickle it, loads only what a trial needs (``spec``, ``train`` and torch) and not the driver's protocol,
+statistics (scipy) and results code: each stage of a study starts new workers, and every import they
+make is paid again per stage, with the trials waiting.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from gnp_study.spec import StudySpec, parse_spec
+
+#: File in every trial checkpoint: the JSON list of the metrics of every epoch up to the checkpoint.
+HISTORY_FILE = "history.json"
+
+
+def trial_of(config: dict, spec: StudySpec) -> dict:
+    """The trial of a Tune config, as ``TrialConfig.to_dict()`` (keys stage, config, seed, trial_id,
+    config_key).
+
+    Args:
+        config: the Tune config of one trial: ``{"trial": <trial dict>}`` for a planned trial, or the flat
+            keys of ``spec.stages.standard.space`` for an Optuna search sample of stage 1.
+        spec: the study.
+
+    Returns:
+        The planned trial's dict as given; for a search sample, a ``standard_search`` trial with the sampled
+        fields (``batch_size`` rounded to an int), ``alpha = r = 0`` and the study's first seed.
+
+    Raises:
+        KeyError: a search sample lacks a field of the searched space.
+    """
+    if "trial" in config:
+        return config["trial"]
+    from gnp_study.protocol import TrialConfig  # search samples only: the planned trials need no protocol
+
+    overrides = {k: config[k] for k in spec.stages.standard.space}
+    if "batch_size" in overrides:
+        overrides["batch_size"] = int(round(overrides["batch_size"]))
+    return TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
+
+
+def trainable(config: dict, spec_dict: dict) -> None:
+    """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample.
+
+    Args:
+        config: the trial's Tune config (see :func:`trial_of`).
+        spec_dict: the study, as ``StudySpec.resolved()`` (bound with ``tune.with_parameters``).
+
+    Returns:
+        None; the trial's results reach Tune through ``tune.report``: every ``spec.report_every`` epochs,
+        with every checkpoint (``spec.checkpoint_every`` epochs, and the trial's last epoch) and when the
+        trial ends (diverged or completed). Each report carries ``train_trial``'s metrics plus
+        ``gnp_trial_id`` and ``node``; each checkpoint holds ``state.pt`` (``train_trial``'s state, with
+        which a restarted trial resumes) and :data:`HISTORY_FILE` (the metrics of every epoch so far).
+
+    Raises:
+        Whatever ``train_trial`` raises (Tune records the trial as errored and retries it up to
+        ``max_failures`` times); a diverging trial does not raise, it reports ``status: "diverged"``.
+    """
+    import ray
+    import torch
+    from ray import tune
+
+    from gnp_study import train
+    from gnp_study.train import train_trial
+
+    train.CACHE_DATA = True  # this worker trains many trials of one data spec (reuse_actors)
+    spec = parse_spec(spec_dict, check_names=False)
+    trial = trial_of(config, spec)
+    state = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=True)
+    node = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict, st: dict | None) -> None:
+        if st is None and metrics.get("status") == "running" and metrics["epoch"] % spec.report_every:
+            # Not a report epoch (report_every > 1): this epoch reaches Tune with the next checkpoint's
+            # history (HISTORY_FILE), from which the runner's _collect and EpochTensorBoardLogger take
+            # every epoch.
+            return
+        metrics = dict(metrics, gnp_trial_id=trial["trial_id"], node=node)
+        if st is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(st, Path(tmp) / "state.pt")
+            # Every epoch's metrics so far, small and readable without torch: the driver fills the epochs
+            # table from it when Tune's result files lag behind the checkpoint (see runner._collect).
+            (Path(tmp) / HISTORY_FILE).write_text(json.dumps(st.get("history", [])))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train_trial(spec, trial, report, state)
