@@ -233,6 +233,9 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
     (:data:`gnp_study.runner.HISTORY_FILE`): on every checkpoint the epochs of that history that this
     driver has not yet written for the trial, and that come after the checkpoint the trial (re)started
     from, are added (same tags and filtering), so the trial's event files hold every epoch, each once.
+    Steps are written in increasing order (TensorBoard's default loader discards points written after a
+    larger step): a reported epoch waits until the checkpoint that carries the epochs before it has been
+    written, or until the trial ends.
 
     Args:
         report_every: the study's ``report_every`` (1: nothing is read from checkpoints).
@@ -249,6 +252,7 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
         self.report_every = int(report_every)
         self._steps: dict = {}  # per trial: the epochs written by this driver
         self._floor: dict = {}  # per trial: the last epoch of the checkpoint it (re)started from
+        self._pending: dict = {}  # per trial (report_every > 1): reported epochs not yet written, by epoch
 
     def log_trial_start(self, trial) -> None:
         """Tune's start of trial (a new writer); remember the epoch of the checkpoint it starts from."""
@@ -259,47 +263,78 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
             rows = history_rows(getattr(trial, "checkpoint", None))
             self._floor[trial] = max((r["epoch"] for r in rows if isinstance(r.get("epoch"), int)), default=0)
 
-    def _add(self, trial, metrics: dict, step: int) -> dict:
-        """Write ``metrics``' numeric, non-NaN, non-bookkeeping values at ``step``; return them by tag."""
-        if trial not in self._trial_writer:
-            self.log_trial_start(trial)
-        writer = self._trial_writer[trial]
-        logged = {}
+    def _scalars(self, metrics: dict) -> dict:
+        """``metrics``' numeric, non-NaN, non-bookkeeping values, by TensorBoard tag."""
+        out = {}
         for key, value in metrics.items():
             if key in self.SKIP or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 continue
             if math.isnan(value):
                 continue
-            tag = f"ray/tune/{key}"
+            out[f"ray/tune/{key}"] = value
+        return out
+
+    def _add(self, trial, metrics: dict, step: int) -> dict:
+        """Write ``metrics``' numeric, non-NaN, non-bookkeeping values at ``step``; return them by tag."""
+        if trial not in self._trial_writer:
+            self.log_trial_start(trial)
+        writer = self._trial_writer[trial]
+        logged = self._scalars(metrics)
+        for tag, value in logged.items():
             writer.add_scalar(tag, value, global_step=step)
-            logged[tag] = value
         self._steps.setdefault(trial, set()).add(step)
         return logged
 
+    def _written_to(self, trial) -> int:
+        """The last epoch in the trial's event files: written by this driver, or before its restart point."""
+        return max(self._steps.get(trial, ()), default=self._floor.get(trial, 0))
+
+    def _write_in_order(self, trial, rows: dict) -> None:
+        """Write the epochs of ``rows`` (epoch -> metrics) after :meth:`_written_to`, in increasing order."""
+        last = self._written_to(trial)
+        for epoch in sorted(e for e in rows if e > last):
+            self._add(trial, rows[epoch], epoch)
+
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         """Add the trial's reported metrics of ``result`` at step ``result["epoch"]`` (else
-        ``training_iteration``), unless that epoch is already in the file; no flush."""
+        ``training_iteration``), unless that epoch is already in the file; no flush. With ``report_every`` > 1
+        the epoch waits for the checkpoint holding the epochs before it (:meth:`on_checkpoint`) or the
+        trial's end (:meth:`log_trial_end`)."""
         step = int(result["epoch"]) if isinstance(result.get("epoch"), (int, np.integer)) else result[TRAINING_ITERATION]
         if step in self._steps.get(trial, ()):
+            return
+        if self.report_every > 1:
+            if step > self._written_to(trial):
+                self._pending.setdefault(trial, {})[step] = result
+            self._trial_result[trial] = self._scalars(result)  # the hyper-parameter table's metrics
             return
         # what Tune's logger keeps for the hyper-parameter table at the end
         self._trial_result[trial] = self._add(trial, result, step)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        """Add the epochs of ``checkpoint``'s history (:func:`gnp_study.runner.history_rows`) that are not yet
-        in the trial's event file (the epochs a trial with ``report_every`` > 1 did not report)."""
+        """Write the epochs of ``checkpoint``'s history (:func:`gnp_study.runner.history_rows`) that are not
+        yet in the trial's event file (the epochs a trial with ``report_every`` > 1 did not report), in
+        order, with the reported epochs waiting up to the checkpoint's last epoch."""
         if self.report_every <= 1:
             return
         from gnp_study.runner import history_rows
 
-        floor = self._floor.get(trial, 0)
-        for row in history_rows(checkpoint):
-            epoch = row.get("epoch")
-            if isinstance(epoch, int) and epoch > floor and epoch not in self._steps.get(trial, ()):
-                self._add(trial, row, epoch)
+        rows = {r["epoch"]: r for r in history_rows(checkpoint) if isinstance(r.get("epoch"), int)}
+        if not rows:
+            return
+        pending = self._pending.get(trial, {})
+        upto = max(rows)
+        rows.update({e: m for e, m in pending.items() if e <= upto and e not in rows})
+        self._write_in_order(trial, rows)
+        for e in [e for e in pending if e <= upto]:
+            del pending[e]
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
-        """Tune's end of trial (hyper-parameters, close the file); forget the trial's epochs."""
+        """Write the reported epochs still waiting (in order), then Tune's end of trial (hyper-parameters,
+        close the file); forget the trial's epochs."""
+        pending = self._pending.pop(trial, {})
+        if pending:
+            self._write_in_order(trial, pending)
         super().log_trial_end(trial, failed)
         self._steps.pop(trial, None)
         self._floor.pop(trial, None)

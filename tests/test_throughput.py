@@ -124,6 +124,7 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path, report_e
         ea.Reload()
         points = sorted(ea.Scalars("ray/tune/test_error"), key=lambda e: e.step)
         assert [e.step for e in points] == [1, 2, 3]
+        assert _file_steps(f.parent) == [1, 2, 3]  # written in step order (real Tune callback order)
         assert [e.value for e in points] == pytest.approx(in_process[trial_id]["test_error"].tolist(), rel=1e-6)
     assert seen == {tc.trial_id: reported for tc in plan}
 
@@ -199,6 +200,17 @@ def _checkpoint_with_history(path, epochs: list[int]):
     return tune.Checkpoint.from_directory(str(path))
 
 
+def _file_steps(folder, tag="ray/tune/test_error") -> list[int]:
+    """The steps of ``tag`` in the order they were written (event files in name order, raw records)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps
+
+
 def _steps(folder, tag="ray/tune/test_error") -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -226,6 +238,7 @@ def test_tensorboard_logger_adds_the_unreported_epochs_from_the_checkpoint_histo
                          checkpoint=_checkpoint_with_history(tmp_path / "c4", [1, 2, 3, 4]))
     logger.log_trial_end(trial)
     assert _steps(tmp_path / "t") == pytest.approx({1: 50.0, 2: 25.0, 3: 50 / 3, 4: 12.5})
+    assert _file_steps(tmp_path / "t") == [1, 2, 3, 4]  # in order: TensorBoard's fast loader drops the rest
 
     # a trial restarted from its epoch-3 checkpoint (a new driver): only the epochs after it are added
     logger = EpochTensorBoardLogger(report_every=2)
@@ -236,6 +249,7 @@ def test_tensorboard_logger_adds_the_unreported_epochs_from_the_checkpoint_histo
                          checkpoint=_checkpoint_with_history(tmp_path / "r5", [1, 2, 3, 4, 5]))
     logger.log_trial_end(again)
     assert _steps(tmp_path / "again") == pytest.approx({4: 12.5, 5: 10.0})
+    assert _file_steps(tmp_path / "again") == [4, 5]
 
     # report_every = 1: every epoch comes as a result; checkpoints are not read
     logger = EpochTensorBoardLogger()
@@ -246,6 +260,44 @@ def test_tensorboard_logger_adds_the_unreported_epochs_from_the_checkpoint_histo
                          checkpoint=_checkpoint_with_history(tmp_path / "o1", [1, 2]))
     logger.log_trial_end(one)
     assert _steps(tmp_path / "one") == {1: 7.0}
+
+
+def test_tensorboard_steps_are_written_in_order_with_sparse_reports_and_checkpoints(tmp_path):
+    """report_every 4, checkpoint_every 6, 15 epochs, in the order Tune calls the logger (result, then
+    its checkpoint, then the trial's end): reports at 4, 6*, 8, 12*, 15* (* with a checkpoint). Every
+    epoch lands once and in increasing step order, the reported values where an epoch was reported."""
+    from gnp_study.race_search import EpochTensorBoardLogger
+
+    logger = EpochTensorBoardLogger(report_every=4)
+    trial = _Trial(tmp_path / "t")
+    trial.checkpoint = None
+    logger.log_trial_start(trial)
+    for i, epoch in enumerate([4, 6, 8, 12, 15]):
+        logger.log_trial_result(i, trial, {"epoch": epoch, "test_error": 50.0 / epoch, "training_iteration": i + 1})
+        if epoch in (6, 12, 15):
+            logger.on_checkpoint(iteration=i, trials=[trial], trial=trial,
+                                 checkpoint=_checkpoint_with_history(tmp_path / f"c{epoch}",
+                                                                     list(range(1, epoch + 1))))
+        if epoch == 8:  # nothing after the last checkpoint is written before the epochs it needs
+            assert _file_steps(tmp_path / "t") in ([], [1, 2, 3, 4, 5, 6])
+    logger.log_trial_end(trial)
+    assert _file_steps(tmp_path / "t") == list(range(1, 16))
+    assert _steps(tmp_path / "t") == pytest.approx({e: 50.0 / e for e in range(1, 16)})
+
+    # a trial that ends (diverged, failed) after a report with no checkpoint after it: the waiting
+    # reported epochs are written at its end, still in order
+    logger = EpochTensorBoardLogger(report_every=4)
+    cut = _Trial(tmp_path / "cut")
+    cut.checkpoint = None
+    logger.log_trial_start(cut)
+    logger.log_trial_result(0, cut, {"epoch": 4, "test_error": 12.5, "training_iteration": 1})
+    logger.log_trial_result(1, cut, {"epoch": 6, "test_error": 50 / 6, "training_iteration": 2})
+    logger.on_checkpoint(iteration=1, trials=[cut], trial=cut,
+                         checkpoint=_checkpoint_with_history(tmp_path / "k6", [1, 2, 3, 4, 5, 6]))
+    logger.log_trial_result(2, cut, {"epoch": 8, "test_error": 6.25, "training_iteration": 3})
+    logger.log_trial_result(3, cut, {"epoch": 9, "test_error": 50 / 9, "training_iteration": 4})
+    logger.log_trial_end(cut, failed=True)
+    assert _file_steps(tmp_path / "cut") == [1, 2, 3, 4, 5, 6, 8, 9]
 
 
 def test_tune_adds_no_second_tensorboard_logger():
