@@ -31,7 +31,7 @@ import yaml
 from gnp_study import protocol, racing
 from gnp_study.protocol import STAGES, TrialConfig
 from gnp_study.spec import StudySpec
-from gnp_study.trainable import HISTORY_FILE, trainable, trial_of
+from gnp_study.trainable import HISTORY_FILE, trainable, trial_of  # trial workers import only that module
 
 # best_val_error / test_error_at_best_val (trials) and val_loss / val_error (epochs) are NaN unless the
 # study sets data.validation (see gnp_study.train).
@@ -164,12 +164,6 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise StudyError(f"{path} is not a readable Parquet table ({type(e).__name__}: {e}); restore it from "
                          f"a backup or start a new study folder") from None
-
-
-# ----------------------------------------------------------------------------------------- the trainable
-# The trainable lives in its own lean module (gnp_study.trainable): a trial worker imports only that.
-_trainable = trainable  # the names the runner and its tests use
-_trial_of = trial_of
 
 
 # ------------------------------------------------------------------------------- checkpoints on restore
@@ -576,8 +570,8 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     # TensorBoard event files without Tune's per-result flush; MLflow when GNP_STUDY_MLFLOW_URI is set
     callbacks = callbacks + tensorboard_callbacks(spec.report_every) + tracking_callbacks(spec.name)
 
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, spec_dict=spec.resolved()),
+    wrapped = tune.with_resources(
+        tune.with_parameters(trainable, spec_dict=spec.resolved()),
         {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
     )
     exp_path = f"{storage.rstrip('/')}/{name}"
@@ -592,7 +586,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
             if note:
                 print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
     if tune.Tuner.can_restore(str(exp_path)):
-        tuner = tune.Tuner.restore(str(exp_path), trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(str(exp_path), wrapped, resume_unfinished=True,
                                    resume_errored=resume_errored, restart_errored=False, param_space=param_space)
         # This run's callbacks (its progress line), not the pickled ones of the run that created the stage.
         run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
@@ -605,7 +599,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
             tune_config.search_alg = search_alg
         return tuner
     return tune.Tuner(
-        trainable,
+        wrapped,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
@@ -687,7 +681,7 @@ def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
         if cfg is None:  # a trial Tune never started (the stage was interrupted), or a lost one
             unfinished += 1
             continue
-        trial = _trial_of(cfg, spec)
+        trial = trial_of(cfg, spec)
         df = res.metrics_dataframe
         if df is None or "epoch" not in df.columns:
             df = pd.DataFrame(columns=["epoch"])

@@ -97,3 +97,10 @@ def trainable(config: dict, spec_dict: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train_trial(spec, trial, report, state)
+
+
+# Ray Tune stores a function trainable's ``__name__`` in every experiment's state and refuses to restore an
+# experiment with a trainable of another name. This function was ``runner._trainable`` until 1 Dec 2026:
+# keeping that name lets a stage interrupted under an older version resume. Pickling (how Ray ships the
+# function to workers) looks it up by ``__qualname__``, which stays ``trainable``.
+trainable.__name__ = "_trainable"
