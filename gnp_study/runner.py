@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -640,10 +641,34 @@ def history_rows(checkpoint) -> list[dict]:
         return []
 
 
-def _history(checkpoint) -> pd.DataFrame:
-    """:func:`history_rows` as a table (at least the column ``epoch``)."""
-    rows = history_rows(checkpoint)
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["epoch"])
+def _float(v) -> float:
+    """A metric value as a float (None or a missing value: NaN)."""
+    return math.nan if v is None else float(v)
+
+
+def _epoch_rows(res) -> tuple[list[dict], set]:
+    """Every epoch of one trial, in epoch order: the checkpoint's history (epochs Tune's result files lost
+    when a driver was killed before they reached storage), then Tune's results, the later one kept for an
+    epoch seen twice (a trial resumed from an older checkpoint reported some epochs twice, with the same
+    numbers: training is deterministic given the checkpoint). Rows without an epoch are dropped.
+
+    Returns:
+        ``(rows, keys)``: the rows (dicts of reported metrics) and every metric name seen in either source
+        (a name some rows lack reads as NaN in those rows).
+    """
+    df = res.metrics_dataframe
+    tune_rows = df is not None and "epoch" in df.columns  # else: no epoch reached Tune's result files
+    records = df.to_dict("records") if tune_rows else []
+    keys = {"epoch"} | (set(df.columns) if tune_rows else set())
+    hist = history_rows(res.checkpoint)
+    by_epoch: dict = {}
+    for row in hist + records:
+        keys.update(row)
+        e = row.get("epoch")
+        if e is None or (isinstance(e, float) and math.isnan(e)):
+            continue
+        by_epoch[e] = row  # the later source wins
+    return sorted(by_epoch.values(), key=lambda row: row["epoch"]), keys
 
 
 def _params(res) -> dict | None:
@@ -671,7 +696,9 @@ def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
         ``(trials, epochs, unfinished, lost)``: the tables of the trials that ended, how many trials of
         the ResultGrid had not ended (lost ones included unless recorded), and how many were lost.
     """
-    trial_rows, epoch_frames = [], []
+    # Plain Python per trial and one DataFrame per table at the end: per-trial pandas frames cost about
+    # 12 ms a trial, which the driver spent at a stage's end with every trial worker idle.
+    trial_rows, cols = [], {c: [] for c in EPOCH_COLUMNS}
     unfinished = lost = 0
     for res in results:
         cfg = res.config
@@ -682,15 +709,8 @@ def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
             unfinished += 1
             continue
         trial = trial_of(cfg, spec)
-        df = res.metrics_dataframe
-        if df is None or "epoch" not in df.columns:
-            df = pd.DataFrame(columns=["epoch"])
-        # Epochs the checkpoint has seen but Tune's result files lost (a driver killed before they reached
-        # storage), then Tune's results; a trial resumed from an older checkpoint reported some epochs
-        # twice, with the same numbers (training is deterministic given the checkpoint).
-        df = pd.concat([_history(res.checkpoint), df], ignore_index=True)
-        df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
-        last = df.iloc[-1].to_dict() if len(df) else {}
+        rows, keys = _epoch_rows(res)
+        last = {k: rows[-1].get(k, math.nan) for k in keys} if rows else {}
         status = last.get("status")
         error = ""
         if res.error is not None:
@@ -698,32 +718,39 @@ def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
         elif status not in _TERMINAL:  # pending, or running when the stage stopped
             unfinished += 1
             continue
-        ep = pd.DataFrame({
-            "trial_id": trial["trial_id"], "stage": stage, "config_key": trial["config_key"],
-            "alpha": float(trial["config"]["alpha"]), "r": float(trial["config"]["r"]), "seed": int(trial["seed"]),
-            **{c: df[c].astype(float).to_numpy() if c in df else math.nan for c in EPOCH_COLUMNS[6:]},
-        }, index=range(len(df)))
-        ep["epoch"] = ep["epoch"].astype(int)
-        epoch_frames.append(ep[EPOCH_COLUMNS])
-        best = float(ep["best_test_error"].min()) if len(ep) and ep["best_test_error"].notna().any() else math.nan
-        final = ep["test_error"].dropna()
-        val = ep["val_error"].dropna()  # empty without a validation split
-        at = val.idxmin() if len(val) else None  # idxmin: the first (earliest) epoch on ties
+        n = len(rows)
+        metric = {c: np.array([_float(r.get(c)) for r in rows], dtype=float) if c in keys else
+                  np.full(n, math.nan) for c in EPOCH_COLUMNS[6:]}
+        alpha, r, seed = float(trial["config"]["alpha"]), float(trial["config"]["r"]), int(trial["seed"])
+        for c, v in (("trial_id", trial["trial_id"]), ("stage", stage), ("config_key", trial["config_key"]),
+                     ("alpha", alpha), ("r", r), ("seed", seed)):
+            cols[c].extend([v] * n)
+        for c in EPOCH_COLUMNS[6:]:
+            cols[c].extend(metric[c].tolist() if c != "epoch" else metric[c].astype(int).tolist())
+        bte, te, ve = metric["best_test_error"], metric["test_error"], metric["val_error"]
+        best = float(np.nanmin(bte)) if n and not np.isnan(bte).all() else math.nan
+        final = te[~np.isnan(te)]
+        seen = np.flatnonzero(~np.isnan(ve))  # empty without a validation split
+        at = int(seen[np.argmin(ve[seen])]) if len(seen) else None  # argmin: the first (earliest) epoch on ties
         trial_rows.append({
             "trial_id": trial["trial_id"], "stage": stage, "config_key": trial["config_key"],
-            "config": json.dumps(trial["config"], sort_keys=True), "alpha": float(trial["config"]["alpha"]),
-            "r": float(trial["config"]["r"]), "seed": int(trial["seed"]), "status": status,
-            "best_test_error": best, "final_test_error": float(final.iloc[-1]) if len(final) else math.nan,
-            "epochs_run": int(ep["epoch"].max()) if len(ep) else 0,
+            "config": json.dumps(trial["config"], sort_keys=True), "alpha": alpha, "r": r, "seed": seed,
+            "status": status, "best_test_error": best, "final_test_error": float(final[-1]) if len(final) else math.nan,
+            "epochs_run": int(metric["epoch"].max()) if n else 0,
             "diverged_epoch": float(last["epoch"]) if status == "diverged" else math.nan,
-            "error": error, "wall_time_s": float(ep["epoch_time_s"].sum()) if len(ep) else 0.0,
+            "error": error, "wall_time_s": float(np.nansum(metric["epoch_time_s"])) if n else 0.0,
             "node": str(last.get("node", "")), "cpus": spec.resources.cpus_per_trial,
             "gpus": spec.resources.gpus_per_trial,
-            "best_val_error": float(val[at]) if at is not None else math.nan,
-            "test_error_at_best_val": float(ep.loc[at, "test_error"]) if at is not None else math.nan,
+            "best_val_error": float(ve[at]) if at is not None else math.nan,
+            "test_error_at_best_val": float(te[at]) if at is not None else math.nan,
         })
     trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS)
-    epochs = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=EPOCH_COLUMNS)
+    if trial_rows:
+        types = {"alpha": float, "r": float, "seed": np.int64, "epoch": np.int64}
+        epochs = pd.DataFrame({c: np.array(v, dtype=types.get(c, float if i > 6 else object))
+                               for i, (c, v) in enumerate(cols.items())})
+    else:
+        epochs = pd.DataFrame(columns=EPOCH_COLUMNS)
     return trials, epochs, unfinished, lost
 
 

@@ -373,3 +373,53 @@ def test_the_study_check_builds_the_model_without_importing_torch_dynamo(study):
     loaded = _modules_after(f"from gnp_study.spec import load_spec; load_spec({str(path)!r})")
     assert "torch" in loaded and "gnp_study.models" in loaded  # the model was built
     assert "torch._dynamo" not in loaded
+
+
+def test_collect_merges_history_and_tune_rows_into_the_tables_by_hand(tmp_path):
+    """_collect (built without per-trial DataFrames since 1 Dec 2026): every value of both tables against
+    figures worked out by hand from one trial's checkpoint history and Tune rows."""
+    import math
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from gnp_study import runner
+
+    s = spec(training={"epochs": 4, "batch_size": 64, "lr": 0.1})
+    trial = TrialConfig("gnp", {"alpha": 0.5, "r": 0.05}, 3).to_dict()
+    base = {"train_loss": 1.0, "train_error": 30.0, "test_loss": 1.0, "grad_norm": 0.5, "lr": 0.1,
+            "node": "a", "diverged_epoch": math.nan}
+    # history: epochs 1-3, no validation metrics; epoch 3 also reached Tune with other numbers (Tune wins)
+    hist = [dict(base, epoch=1, test_error=20.0, best_test_error=20.0, epoch_time_s=0.5, status="running"),
+            dict(base, epoch=2, test_error=15.0, best_test_error=15.0, epoch_time_s=0.25, status="running"),
+            dict(base, epoch=3, test_error=99.0, best_test_error=15.0, epoch_time_s=9.0, status="running")]
+    ckpt = tmp_path / "checkpoint_000002"
+    ckpt.mkdir()
+    (ckpt / runner.HISTORY_FILE).write_text(json.dumps(hist))
+    tune_rows = pd.DataFrame([
+        dict(base, epoch=3.0, test_error=12.0, best_test_error=12.0, epoch_time_s=0.125, status="running",
+             val_error=8.0),
+        dict(base, epoch=math.nan, test_error=1.0, best_test_error=1.0, epoch_time_s=50.0, status="running",
+             val_error=1.0),  # a row without an epoch: dropped
+        dict(base, epoch=4.0, test_error=13.0, best_test_error=12.0, epoch_time_s=math.nan, status="completed",
+             val_error=8.0, node="b"),  # ties epoch 3 on validation error: the earlier epoch is chosen
+    ])
+    res = SimpleNamespace(config={"trial": trial}, metrics_dataframe=tune_rows, error=None,
+                          checkpoint=SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(ckpt)))
+    trials, epochs, unfinished, lost = runner._collect([res], "gnp", s)
+    assert (unfinished, lost) == (0, 0)
+    assert list(epochs["epoch"]) == [1, 2, 3, 4]
+    assert epochs["test_error"].tolist() == [20.0, 15.0, 12.0, 13.0]
+    assert epochs["val_error"].iloc[:2].isna().all() and epochs["val_error"].iloc[2:].tolist() == [8.0, 8.0]
+    assert epochs["val_loss"].isna().all()  # reported by neither source
+    assert set(epochs["trial_id"]) == {trial["trial_id"]} and set(epochs["seed"]) == {3}
+    assert epochs["alpha"].tolist() == [0.5] * 4 and set(epochs["stage"]) == {"gnp"}
+    assert epochs["epoch"].dtype == np.int64 and epochs["seed"].dtype == np.int64
+    assert epochs["test_error"].dtype == np.float64 and epochs["alpha"].dtype == np.float64
+    row = trials.iloc[0]
+    assert row["status"] == "completed" and row["epochs_run"] == 4 and row["node"] == "b"
+    assert row["best_test_error"] == 12.0 and row["final_test_error"] == 13.0
+    assert row["wall_time_s"] == 0.5 + 0.25 + 0.125  # epoch 4's NaN time counts as nothing
+    assert row["best_val_error"] == 8.0 and row["test_error_at_best_val"] == 12.0  # epoch 3, not 4
+    assert math.isnan(row["diverged_epoch"]) and row["error"] == ""
+    assert json.loads(row["config"]) == {"alpha": 0.5, "r": 0.05}
