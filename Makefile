@@ -26,4 +26,9 @@ bench: $(BIN)/.installed
 bench-study: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_study.py $(BENCH_STUDY_ARGS)
 
-.PHONY: install demo test bench bench-study
+# Vectorised seeds (torch.func vmap) against the same seeds trained one after the other, in one process
+# (benchmarks/README.md, "Vectorised seeds"); a few minutes on 2 cores.
+bench-seeds: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_seeds_vmap.py
+
+.PHONY: install demo test bench bench-study bench-seeds

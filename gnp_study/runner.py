@@ -749,6 +749,8 @@ def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
         types = {"alpha": float, "r": float, "seed": np.int64, "epoch": np.int64}
         epochs = pd.DataFrame({c: np.array(v, dtype=types.get(c, float if i > 6 else object))
                                for i, (c, v) in enumerate(cols.items())})
+        # pandas' text dtype also when every recorded trial has no epoch (inferred from values otherwise)
+        epochs = epochs.astype({c: pd.Series(["x"]).dtype for c in ("trial_id", "stage", "config_key")})
     else:
         epochs = pd.DataFrame(columns=EPOCH_COLUMNS)
     return trials, epochs, unfinished, lost

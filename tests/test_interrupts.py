@@ -282,3 +282,14 @@ def test_a_cut_generator_state_still_starts_the_stage_again_when_trials_are_miss
     note = runner._set_aside_damaged_state(exp, planned={"gnp-a-s0", "gnp-a-s1"})
     assert "start again" in note and not (exp / "tuner.pkl").exists()
     assert runner._set_aside_damaged_state(exp, planned={"x"}) is None  # nothing left to set aside
+
+
+def test_a_stage_whose_trials_failed_before_any_epoch_keeps_the_text_dtypes():
+    """Every recorded trial failed without an epoch: the (empty) epochs table keeps pandas' text dtype for
+    its id columns, as a table with rows has (parquet then stores strings, and a later concat stays text)."""
+    trials = [TrialConfig("sam", {"alpha": 1.0, "r": r}, 0).to_dict() for r in (0.01, 0.02)]
+    results = [_result(t, None, error=RuntimeError("boom")) for t in trials]
+    got, epochs, unfinished, lost = runner._collect(results, "sam", SPEC)
+    assert list(got["status"]) == ["failed", "failed"] and len(epochs) == 0
+    text = pd.Series(["x"]).dtype
+    assert [epochs[c].dtype for c in ("trial_id", "stage", "config_key")] == [text] * 3
