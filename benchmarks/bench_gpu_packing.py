@@ -65,27 +65,53 @@ def worker_processes(exp_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-root", required=True, help="CIFAR-10 folder (ImageFolder copy or torchvision's)")
-    ap.add_argument("--format", default="auto")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--data-root", required=True,
+                    help="CIFAR-10 folder: the ImageFolder copy (train/<class>/, test/<class>/) or torchvision's")
+    ap.add_argument("--format", default="auto", choices=["auto", "python", "imagefolder"])
     ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8], help="trials per GPU")
-    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8], help="trials per GPU (each >= 1)")
+    ap.add_argument("--trials", type=int, default=16, help="trials per level")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-subset", type=int, default=10000)
     ap.add_argument("--test-subset", type=int, default=2000)
     ap.add_argument("--cpus-per-trial", type=float, default=1.0)
     ap.add_argument("--logical-gpus", type=int, default=0,
-                    help="declare this many GPUs to a local Ray on a machine without one (mechanics only)")
-    ap.add_argument("--json")
+                    help="declare this many GPUs to a local Ray on a machine without one (checks the packing "
+                         "only: trials train on the CPU)")
+    ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args(argv)
+    for name in ("trials", "epochs", "train_subset", "test_subset"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if any(k < 1 for k in a.levels):
+        ap.error("--levels are trials per GPU: each must be at least 1")
+    if a.cpus_per_trial <= 0 or a.logical_gpus < 0:
+        ap.error("--cpus-per-trial must be > 0 and --logical-gpus >= 0")
+
+    import torch
+
+    from gnp_study.data import DataError, check_data
+    from gnp_study.spec import SpecError, parse_spec
+
+    if not torch.cuda.is_available() and not a.logical_gpus:
+        ap.error("this machine has no CUDA GPU; run on a GPU machine, or add --logical-gpus 1 to check the "
+                 "packing on the CPU")
+    # Every level's study and the data folder are checked before Ray starts (no image is decoded here).
+    a.data_root = str(Path(a.data_root).expanduser().resolve())
+    try:
+        specs = {k: parse_spec(study(a, 1.0 / k), check_names=True) for k in a.levels}
+        d = specs[a.levels[0]].data
+        check_data(d.dataset, d.root, d.format, train_subset=d.train_subset, test_subset=d.test_subset)
+    except (SpecError, DataError, ValueError) as e:
+        print(f"bench_gpu_packing.py: error: {e}", file=sys.stderr)
+        return 2
 
     import ray
-    import torch
 
     from gnp_study import runner
     from gnp_study.protocol import TrialConfig
-    from gnp_study.spec import parse_spec
 
     if a.logical_gpus:
         runner._loopback_only()
@@ -93,13 +119,14 @@ def main(argv: list[str] | None = None) -> int:
                  log_to_driver=False, logging_level="WARNING")
     resources = runner.connect()
     real_gpu = torch.cuda.is_available() and not a.logical_gpus
-    device = torch.cuda.get_device_name(0) if real_gpu else "none (logical GPU: trials train on the CPU)"
+    device = (torch.cuda.get_device_name(0) if real_gpu else
+              f"none ({a.logical_gpus} logical GPU(s) declared: trials train on the CPU)")
     print(f"[bench] GPUs in Ray: {resources.get('GPU', 0):g}, device: {device}, CPUs: {resources.get('CPU', 0):g}",
           flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gnp-packing-") as tmp:
         for k in a.levels:
-            spec = parse_spec(study(a, 1.0 / k), check_names=False)
+            spec = specs[k]
             runner.check_resources(spec, resources)
             plan = [TrialConfig("gnp", {"alpha": 0.8, "r": 0.05}, s) for s in spec.seeds]
             t0 = time.perf_counter()
@@ -121,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['median_epoch_s']:.2f} | {r['worker_processes']} |")
     if not real_gpu:
         print("\nNo GPU: these figures check Ray's packing only; the trials trained on the CPU.")
+    short = [r["trials_per_gpu"] for r in rows if r["ended"] < r["trials"]]
+    if short:
+        print(f"\nNot a throughput: at {short} trials per GPU some trials did not end (see the errors above).")
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": platform.platform(), "device": device, "args": vars(a),
                                             "rows": rows}, indent=1))

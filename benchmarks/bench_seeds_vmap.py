@@ -156,7 +156,8 @@ def vectorised(spec, config: dict, seeds: list[int]) -> list[list[dict]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--study", default=str(ROOT / "search_spaces" / "digits.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[2, 4, 8], help="numbers of seeds S")
     ap.add_argument("--alpha", type=float, default=0.8)
@@ -164,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args(argv)
-    spec = load_spec(a.study, check_names=False)
+    if a.reps < 1 or any(S < 1 for S in a.seeds):
+        ap.error("--reps and every --seeds value must be at least 1")
+    try:
+        spec = load_spec(a.study, check_names=False)
+    except ValueError as e:
+        ap.error(str(e))
+    print(f"[bench] {Path(a.study).name}, alpha = {a.alpha:g}, r = {a.r:g}, seeds {a.seeds}, {a.reps} repetition(s), "
+          f"{max(1, int(spec.resources.cpus_per_trial))} thread(s); ratio = median of the per-repetition "
+          f"ratios vmap/separate", flush=True)
     config = {"alpha": a.alpha, "r": a.r}
     train.CACHE_DATA = True
     separate(spec, config, [0])                     # warm-up: imports, data, first-call costs
