@@ -746,11 +746,11 @@ def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
         })
     trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS)
     if trial_rows:
-        types = {"alpha": float, "r": float, "seed": np.int64, "epoch": np.int64}
-        epochs = pd.DataFrame({c: np.array(v, dtype=types.get(c, float if i > 6 else object))
-                               for i, (c, v) in enumerate(cols.items())})
+        text = ("trial_id", "stage", "config_key")
+        epochs = pd.DataFrame({c: np.array(v, dtype=object if c in text else np.int64 if c in ("seed", "epoch")
+                                           else float) for c, v in cols.items()})
         # pandas' text dtype also when every recorded trial has no epoch (inferred from values otherwise)
-        epochs = epochs.astype({c: pd.Series(["x"]).dtype for c in ("trial_id", "stage", "config_key")})
+        epochs = epochs.astype({c: pd.Series(["x"]).dtype for c in text})
     else:
         epochs = pd.DataFrame(columns=EPOCH_COLUMNS)
     return trials, epochs, unfinished, lost
