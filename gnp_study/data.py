@@ -315,13 +315,34 @@ class TensorImageDataset(Dataset):
         return self.data[i], int(self.targets[i])
 
 
-def _digits() -> tuple[Dataset, Dataset]:
-    """scikit-learn digits: stratified 80/20 split with random_state 0, pixels /16 then normalised."""
+#: The digits split as :func:`digits_arrays` returns it, when a Ray trial worker received it from the driver
+#: (``gnp_study.trainable`` sets it); ``None``: :func:`_digits` loads it with scikit-learn.
+DIGITS_ARRAYS: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits, split 80/20 stratified with ``random_state=0`` (``train_test_split``).
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)``: ``x`` float64 ``(1437, 64)`` / ``(360, 64)``, pixel values
+        0-16 (8x8 images, row-major); ``y`` int64 class labels 0-9.
+
+    The driver of a study computes it once per stage and hands it to the trial workers through Ray's object
+    store: a worker then builds the digits data sets without importing scikit-learn (with the scipy modules
+    it loads, about 0.8 s for each new worker, with the trials waiting).
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return xtr, ytr, xte, yte
+
+
+def _digits() -> tuple[Dataset, Dataset]:
+    """scikit-learn digits (:func:`digits_arrays`, or :data:`DIGITS_ARRAYS` when set), pixels /16 then
+    normalised."""
+    xtr, ytr, xte, yte = DIGITS_ARRAYS if DIGITS_ARRAYS is not None else digits_arrays()
     spec = DATASETS["digits"]
 
     def make(a: np.ndarray, b: np.ndarray) -> TensorImageDataset:

@@ -44,12 +44,15 @@ def trial_of(config: dict, spec: StudySpec) -> dict:
     return TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
 
 
-def trainable(config: dict, spec_dict: dict) -> None:
+def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> None:
     """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample.
 
     Args:
         config: the trial's Tune config (see :func:`trial_of`).
         spec_dict: the study, as ``StudySpec.resolved()`` (bound with ``tune.with_parameters``).
+        digits: for a digits study, the split as :func:`gnp_study.data.digits_arrays` returns it (bound with
+            ``tune.with_parameters``: Ray's object store brings it to the worker), so that the worker does
+            not import scikit-learn; ``None``: the worker loads the data itself.
 
     Returns:
         None; the trial's results reach Tune through ``tune.report``: every ``spec.report_every`` epochs,
@@ -70,6 +73,10 @@ def trainable(config: dict, spec_dict: dict) -> None:
     from gnp_study.train import train_trial
 
     train.CACHE_DATA = True  # this worker trains many trials of one data spec (reuse_actors)
+    if digits is not None:
+        from gnp_study import data
+
+        data.DIGITS_ARRAYS = tuple(digits)
     spec = parse_spec(spec_dict, check_names=False)
     trial = trial_of(config, spec)
     state = None

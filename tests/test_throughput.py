@@ -423,3 +423,84 @@ def test_collect_merges_history_and_tune_rows_into_the_tables_by_hand(tmp_path):
     assert row["best_val_error"] == 8.0 and row["test_error_at_best_val"] == 12.0  # epoch 3, not 4
     assert math.isnan(row["diverged_epoch"]) and row["error"] == ""
     assert json.loads(row["config"]) == {"alpha": 0.5, "r": 0.05}
+
+
+_WORKER_SCRIPT = """
+import json, pickle, sys, types
+import ray
+from ray import tune
+arrays_file, spec_json, trial_json, out = sys.argv[1:]
+reports = []
+tune.report = lambda metrics, checkpoint=None: reports.append(metrics)
+tune.get_checkpoint = lambda: None
+ray.get_runtime_context = lambda: types.SimpleNamespace(get_node_id=lambda: "node")
+from gnp_study.trainable import trainable
+with open(arrays_file, "rb") as f:
+    digits = pickle.load(f)
+trainable({"trial": json.loads(trial_json)}, json.loads(spec_json), digits=digits)
+json.dump({"reports": reports, "modules": sorted(sys.modules)}, open(out, "w"))
+"""
+
+
+def test_a_digits_worker_trains_on_the_drivers_split_without_scikit_learn(tmp_path):
+    """The runner sends a digits study's split to the trial workers (``trainable(..., digits=...)``): a
+    worker given it imports neither scikit-learn nor scipy, and its trial is bit for bit the in-process
+    trial that loaded the digits with scikit-learn."""
+    import pickle
+    import subprocess
+    import sys
+
+    from gnp_study.data import digits_arrays
+
+    s = spec(checkpoint_every=3)
+    trial = TrialConfig("gnp", {"alpha": 0.8, "r": 0.05}, 1).to_dict()
+    (tmp_path / "digits.pkl").write_bytes(pickle.dumps(digits_arrays()))
+    out = tmp_path / "out.json"
+    subprocess.run([sys.executable, "-c", _WORKER_SCRIPT, str(tmp_path / "digits.pkl"), json.dumps(s.resolved()),
+                    json.dumps(trial), str(out)], check=True, timeout=300)
+    got = json.loads(out.read_text())
+    assert not {m for m in got["modules"] if m.split(".")[0] in ("sklearn", "scipy")}
+    assert [r["epoch"] for r in got["reports"]] == [1, 2, 3]
+    mine = metrics_of(s, trial)
+    for c in COLS:
+        assert [r[c] for r in got["reports"]] == [m[c] for m in mine], c  # bit for bit (JSON keeps floats exact)
+
+
+def test_the_runner_hands_the_digits_split_to_the_workers_of_a_digits_study_only(monkeypatch, tmp_path):
+    """What ``runner._tuner`` binds to the trainable: the study, plus the digits split for a digits study
+    (equal to scikit-learn's), and no data for a study on files (CIFAR-10 here)."""
+    from ray import tune
+    from sklearn.datasets import load_digits
+
+    from gnp_study import runner
+
+    bound = []
+    monkeypatch.setattr(tune, "with_parameters", lambda fn, **kw: bound.append(kw) or fn)
+    runner._tuner("standard", {}, spec(), str(tmp_path / "ray"), [])
+    xtr, ytr, xte, yte = bound[-1]["digits"]
+    assert bound[-1]["spec_dict"] == spec().resolved()
+    assert xtr.shape == (1437, 64) and xte.shape == (360, 64)
+    x, y = load_digits(return_X_y=True)
+    # the split is a stratified partition of all 1797 images (every image once, labels kept)
+    both = np.concatenate([np.column_stack([xtr, ytr]), np.column_stack([xte, yte])])
+    assert sorted(map(tuple, both)) == sorted(map(tuple, np.column_stack([x, y])))
+    assert np.abs(np.bincount(yte) - 0.2 * np.bincount(y)).max() < 1  # stratified 80/20
+    cifar = parse_spec({"name": "c", "data": {"dataset": "cifar10", "root": str(tmp_path)},
+                        "model": {"name": "resnet20"},
+                        "training": {"epochs": 1, "batch_size": 128, "lr": 0.1}, "seeds": [0]}, check_names=False)
+    runner._tuner("standard", {}, cifar, str(tmp_path / "ray2"), [])
+    assert "digits" not in bound[-1] and bound[-1]["spec_dict"] == cifar.resolved()
+
+
+def test_the_driver_records_the_torchvision_version_without_importing_torchvision():
+    """run_info.json's versions: torchvision's is its installed (pip) version, read without importing the
+    package (torchvision.models imports torch._dynamo: ~2 s of every study's start); the release agrees with
+    what the imported module reports."""
+    import torchvision
+
+    loaded = _modules_after("from gnp_study import runner; runner._versions()")
+    assert "torchvision" not in loaded and "torch._dynamo" not in loaded
+    from gnp_study import runner
+
+    v = runner._versions()
+    assert v["torchvision"] == torchvision.__version__.split("+")[0]
