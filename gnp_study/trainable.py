@@ -74,9 +74,12 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
 
     train.CACHE_DATA = True  # this worker trains many trials of one data spec (reuse_actors)
     if digits is not None:
+        import numpy as np
+
         from gnp_study import data
 
-        data.DIGITS_ARRAYS = tuple(digits)
+        # Ray hands over read-only views of its object store; torch wants writable arrays to share.
+        data.DIGITS_ARRAYS = tuple(np.array(a, copy=True) for a in digits)
     spec = parse_spec(spec_dict, check_names=False)
     trial = trial_of(config, spec)
     state = None

@@ -435,8 +435,12 @@ tune.report = lambda metrics, checkpoint=None: reports.append(metrics)
 tune.get_checkpoint = lambda: None
 ray.get_runtime_context = lambda: types.SimpleNamespace(get_node_id=lambda: "node")
 from gnp_study.trainable import trainable
+import warnings
+warnings.filterwarnings("error", message=".*not writable")  # torch's warning for a read-only array
 with open(arrays_file, "rb") as f:
     digits = pickle.load(f)
+for a in digits:
+    a.setflags(write=False)  # as ray.get gives them: views of the object store
 trainable({"trial": json.loads(trial_json)}, json.loads(spec_json), digits=digits)
 json.dump({"reports": reports, "modules": sorted(sys.modules)}, open(out, "w"))
 """
