@@ -508,3 +508,21 @@ def test_the_driver_records_the_torchvision_version_without_importing_torchvisio
 
     v = runner._versions()
     assert v["torchvision"] == torchvision.__version__.split("+")[0]
+
+
+@pytest.mark.parametrize("name,per_stage", [("digits_cut", (6, 2, 18)), ("digits_tiny", (2, 2, 2))])
+def test_the_benchmark_studies_are_valid_cuts_of_the_default_study(name, per_stage):
+    """benchmarks/digits_cut.yaml and digits_tiny.yaml validate, have the trial counts their headers and
+    benchmarks/README.md state, and train exactly as the default study (same data, model, recipe)."""
+    from pathlib import Path
+
+    from gnp_study.protocol import count_trials
+    from gnp_study.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    s = load_spec(root / "benchmarks" / f"{name}.yaml")
+    n = count_trials(s)
+    assert (n["standard"], n["sam"], n["gnp"]) == per_stage
+    default = load_spec(root / "search_spaces" / "digits.yaml")
+    assert s.data == default.data and s.model == default.model
+    assert s.training.model_dump(exclude={"epochs"}) == default.training.model_dump(exclude={"epochs"})
