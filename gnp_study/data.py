@@ -327,8 +327,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         ``(x_train, y_train, x_test, y_test)``: ``x`` float64 ``(1437, 64)`` / ``(360, 64)``, pixel values
         0-16 (8x8 images, row-major); ``y`` int64 class labels 0-9.
 
-    The driver of a study computes it once per stage and hands it to the trial workers through Ray's object
-    store: a worker then builds the digits data sets without importing scikit-learn (with the scipy modules
+    The driver of a study computes it for each Tune experiment it starts and hands it to the trial workers
+    through Ray's object store: a worker then builds the digits data sets without importing scikit-learn (with the scipy modules
     it loads, about 0.8 s for each new worker, with the trials waiting).
     """
     from sklearn.datasets import load_digits
@@ -341,7 +341,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def _digits() -> tuple[Dataset, Dataset]:
     """scikit-learn digits (:func:`digits_arrays`, or :data:`DIGITS_ARRAYS` when set), pixels /16 then
-    normalised."""
+    normalised: ``(train, test)`` :class:`TensorImageDataset` of 1437 and 360 images ``(1, 8, 8)`` float32
+    with int64 labels."""
     xtr, ytr, xte, yte = DIGITS_ARRAYS if DIGITS_ARRAYS is not None else digits_arrays()
     spec = DATASETS["digits"]
 

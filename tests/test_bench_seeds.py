@@ -4,23 +4,18 @@ the batch order or the batch-norm statistics would show here, not as a speed-up)
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from gnp_study import train
 from gnp_study.spec import parse_spec
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_seeds_vmap.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_seeds_vmap", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_seeds_vmap")
 
 
 def _spec(**training):
