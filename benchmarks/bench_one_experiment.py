@@ -247,7 +247,7 @@ def main(argv=None) -> int:
             print(f"[bench] rep {rep}: stages shipped {row['shipped_stages_s']:.1f} s "
                   f"({', '.join(f'{k} {v:.1f}' for k, v in row['shipped_stage_walls_s'].items())}), one experiment "
                   f"{row['one_fit_s']:.1f} s ({', '.join(f'{k} {v:.1f}' for k, v in row['one_stage_walls_s'].items())}); "
-                  f"processes {row['shipped_process_s']:.1f} / {row['one_process_s']:.1f} s; same decisions: "
+                  f"whole processes: shipped {row['shipped_process_s']:.1f} s, one {row['one_process_s']:.1f} s; same decisions: "
                   f"{same}; {bad} of {n} trials differ; one experiment used {len(pids)} worker processes (per stage: {per_stage})", flush=True)
     print(f"\nstudy {Path(args.study).name}; median [min, max] over {args.reps} repetition(s)\n")
     print("| run | trials | stages wall s | process wall s | same decisions | trials differing |")
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
           f"{_fmt([r['shipped_stages_s'] for r in rows])} | {_fmt([r['shipped_process_s'] for r in rows])} | - | - |")
     print(f"| one Tune experiment (prototype) | {rows[0]['trials']} | {_fmt([r['one_fit_s'] for r in rows])} | "
           f"{_fmt([r['one_process_s'] for r in rows])} | {sum(r['same_decisions'] for r in rows)} of {len(rows)} | "
-          f"{max(r['differing'] for r in rows)} |")
+          f"{max(r['differing'] for r in rows)} of {rows[0]['trials']} (most in one repetition) |")
     saved = [r["shipped_stages_s"] - r["one_fit_s"] for r in rows]
     print(f"\nstage-phase saving per repetition (shipped - one): {', '.join(f'{s:.1f}' for s in saved)} s")
     if args.json:
