@@ -18,6 +18,7 @@ from gnp_study.stats import (
     paired,
     paired_t_power,
     paired_text,
+    bootstrap_share,
     prob_best,
     seeds_needed,
 )
@@ -204,18 +205,18 @@ def test_prob_best_keeps_the_pairing():
     assert pb["A"] == 1.0 and pb["B"] == 0.0
 
 
-def test_prob_best_exact_two_seed_case():
+def test_bootstrap_share_exact_two_seed_case():
     # Two seeds: resamples (s0,s0) 1/4, (s1,s1) 1/4, mixed 1/2. A = [0, 5], B = [1, 3]:
     # (s0,s0) A 0 < B 1; (s1,s1) B; mixed A 2.5 > B 2 -> B. So P(A) = 1/4.
     # C = [-10, diverged]: wins (s0,s0) (no bad seed, lowest mean), cannot win (s1,s1) (no completed
     # seed), loses mixed (one bad seed where A and B have none). So with C: P(C) = 1/4, P(A) = 0.
     values = pd.DataFrame({"A": [0.0, 5.0], "B": [1.0, 3.0]})
-    pb = prob_best(values)
+    pb = bootstrap_share(values)
     sd = math.sqrt(0.25 * 0.75 / BOOTSTRAP_B)
     assert pb["A"] == pytest.approx(0.25, abs=4 * sd) and pb["A"] + pb["B"] == pytest.approx(1.0)
     values["C"] = [-10.0, np.nan]
     bad = pd.DataFrame({"A": [False, False], "B": [False, False], "C": [False, True]})
-    pb = prob_best(values, bad)
+    pb = bootstrap_share(values, bad)
     assert pb["C"] == pytest.approx(0.25, abs=4 * sd) and pb["A"] == 0.0
     assert pb["B"] == pytest.approx(0.75, abs=4 * sd)
 
@@ -223,8 +224,18 @@ def test_prob_best_exact_two_seed_case():
 def test_prob_best_ties_share_and_all_diverged_never_wins():
     values = pd.DataFrame({"A": [2.0, 3.0, 4.0], "B": [2.0, 3.0, 4.0], "D": [np.nan] * 3})
     bad = pd.DataFrame({"A": [False] * 3, "B": [False] * 3, "D": [True] * 3})
-    pb = prob_best(values, bad)
+    pb = bootstrap_share(values, bad)
     assert pb["A"] == pytest.approx(0.5) and pb["B"] == pytest.approx(0.5) and pb["D"] == 0.0
+    pb = prob_best(values, bad)  # the model: identical candidates share (Monte Carlo), all-diverged gets 0
+    assert pb["A"] == pytest.approx(0.5, abs=0.03) and pb["A"] + pb["B"] == pytest.approx(1.0) and pb["D"] == 0.0
+
+
+def test_prob_best_only_candidates_the_choice_rule_can_pick():
+    # C is lowest but diverged on one seed: the choice rule never picks it, so it is not "best" here.
+    values = pd.DataFrame({"A": [2.0, 3.0, 4.0], "B": [2.5, 3.4, 4.6], "C": [0.0, 1.0, np.nan]})
+    bad = pd.DataFrame({"A": [False] * 3, "B": [False] * 3, "C": [False, False, True]})
+    pb = prob_best(values, bad)
+    assert pb["C"] == 0.0 and pb["A"] > pb["B"] and pb.sum() == pytest.approx(1.0)
 
 
 def test_prob_best_is_reproducible():
@@ -232,7 +243,9 @@ def test_prob_best_is_reproducible():
     values = pd.DataFrame(rng.normal(5, 0.3, size=(4, 6)), columns=list("abcdef"))
     a, b = prob_best(values), prob_best(values)
     assert a.equals(b) and a.sum() == pytest.approx(1.0)
-    assert not prob_best(values, seed=1).equals(a)  # the seed is what makes it fixed
+    a, b = bootstrap_share(values), bootstrap_share(values)
+    assert a.equals(b) and a.sum() == pytest.approx(1.0)
+    assert not bootstrap_share(values, seed=1).equals(a)  # the seed is what makes it fixed
 
 
 def test_fmt_signed():
