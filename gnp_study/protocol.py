@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from gnp_study import stats
+from gnp_study import shrinkage, stats
 from gnp_study.results import aggregate_seeds, selection
 from gnp_study.spec import StudySpec
 
@@ -191,16 +191,11 @@ def _candidates(agg: pd.DataFrame) -> list[dict]:
     return out
 
 
-#: How the probability of being best is computed (stored in decisions.json beside the numbers).
-BOOTSTRAP_METHOD = (
-    "bootstrap over seeds: {b} resamples of the seeds with replacement (numpy default_rng({seed})), the same "
-    "drawn seeds for every candidate (pairing kept); in each resample the choice rule picks the winner "
-    "(fewest diverged or failed seeds, then lowest mean); ties share the resample")
 
 
 def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best_key: str, metric: str) -> dict:
     """The fields of a decision that say how sure it is; fills ``prob_best`` and ``vs_winner`` into
-    ``candidates`` (in place) and returns ``margin``, ``indistinguishable`` and ``bootstrap``."""
+    ``candidates`` (in place) and returns ``margin``, ``indistinguishable`` and ``prob_best_method``."""
     ok = df["status"] == "completed"
     keys = agg["config_key"].tolist()
     values = (df.assign(_v=df[metric].astype(float).where(ok))
@@ -213,7 +208,8 @@ def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best
     best_values = values[best_key]
     indistinguishable = []
     for c in candidates:
-        c["prob_best"] = float(pb[c["config_key"]])
+        p = float(pb[c["config_key"]])
+        c["prob_best"] = p if math.isfinite(p) else None
         if c["config_key"] == best_key:
             c["vs_winner"] = None
             continue
@@ -231,8 +227,8 @@ def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best
     return {
         "margin": margin,
         "indistinguishable": indistinguishable,
-        "bootstrap": {"resamples": stats.BOOTSTRAP_B, "seed": stats.BOOTSTRAP_SEED,
-                      "method": BOOTSTRAP_METHOD.format(b=stats.BOOTSTRAP_B, seed=stats.BOOTSTRAP_SEED)},
+        "prob_best_method": {"draws": shrinkage.DRAWS, "seed": shrinkage.SEED, "spike": shrinkage.SPIKE,
+                             "method": shrinkage.METHOD},
     }
 
 
@@ -256,14 +252,14 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
         A JSON-ready dict: ``config`` (the winning configuration), ``config_key``, ``mean``, ``std`` (None
         with one completed seed), ``n``, ``n_seeds``, ``selection`` (``"paper"`` or ``"validation"``),
         ``metric`` (the column decided on), ``candidates`` (every competing configuration, ranked, each with
-        ``mean``, ``std``, ``sem``, ``ci_low``, ``ci_high``, ``n``..., ``prob_best`` (probability of being
-        chosen, :func:`gnp_study.stats.prob_best`) and ``vs_winner`` (the candidate minus the winner,
+        ``mean``, ``std``, ``sem``, ``ci_low``, ``ci_high``, ``n``..., ``prob_best`` (posterior probability of
+        having the lowest true mean, :func:`gnp_study.stats.prob_best`; None when it cannot be estimated) and ``vs_winner`` (the candidate minus the winner,
         paired over the seeds both completed, :meth:`gnp_study.stats.Paired.to_dict`; None for the
         winner)), ``margin`` (``runner_up`` config_key, ``mean_difference`` runner-up minus winner, and
         ``paired``: that difference paired by seed with its 95% CI; None with a single eligible
         candidate), ``indistinguishable`` (config_keys of the candidates with a completed seed whose paired
         95% CI against the winner includes 0 or cannot be computed: fewer than 2 paired seeds) and
-        ``bootstrap`` (resamples, seed, method); plus ``r`` for ``sam`` and ``alpha`` and ``r`` for ``gnp``.
+        ``prob_best_method`` (draws, seed, prior, method); plus ``r`` for ``sam`` and ``alpha`` and ``r`` for ``gnp``.
         A racing stage (``stages.<stage>.race``) decides among the race's survivors on the seeds the race
         asked for (:func:`gnp_study.racing.survivor_trials`) and adds ``race``
         (:func:`gnp_study.racing.summary`: seeds per candidate, where each was eliminated, the test).

@@ -46,6 +46,7 @@ from gnp_study.results import (  # noqa: E402
     SCHEMES,
     Study,
     label_noise_text,
+    prob_best_text,
     selection,
     verdict_lines,
     write_study_tables,
@@ -717,11 +718,10 @@ def _certainty_text(dec: dict[str, Any], n_eligible: int) -> str:
     """How sure a stage's choice is, in words (from decisions.json)."""
     key = dec.get("config_key")
     cands = dec.get("candidates") or []
-    pb = next((c.get("prob_best") for c in cands if c.get("config_key") == key), None)
+    chosen = next((c for c in cands if c.get("config_key") == key), None)
     parts = []
-    if pb is not None:
-        parts.append(f"probability of being best {pb:.2f} (bootstrap over seeds, "
-                     f"{(dec.get('bootstrap') or {}).get('resamples', '?')} resamples)")
+    if chosen is not None and "prob_best" in chosen:
+        parts.append(prob_best_text(dec, chosen.get("prob_best")))
     margin = dec.get("margin")
     if margin and margin.get("paired"):
         mp = margin["paired"]

@@ -529,6 +529,25 @@ def improvement_text(table: pd.DataFrame, comps: dict[tuple[str, str], Paired | 
     return text
 
 
+def prob_best_text(decision: dict[str, Any], value: Any) -> str:
+    """The chosen candidate's probability of being best in words, e.g. "posterior probability of being best
+    0.31". Study folders written before the calibrated model (their decisions have ``bootstrap``) stored
+    the share of bootstrap resamples won, which is not a probability of being best: said so.
+
+    Args:
+        decision: one stage's ``decisions.json`` entry; value: the candidate's ``prob_best`` (None: n/a).
+
+    Returns:
+        The phrase (no punctuation around it).
+    """
+    if "bootstrap" in decision and "prob_best_method" not in decision:
+        v = "n/a" if value is None else f"{float(value):.2f}"
+        return f"share of bootstrap resamples won {v} (an older study folder: not a calibrated probability)"
+    if value is None or not math.isfinite(float(value)):
+        return "probability of being best n/a (fewer than 2 paired seeds)"
+    return f"posterior probability of being best {float(value):.2f}"
+
+
 def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
     """How sure each stage's choice is, from ``decisions.json`` (fields written by
     :func:`gnp_study.protocol.decide`): the chosen configuration's probability of being best, the margin
@@ -547,10 +566,10 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
         chosen = _configuration_text(stage, dec)
         # A stage compares the error it decides on: the validation error in validation mode.
         on = " on validation error" if dec.get("metric") == "best_val_error" else ""
-        pb = next((c.get("prob_best") for c in cands if c.get("config_key") == dec.get("config_key")), None)
+        chosen_c = next((c for c in cands if c.get("config_key") == dec.get("config_key")), None)
         text = f"{name} stage: chose {chosen}"
-        if pb is not None:
-            text += f" (probability of being best {pb:.2f}, bootstrap over seeds)"
+        if chosen_c is not None and "prob_best" in chosen_c:
+            text += f" ({prob_best_text(dec, chosen_c.get('prob_best'))})"
         margin = dec.get("margin")
         if margin and margin.get("paired"):
             mp = margin["paired"]

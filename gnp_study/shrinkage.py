@@ -112,23 +112,23 @@ def prob_best(values: np.ndarray, eligible: np.ndarray | None = None, draws: int
         draws, seed: Monte Carlo draws and generator seed; spike, tau_scale: the prior (tests vary them).
 
     Returns:
-        (candidates,) array summing to 1 over the eligible candidates with a usable seed, 0 elsewhere; a
-        single such candidate gets 1. All NaN when the noise cannot be estimated (no residual degree of
-        freedom, e.g. one seed) and more than one candidate is eligible; all 0 when none is.
+        (candidates,) array summing to 1 over the eligible candidates with a completed seed, 0 elsewhere;
+        a single such candidate gets 1. All NaN when more than one is eligible and the noise cannot be
+        estimated (no residual degree of freedom, e.g. one seed) or an eligible candidate shares no seed
+        with another; all 0 when none is eligible.
     """
     y = np.asarray(values, dtype=float)
     k = y.shape[1]
-    c, n, ssr, df = _two_way(y)
-    elig = np.isfinite(c) if eligible is None else (np.asarray(eligible, bool) & np.isfinite(c))
+    has = np.isfinite(y).any(axis=0)
+    elig = has if eligible is None else (np.asarray(eligible, bool) & has)
     out = np.zeros(k)
-    if elig.sum() == 0:
-        return out
-    if elig.sum() == 1:
+    if elig.sum() <= 1:
         out[elig] = 1.0
         return out
-    if df < 1:
-        return np.full(k, np.nan)
+    c, n, ssr, df = _two_way(y)
     use = np.isfinite(c)
+    if df < 1 or not use[elig].all():  # no noise estimate, or a competitor shares no seed with the others
+        return np.full(k, np.nan)
     cu, nu, eu = c[use], n[use].astype(float), elig[use]
     ssr = max(ssr, 1e-12 * max(1.0, float(np.nanvar(cu))) * df)  # identical residuals: a tiny noise, not 0
     q = lambda m: (np.arange(m) + 0.5) / m  # noqa: E731  equal-probability quantile levels

@@ -208,8 +208,8 @@ def test_decision_indistinguishable_set_and_prob_best():
     # per-candidate 95% CI (Student t) of the mean
     lo, hi = sps.t.interval(0.95, 3, loc=np.mean(far), scale=sps.sem(far))
     assert (by_r[0.2]["ci_low"], by_r[0.2]["ci_high"]) == pytest.approx((lo, hi))
-    assert d["bootstrap"]["resamples"] >= 1000 and d["bootstrap"]["seed"] == 0
-    assert decide("sam", df, spec) == d  # fixed bootstrap seed: same tables, same numbers
+    assert d["prob_best_method"]["draws"] >= 1000 and d["prob_best_method"]["seed"] == 0
+    assert decide("sam", df, spec) == d  # fixed generator seed: same tables, same numbers
     json.dumps(d, allow_nan=False)  # JSON-ready: no NaN
 
 
@@ -244,7 +244,7 @@ def test_decision_ties_share_the_probability():
               [(b, s, "completed", e) for s, e in enumerate(errs)])
     d = decide("sam", df, spec)
     assert d["r"] == 0.05  # grid order breaks the tie, as before
-    assert [c["prob_best"] for c in d["candidates"]] == pytest.approx([0.5, 0.5])
+    assert [c["prob_best"] for c in d["candidates"]] == pytest.approx([0.5, 0.5], abs=0.03)
     assert d["indistinguishable"] == [d["candidates"][1]["config_key"]]
 
 

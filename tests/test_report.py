@@ -380,12 +380,18 @@ def test_report_shows_the_decisions_certainty(tmp_path):
         c["prob_best"] = 0.7 if c["config_key"] == sam["config_key"] else 0.15
         c["vs_winner"] = None if c["config_key"] == sam["config_key"] else {
             "n": 2, "diff": 0.2, "ci_low": -0.5, "ci_high": 0.9, "resolved": False}
-    sam.update(indistinguishable=[runner], bootstrap={"resamples": 2000, "seed": 0},
+    sam.update(indistinguishable=[runner], prob_best_method={"draws": 4000, "seed": 0},
                margin={"runner_up": runner, "mean_difference": 0.2,
                        "paired": {"n": 2, "diff": 0.2, "ci_low": -0.5, "ci_high": 0.9, "resolved": False}})
     (s.path / "decisions.json").write_text(json.dumps(dec))
     text = render_report(s.path, tmp_path / "r.html").read_text(encoding="utf-8")
-    assert "probability of being best 0.70" in text
+    assert "posterior probability of being best 0.70" in text
+    # an older folder stored the bootstrap share: named for what it is, not called a probability
+    sam.pop("prob_best_method")
+    sam["bootstrap"] = {"resamples": 2000, "seed": 0}
+    (s.path / "decisions.json").write_text(json.dumps(dec))
+    text = render_report(s.path, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "share of bootstrap resamples won 0.70" in text and "posterior probability" not in text
     assert "margin to the runner-up +0.20 points, paired 95% CI −0.50 to +0.90 over 2 seeds: not resolved" in text
     assert "+0.20 (−0.50 to +0.90, 2 seeds)" in text and "P(best)" in text
 
