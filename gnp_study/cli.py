@@ -155,6 +155,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"  stage 2 sam     : {counts['sam']:5d} trials (alpha = 1, r in {spec.stages.sam.r})")
     print(f"  stage 3 gnp     : {counts['gnp']:5d} trials at most ({len(spec.stages.gnp.all_alpha())} alphas "
           f"at the best r and at Figure-2 r {spec.stages.gnp.figure2_r})")
+    if counts["confirm"]:
+        cs = spec.stages.confirm.seeds
+        print(f"  confirm         : {counts['confirm']:5d} trials at most (the 3 chosen configurations on "
+              f"{len(cs)} fresh seeds {cs})")
     print(f"  total           : {counts['total']:5d} trials at most")
     _print_race_bounds(spec, counts, args.seeds)
     epoch_time = args.epoch_time
@@ -166,7 +170,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         # alpha = 0 takes one forward-backward pass per step, every other trial two (Algorithm 1).
         one_pass = (counts["standard_search"] + counts["standard"]) * ep * epoch_time
-        two_pass = (counts["sam"] + counts["gnp"]) * ep * 2 * epoch_time
+        # the confirmation stage: Standard (one pass) and SAM, GNP (two) on its seeds
+        n_conf = counts["confirm"] // 3
+        one_pass += n_conf * ep * epoch_time
+        two_pass = (counts["sam"] + counts["gnp"] + 2 * n_conf) * ep * 2 * epoch_time
         hours = (one_pass + two_pass) / 3600
         gpu = spec.resources.gpus_per_trial
         print(f"  estimate        : {hours:.1f} trial-hours at {epoch_time:g} s per standard epoch ({source}); "

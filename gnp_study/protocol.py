@@ -30,6 +30,26 @@ from gnp_study.results import aggregate_seeds, selection
 from gnp_study.spec import StudySpec
 
 STAGES = ("standard", "sam", "gnp")
+#: The confirmation stage (``stages.confirm``): the three chosen configurations on fresh seeds.
+CONFIRM = "confirm"
+
+
+def study_stages(spec: StudySpec) -> tuple[str, ...]:
+    """The stages a study runs, in order: :data:`STAGES`, then ``confirm`` when ``stages.confirm`` is set."""
+    return STAGES + ((CONFIRM,) if spec.stages.confirm is not None else ())
+
+
+def confirm_configs(decisions: dict) -> dict[str, dict]:
+    """The configuration each scheme chose, ``{"standard": config, "sam": config, "gnp": config}``, as the
+    confirmation stage runs them (the decisions' ``config``, alpha and r included).
+
+    Raises:
+        ProtocolError: a selection stage is not decided.
+    """
+    missing = [s for s in STAGES if s not in decisions]
+    if missing:
+        raise ProtocolError(f"stage {CONFIRM!r} needs the decisions of {', '.join(missing)} first")
+    return {s: dict(decisions[s]["config"]) for s in STAGES}
 
 
 class ProtocolError(RuntimeError):
@@ -121,6 +141,9 @@ def plan(stage: str, spec: StudySpec, decisions: dict, standard_candidates: list
 
     Raises:
         ProtocolError: an earlier decision is missing, or the stage name is unknown.
+
+    Stage ``confirm`` runs the three chosen configurations (:func:`confirm_configs`) on
+    ``stages.confirm.seeds``.
     """
     seeds = list(spec.seeds)
     if stage == "standard":
@@ -142,6 +165,12 @@ def plan(stage: str, spec: StudySpec, decisions: dict, standard_candidates: list
         rs = gnp_r_values(spec, decisions["sam"]["r"])
         alphas = spec.stages.gnp.all_alpha()
         return _over_seeds(stage, [dict(base, alpha=a, r=r) for r in rs for a in alphas], seeds)
+    if stage == CONFIRM:
+        if spec.stages.confirm is None:
+            raise ProtocolError("the study has no confirmation stage (stages.confirm)")
+        # One configuration once: GNP choosing alpha = 1 at SAM's r is SAM, and shares its trials.
+        unique = {config_key(c): c for c in confirm_configs(decisions).values()}
+        return _over_seeds(stage, list(unique.values()), list(spec.stages.confirm.seeds))
     raise ProtocolError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 
@@ -155,8 +184,9 @@ def count_trials(spec: StudySpec, n_seeds: int | None = None) -> dict[str, int]:
             the Optuna search of stage 1 runs on one seed either way.
 
     Returns:
-        ``{"standard": n1, "standard_search": n0, "sam": n2, "gnp": n3, "total": n}`` where
-        ``standard_search`` is the Optuna search on one seed (0 for a grid).
+        ``{"standard": n1, "standard_search": n0, "sam": n2, "gnp": n3, "confirm": n4, "total": n}`` where
+        ``standard_search`` is the Optuna search on one seed (0 for a grid) and ``confirm`` the confirmation
+        stage at most (3 configurations on its seeds; 0 without one; ``n_seeds`` does not change it).
     """
     st = spec.stages.standard
     n_seeds = len(spec.seeds) if n_seeds is None else int(n_seeds)
@@ -171,7 +201,35 @@ def count_trials(spec: StudySpec, n_seeds: int | None = None) -> dict[str, int]:
     # Worst case: the best r is not a Figure-2 r (one more alpha grid); best case it is one of them.
     n_r_max = len(set(f2)) + (0 if set(spec.stages.sam.r) <= set(f2) else 1)
     n3 = len(spec.stages.gnp.all_alpha()) * n_seeds * max(1, n_r_max)
-    return {"standard_search": search, "standard": n1, "sam": n2, "gnp": n3, "total": search + n1 + n2 + n3}
+    n4 = 3 * len(spec.stages.confirm.seeds) if spec.stages.confirm is not None else 0
+    return {"standard_search": search, "standard": n1, "sam": n2, "gnp": n3, "confirm": n4,
+            "total": search + n1 + n2 + n3 + n4}
+
+
+def confirm_record(trials: pd.DataFrame, spec: StudySpec, decisions: dict) -> dict:
+    """The ``decisions.json`` entry of the confirmation stage (nothing is chosen there: it records which
+    trials score each scheme).
+
+    Args:
+        trials: the trials table (rows of stage ``confirm`` are used); spec: the study; decisions: the three
+            selection decisions.
+
+    Returns:
+        ``{"seeds": [...], "schemes": {"standard": config_key, "sam": ..., "gnp": ...}, "n": {scheme:
+        completed seeds}, "metric": the report column}``.
+
+    Raises:
+        ProtocolError: a selection stage is not decided, or no confirmation trial completed for a scheme.
+    """
+    sel = selection(spec)
+    df = trials[trials["stage"] == CONFIRM]
+    keys = {s: config_key(c) for s, c in confirm_configs(decisions).items()}
+    done = {s: int(((df["config_key"] == k) & (df["status"] == "completed")).sum()) for s, k in keys.items()}
+    empty = [s for s, n in done.items() if n == 0]
+    if empty:
+        raise ProtocolError(f"no confirmation trial of {', '.join(empty)} completed: the confirmation seeds "
+                            f"cannot score it; see the trials' errors in trials.parquet")
+    return {"seeds": list(spec.stages.confirm.seeds), "schemes": keys, "n": done, "metric": sel.report_column}
 
 
 def _rank(agg: pd.DataFrame) -> pd.DataFrame:

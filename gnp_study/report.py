@@ -42,7 +42,9 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 
 from gnp_study.stats import fmt_signed  # noqa: E402
 from gnp_study.results import (  # noqa: E402
+    CONFIRMATION,
     PAPER_MODE,
+    SELECTION,
     SCHEMES,
     Study,
     label_noise_text,
@@ -820,6 +822,11 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
         seeds=study.spec.get("seeds") or [],
         generated=_dt.datetime.now().isoformat(timespec="seconds"),
         results_html=display_table(table).to_html(index=False, border=0, classes="results", escape=True),
+        confirm_seeds=(study.decisions["confirm"].get("seeds") or []) if table.attrs.get("seeds") == CONFIRMATION
+        else None,
+        selection_html=(display_table(study_results_table(study, SELECTION)).to_html(
+            index=False, border=0, classes="results", escape=True) if table.attrs.get("seeds") == CONFIRMATION
+            else ""),
         paper_derived=derived_figure_text(table, "paper_") if "paper_mean" in table.columns else None,
         has_partial=bool((table["n"] < table["n_seeds"]).any()),
         fig2_uri=_data_uri(fig2_png),

@@ -183,28 +183,58 @@ def per_seed(trials: pd.DataFrame, stage: str, config_key: str, metric: str = "b
 COMPARISONS = (("GNP", "Standard"), ("SAM", "Standard"), ("GNP", "SAM"))
 
 
-def comparisons(trials: pd.DataFrame, decisions: dict[str, Any], metric: str = "best_test_error"
-                ) -> dict[tuple[str, str], Paired | None]:
+#: Which seeds score the three schemes: the confirmation stage's (fresh seeds) or the selection stages'.
+CONFIRMATION, SELECTION = "confirmation", "selection"
+
+
+def scored_on(decisions: dict[str, Any], seeds: str = "auto") -> str:
+    """:data:`CONFIRMATION` when ``seeds`` asks for it or is ``"auto"`` and the study has a confirmation
+    record (``decisions["confirm"]``), else :data:`SELECTION`.
+
+    Raises:
+        ValueError: ``seeds`` is not "auto", "confirmation" or "selection", or asks for confirmation
+            seeds the study does not have.
+    """
+    if seeds not in ("auto", CONFIRMATION, SELECTION):
+        raise ValueError(f"seeds must be 'auto', 'confirmation' or 'selection', got {seeds!r}")
+    has = isinstance(decisions.get("confirm"), dict) and isinstance(decisions["confirm"].get("schemes"), dict)
+    if seeds == CONFIRMATION and not has:
+        raise ValueError("the study has no confirmation stage's record (decisions['confirm'])")
+    return CONFIRMATION if (seeds == CONFIRMATION or (seeds == "auto" and has)) else SELECTION
+
+
+def _scheme_trials(decisions: dict[str, Any], stage: str, seeds: str) -> tuple[str, str | None]:
+    """(stage of the trials that score ``stage``'s chosen configuration, its config_key)."""
+    if seeds == CONFIRMATION:
+        return "confirm", decisions["confirm"]["schemes"].get(stage)
+    return stage, (decisions.get(stage) or {}).get("config_key")
+
+
+def comparisons(trials: pd.DataFrame, decisions: dict[str, Any], metric: str = "best_test_error",
+                seeds: str = "auto") -> dict[tuple[str, str], Paired | None]:
     """GNP - Standard, SAM - Standard and GNP - SAM, each between the chosen configurations and paired seed
     by seed (:func:`gnp_study.stats.paired`).
 
     Args:
         trials: the trials table; decisions: ``decisions.json``; metric: the column compared (the study's
             report column, :func:`selection`).
+        seeds: ``"auto"`` (the confirmation seeds when the study has them, else the selection seeds),
+            ``"confirmation"`` or ``"selection"`` (:func:`scored_on`).
 
     Returns:
         ``{("GNP", "Standard"): Paired, ...}`` in :data:`COMPARISONS` order; None for a comparison whose
         stage is not decided yet.
     """
+    source = scored_on(decisions, seeds)
     stage_of = {name: stage for stage, name in SCHEMES}
     out: dict[tuple[str, str], Paired | None] = {}
     for a, b in COMPARISONS:
-        ka = (decisions.get(stage_of[a]) or {}).get("config_key")
-        kb = (decisions.get(stage_of[b]) or {}).get("config_key")
+        sa, ka = _scheme_trials(decisions, stage_of[a], source)
+        sb, kb = _scheme_trials(decisions, stage_of[b], source)
         if ka is None or kb is None:
             out[(a, b)] = None
             continue
-        out[(a, b)] = paired(per_seed(trials, stage_of[a], ka, metric), per_seed(trials, stage_of[b], kb, metric))
+        out[(a, b)] = paired(per_seed(trials, sa, ka, metric), per_seed(trials, sb, kb, metric))
     return out
 
 
@@ -345,6 +375,7 @@ def results_table(
     paper: pd.DataFrame | None = None,
     decimals: int = 2,
     metric: str = "best_test_error",
+    seeds: str = "auto",
 ) -> pd.DataFrame:
     """The paper's results table (Table 1): one row each for Standard, SAM and GNP.
 
@@ -361,6 +392,9 @@ def results_table(
         decimals: digits for the text column.
         metric: the trials column reported (``best_test_error`` in paper mode, ``test_error_at_best_val``
             in validation mode; :func:`selection`).
+        seeds: which trials score each scheme's chosen configuration: ``"auto"`` (the confirmation stage's
+            fresh seeds when the study has them, else the selection stages' own), ``"confirmation"`` or
+            ``"selection"`` (:func:`scored_on`); ``df.attrs["seeds"]`` says which.
 
     Returns:
         DataFrame with exactly 3 rows (Standard, SAM, GNP) and the columns ``scheme``, ``stage``,
@@ -382,11 +416,12 @@ def results_table(
         ValueError: ``paper`` names an unknown scheme.
     """
     agg = aggregate_seeds(trials, metric)
+    source = scored_on(decisions, seeds)
     rows = []
     for stage, name in SCHEMES:
         decision = decisions.get(stage) or {}
-        key = decision.get("config_key")
-        sel = agg[(agg["stage"] == stage) & (agg["config_key"] == key)] if key is not None else agg.iloc[0:0]
+        t_stage, key = _scheme_trials(decisions, stage, source)
+        sel = agg[(agg["stage"] == t_stage) & (agg["config_key"] == key)] if key is not None else agg.iloc[0:0]
         if len(sel) > 0:
             a = sel.iloc[0]
             stats = {
@@ -399,7 +434,7 @@ def results_table(
                 "n_diverged": int(a["n_diverged"]),
                 "n_failed": int(a["n_failed"]),
             }
-        elif decision:
+        elif decision and source == SELECTION:
             cands = [c for c in decision.get("candidates", []) if c.get("config_key") == key]
             cand = cands[0] if cands else {}
             stats = {
@@ -428,7 +463,7 @@ def results_table(
             }
         )
     df = pd.DataFrame(rows)
-    comps = comparisons(trials, decisions, metric)
+    comps = comparisons(trials, decisions, metric, source)
     # improvement resolved: the paired 95% CI of (scheme - Standard) lies below 0
     df["improvement_resolved"] = [False] + [
         bool(p is not None and p.resolved and p.diff < 0) for p in (comps[("SAM", "Standard")], comps[("GNP", "Standard")])]
@@ -446,6 +481,7 @@ def results_table(
     gs = comps[("GNP", "SAM")]
     df.attrs["gnp_minus_sam_resolved"] = bool(gs is not None and gs.resolved)
     df.attrs["gnp_vs_sam_pct"] = pct
+    df.attrs["seeds"] = source
     if paper is not None:
         ref = _paper_rows(paper)
         df["paper_mean"] = [ref.get(s, (float("nan"),) * 2)[0] for s, _ in SCHEMES]
@@ -643,15 +679,39 @@ def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: boo
     """
     sel = selection(study.spec)
     table = study_results_table(study) if table is None else table
-    comps = comparisons(study.trials, study.decisions, sel.report_column)
+    source = table.attrs.get("seeds", scored_on(study.decisions))
+    comps = comparisons(study.trials, study.decisions, sel.report_column, source)
     lines = [f"Selection: {sel.label}."]
+    if source == CONFIRMATION:
+        conf = study.decisions["confirm"]
+        seeds = conf.get("seeds") or []
+        lines.append(f"Scored on {len(seeds)} confirmation seeds ({', '.join(str(s) for s in seeds)}) that no "
+                     f"decision used: the table, these verdicts and the improvement figure are unbiased by the "
+                     f"choice of each scheme's configuration.")
     for (a, b), p in comps.items():
         lines.append(f"{a} − {b}: not available yet (stage not decided)." if p is None else
                      paired_text(a, b, p) + ".")
     lines.append(improvement_text(table, comps))
+    if source == CONFIRMATION:
+        lines.extend(selection_seed_lines(study))
     if stages:
         lines.extend(s + "." for s in stage_certainty_lines(study.decisions))
     return lines
+
+
+def selection_seed_lines(study: "Study") -> list[str]:
+    """The three comparisons on the selection seeds, labelled as such: the seeds that chose each scheme's
+    configuration also score it there, which favours the scheme chosen from the larger grid (the GNP
+    row is the best of its alphas on exactly these seeds).
+
+    Returns:
+        One line per comparison, each starting "Selection seeds (biased by the choice): ".
+    """
+    sel = selection(study.spec)
+    comps = comparisons(study.trials, study.decisions, sel.report_column, SELECTION)
+    return [f"Selection seeds (biased by the choice): " + (f"{a} − {b}: not available." if p is None else
+                                                           paired_text(a, b, p) + ".")
+            for (a, b), p in comps.items()]
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -832,9 +892,17 @@ def _check_decisions(path: Path, decisions: dict[str, Any]) -> None:
     """decisions.json: one mapping per decided stage with the fields :func:`gnp_study.protocol.decide`
     writes (config_key, mean, std, n, n_seeds, candidates; r for sam, alpha and r for gnp)."""
     for stage, dec in decisions.items():
+        if stage == "confirm":
+            _need(isinstance(dec, dict) and isinstance(dec.get("schemes"), dict)
+                  and all(isinstance(dec["schemes"].get(s), str) for s in DECISION_STAGES), path,
+                  "'confirm' must be a mapping whose 'schemes' names the config_key of standard, sam and gnp",
+                  dec)
+            _need(isinstance(dec.get("seeds"), list) and all(_is_count(v) for v in dec["seeds"]), path,
+                  "'confirm.seeds' must be a list of non-negative integers", dec.get("seeds"))
+            continue
         if stage not in DECISION_STAGES:
             raise StudyFolderError(f"{path}: unknown key {stage!r}; expected only the stages "
-                                   f"{', '.join(DECISION_STAGES)}")
+                                   f"{', '.join(DECISION_STAGES)} and confirm")
         _need(isinstance(dec, dict), path, f"'{stage}' must be a mapping (the stage's decision)", dec)
         if "config_key" in dec:
             _need(isinstance(dec["config_key"], str), path, f"'{stage}.config_key' must be a string",
@@ -985,10 +1053,12 @@ def load_study(study_dir: str | Path) -> Study:
     return Study(root, spec, decisions, trials, epochs, run_info, paper, missing)
 
 
-def study_results_table(study: Study) -> pd.DataFrame:
+def study_results_table(study: Study, seeds: str = "auto") -> pd.DataFrame:
     """:func:`results_table` of a loaded :class:`Study` (with its paper reference when present), on the
-    study's report column (:func:`selection`)."""
-    return results_table(study.trials, study.decisions, study.paper, metric=selection(study.spec).report_column)
+    study's report column (:func:`selection`), scored on the confirmation seeds when the study has them
+    (``seeds``: see :func:`scored_on`)."""
+    return results_table(study.trials, study.decisions, study.paper, metric=selection(study.spec).report_column,
+                         seeds=seeds)
 
 
 def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
@@ -1017,6 +1087,10 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
         f"seeds (ddof=1; n/a with one seed) and the 95% Student-t CI of the mean, completed seeds only.",
         "",
         *([f"**{label_noise_text(study.spec)}**", ""] if label_noise_text(study.spec) else []),
+        *([f"Scored on the {len(study.decisions['confirm'].get('seeds') or [])} confirmation seeds "
+           f"({', '.join(str(x) for x in study.decisions['confirm'].get('seeds') or [])}), fresh seeds that no "
+           f"decision used; the selection seeds' numbers follow under \"Selection seeds\".", ""]
+          if table.attrs.get("seeds") == CONFIRMATION else []),
         display_table(table).to_markdown(index=False, disable_numparse=True),
         "",
         "## Verdicts",
@@ -1030,6 +1104,13 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
     lines += [f"- {v}" for v in verdicts[1:]]
     if any("not resolved" in v and "seeds would resolve" in v for v in verdicts):
         lines.append("- `gnp-study plan STUDY --seeds N` prices a run with N seeds.")
+    if table.attrs.get("seeds") == CONFIRMATION:
+        lines += ["", "## Selection seeds", "",
+                  "The same configurations on the seeds that chose them (each row the best of its stage's grid on "
+                  "these seeds: biased towards the scheme chosen from the larger grid; see README, \"Selection "
+                  "and its bias\").", "",
+                  display_table(study_results_table(study, SELECTION)).to_markdown(index=False,
+                                                                                    disable_numparse=True)]
     races = race_table(study.decisions)
     if len(races):
         lines += ["", "## Race", "",

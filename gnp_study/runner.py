@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from gnp_study import protocol, racing
-from gnp_study.protocol import STAGES, TrialConfig
+from gnp_study.protocol import CONFIRM, STAGES, TrialConfig, study_stages
 from gnp_study.spec import StudySpec
 from gnp_study.trainable import HISTORY_FILE, trainable, trial_of  # trial workers import only that module
 
@@ -921,6 +921,13 @@ def _hardware(resources: dict) -> dict:
             "cluster_cpus": resources.get("CPU", 0.0), "cluster_gpus": resources.get("GPU", 0.0)}
 
 
+def _without_confirm(resolved: dict) -> dict:
+    out = dict(resolved)
+    if isinstance(out.get("stages"), dict):
+        out["stages"] = {k: v for k, v in out["stages"].items() if k != CONFIRM}
+    return out
+
+
 def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
     """Refuse to resume a study folder whose stored spec differs from ``spec`` (``report_every`` aside:
     it changes what Tune receives, not any trial's result).
@@ -941,6 +948,11 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
         # the checkpoint's history): a folder resumes with another report_every.
         old = {k: v for k, v in old.items() if k != "report_every"}
     new = {k: v for k, v in new.items() if k != "report_every"}
+    decided = read_json(study_dir / "decisions.json", {}) if (study_dir / "decisions.json").exists() else {}
+    if isinstance(old, dict) and CONFIRM not in decided:
+        # A confirmation stage that has not run yet (added, removed or changed) touches no stored trial:
+        # the selection stages are compared without it, and a finished study can be confirmed afterwards.
+        old, new = _without_confirm(old), _without_confirm(new)
     if old != new:
         diff = difflib.unified_diff(yaml.safe_dump(old, sort_keys=True).splitlines(),
                                     yaml.safe_dump(new, sort_keys=True).splitlines(),
@@ -998,7 +1010,7 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
     info.update(versions=_versions(), hardware=_hardware(resources), finished=None,
                 ray_address=address or os.environ.get("RAY_ADDRESS"))
     write_json(info_path, info)
-    for stage in STAGES:
+    for stage in study_stages(spec):
         if stage in decisions:
             continue
         _INTERRUPT.check(f"before stage {stage!r} started")
@@ -1018,7 +1030,8 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
         write_parquet(trials_path, trials)
         write_parquet(epochs_path, epochs)
         try:
-            decisions[stage] = protocol.decide(stage, trials, spec, decisions)
+            decisions[stage] = (protocol.confirm_record(trials, spec, decisions) if stage == CONFIRM else
+                                protocol.decide(stage, trials, spec, decisions))
         except protocol.ProtocolError as e:
             raise StudyError(str(e)) from None
         write_json(decisions_path, decisions)
@@ -1083,7 +1096,7 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         epochs = read_table(study_dir / "epochs.parquet", EPOCH_COLUMNS)
         decisions_path = study_dir / "decisions.json"
         decisions = read_json(decisions_path, {})
-        bad = [k for k, v in decisions.items() if k not in STAGES or not isinstance(v, dict)]
+        bad = [k for k, v in decisions.items() if k not in STAGES + (CONFIRM,) or not isinstance(v, dict)]
         if bad:
             raise StudyError(f"{decisions_path} holds unknown or malformed entries {bad}; restore it or start "
                              f"a new study folder (--new)")
@@ -1093,7 +1106,7 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         if not isinstance(info.get("stages", {}), dict):
             raise StudyError(f"{info_path} is malformed ('stages' is not a mapping); restore it or delete it")
         info.setdefault("stages", {})
-        if any(stage not in decisions for stage in STAGES):
+        if any(stage not in decisions for stage in study_stages(spec)):
             _run_pending_stages(spec, study_dir, storage, uri, address, trials, epochs, decisions, info)
         else:  # nothing to train and no Ray: the outputs are rebuilt from the tables
             print(f"[gnp-study] every stage of {spec.name!r} is already decided in {study_dir}; rebuilding "

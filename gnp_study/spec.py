@@ -371,10 +371,27 @@ class GnpStage(_Strict):
         return list(self.alpha) + list(self.alpha_extra)
 
 
+class ConfirmStage(_Strict):
+    """The confirmation stage: after stage 3, the chosen Standard, SAM and GNP configurations run again on
+    fresh seeds that no decision used, and the study's verdicts come from those seeds. Choosing the best
+    of a grid and scoring it on the same seeds biases every comparison towards the scheme with the larger
+    grid (the winner's curse; e.g. Cawley & Talbot 2010, "On over-fitting in model selection and
+    subsequent selection bias in performance evaluation", JMLR 11); seeds the selection never saw do not.
+    """
+
+    seeds: list[int] = Field(min_length=2, description="fresh seeds, disjoint from `seeds` and race extra seeds")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        return _check_seed_list(v)
+
+
 class Stages(_Strict):
     standard: StandardStage = Field(default_factory=StandardStage)
     sam: SamStage = Field(default_factory=SamStage)
     gnp: GnpStage = Field(default_factory=GnpStage)
+    confirm: ConfirmStage | None = None
 
 
 class Resources(_Strict):
@@ -461,6 +478,15 @@ class StudySpec(_Strict):
             if race.first_block > len(self.seeds) + len(race.extra_seeds):
                 raise ValueError(f"stages.{stage}.race.first_block is {race.first_block} but the race has only "
                                  f"{len(self.seeds) + len(race.extra_seeds)} seeds")
+        if self.stages.confirm is not None:
+            used = set(self.seeds)
+            for stage in ("sam", "gnp"):
+                race = getattr(self.stages, stage).race
+                used |= set(race.extra_seeds) if race is not None else set()
+            both = sorted(set(self.stages.confirm.seeds) & used)
+            if both:
+                raise ValueError(f"stages.confirm.seeds {both} are used by the selection stages (seeds or race "
+                                 f"extra_seeds): confirmation seeds must be fresh")
         missing = [r for r in self.stages.gnp.figure2_r if r not in self.stages.sam.r]
         if missing:
             raise ValueError(f"stages.gnp.figure2_r {missing} must be values of stages.sam.r "
@@ -479,7 +505,7 @@ class StudySpec(_Strict):
         """The spec with every default filled in, as plain YAML-ready data (dict).
 
         ``data.validation`` and ``data.label_noise`` appear only when set (absent means the paper's
-        protocol and clean labels), a stage's ``race`` only when set and ``report_every`` only when not 1,
+        protocol and clean labels), a stage's ``race`` and ``stages.confirm`` only when set and ``report_every`` only when not 1,
         so study folders written before these options existed still resume.
         """
         d = self.model_dump(mode="json")
@@ -490,6 +516,8 @@ class StudySpec(_Strict):
         for stage in ("sam", "gnp"):  # likewise a stage without a race
             if d["stages"][stage]["race"] is None:
                 del d["stages"][stage]["race"]
+        if d["stages"]["confirm"] is None:  # likewise a study without a confirmation stage
+            del d["stages"]["confirm"]
         if d["report_every"] == 1:  # likewise the default reporting cadence
             del d["report_every"]
         return d
