@@ -1,19 +1,23 @@
-"""A racing study through the real CLI and real Ray Tune: the races' trials and decisions agree with the
-race rebuilt from the trials table, a diverging candidate is eliminated after its first block, the report
-shows the race, and TensorBoard's event files hold every trial's per-epoch test error under its readable
-name (stage, alpha, r, seed)."""
+"""A racing study with a confirmation stage through the real CLI and real Ray Tune: the races' trials and
+decisions agree with the race rebuilt from the trials table, a diverging candidate is eliminated after its
+first block, the confirmation stage runs the raced choices on fresh seeds and the tables are scored there,
+the report shows the race, TensorBoard's event files hold every trial's per-epoch test error under its
+readable name (stage, alpha, r, seed), and a driver killed inside a race and then inside the confirmation
+stage resumes to the same trials."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
 
 import pandas as pd
 import pytest
 import yaml
 
 from gnp_study import racing
+from gnp_study.results import CONFIRMATION, load_study, study_results_table
 from gnp_study.spec import load_spec
 from test_study_e2e import cli, finish
 
@@ -32,6 +36,8 @@ RACE = {
         # alpha = -100 (an extra, figure only) mixes 101 g1 - 100 g2: its first-epoch training loss is ~10,
         # above divergence.max_loss (every other configuration is near 2): a diverged candidate
         "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [-100.0], "figure2_r": [0.05], "race": {"first_block": 2}},
+        # the three raced choices on two seeds no race saw
+        "confirm": {"seeds": [3, 4]},
     },
     "divergence": {"max_loss": 5.0},
     "seeds": [0, 1, 2],
@@ -92,6 +98,25 @@ def test_diverging_candidate_is_eliminated_after_its_first_block(race_run):
             assert {c["seeds_run"] for c in race["candidates"].values() if c["status"] == "survivor"} == {3}
 
 
+def test_confirmation_runs_the_raced_choices_on_fresh_seeds_and_scores_the_tables(race_run):
+    _, out, text = race_run
+    trials = pd.read_parquet(out / "trials.parquet")
+    decisions = json.loads((out / "decisions.json").read_text())
+    chosen = {s: decisions[s]["config_key"] for s in ("standard", "sam", "gnp")}
+    assert decisions["confirm"]["schemes"] == chosen
+    conf = trials[trials["stage"] == "confirm"]
+    assert sorted(zip(conf["config_key"], conf["seed"])) == sorted((k, s) for k in chosen.values() for s in (3, 4))
+    assert (conf["status"] == "completed").all() and conf["epochs_run"].eq(2).all()
+    assert "stage confirm: 6/6 trials done" in text
+    table = study_results_table(load_study(out))
+    assert table.attrs["seeds"] == CONFIRMATION
+    for i, stage in enumerate(("standard", "sam", "gnp")):
+        mine = conf[conf["config_key"] == chosen[stage]]["best_test_error"]
+        assert table.loc[i, "mean"] == pytest.approx(mine.mean()) and int(table.loc[i, "n"]) == 2
+    md = (out / "results.md").read_text()
+    assert "confirmation seeds" in md and "Selection seeds" in md
+
+
 def test_report_shows_the_race(race_run):
     _, out, _ = race_run
     md = (out / "results.md").read_text()
@@ -131,10 +156,22 @@ def test_tensorboard_has_every_trials_test_error_under_its_readable_name(race_ru
             assert len(logged("ray/tune/test_error")) == row.epochs_run
 
 
-def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
+def _completed_results(experiment) -> dict:
+    """{result.json path: its reported rows} of the trials of a Tune experiment folder that completed."""
+    done = {}
+    for path in experiment.rglob("result.json"):
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if rows and rows[-1].get("status") == "completed":
+            done[path] = rows
+    return done
+
+
+@pytest.mark.timeout(3 * RUN_TIMEOUT_S)
+def test_killed_race_and_confirmation_resume_to_the_same_trials(race_run, ray_head, tmp_path):
     """SIGKILL the driver in the middle of stage 2's race, run again: the race is rebuilt (Tune's snapshot
-    and the searcher's table of ended trials) and ends with the same trials and numbers as without the kill."""
-    import time
+    and the searcher's table of ended trials) and ends with the same trials and numbers as without the kill.
+    That second run is SIGKILLed inside the confirmation stage; a third run finishes it without running a
+    decided stage or a finished confirmation trial again, with the same confirmation trials."""
 
     study, ref_out, _ = race_run
     out = tmp_path / "killed"
@@ -160,12 +197,39 @@ def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
     assert cut, "Tune saved no searcher state before the kill"
     for path in cut:
         path.write_bytes(b"")
+    # The second run finishes the race, then is killed in turn inside the confirmation stage
     again = cli(args)
-    text = finish(again, timeout=RUN_TIMEOUT_S)
-    assert again.returncode == 0, text[-4000:]
+    lines, killed = [], False
+    for line in again.stdout:
+        lines.append(line)
+        if "stage confirm: 2/6 trials done" in line:
+            os.killpg(again.pid, signal.SIGKILL)
+            killed = True
+            break
+        if time.time() > deadline + RUN_TIMEOUT_S:
+            os.killpg(again.pid, signal.SIGKILL)
+            break
+    again.wait(timeout=60)
+    text = "".join(lines)
+    assert killed, "the second run never reached the second trial of the confirmation stage:\n" + text[-4000:]
     assert "Failed to restore" not in text and "Traceback" not in text, text[-4000:]
     assert all(p.name in text for p in cut), text[-4000:]  # said what it set aside, and where
     assert all((exp / "damaged-state" / p.name).exists() for p in cut)
+    decided = json.loads((out / "decisions.json").read_text())
+    assert {"standard", "sam", "gnp"} <= set(decided) and "confirm" not in decided
+    finished_before = _completed_results(out / "ray" / "confirm")
+    assert finished_before, "no confirmation trial had finished at the kill"
+    third = cli(args)
+    text = finish(third, timeout=RUN_TIMEOUT_S)
+    assert third.returncode == 0, text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    assert "stage sam" not in text and "stage gnp" not in text, text[-4000:]  # decided stages are not run again
+    # confirmation trials that had finished were not trained again (Tune may repeat a final report from a
+    # snapshot that predates the trial's end, never an epoch)
+    for path, before in finished_before.items():
+        after = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        assert after[: len(before)] == before, path
+        assert all(x["epoch"] == before[-1]["epoch"] for x in after[len(before):]), f"{path} trained again"
     ref = pd.read_parquet(ref_out / "trials.parquet").set_index("trial_id")
     got = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
     assert not got.index.duplicated().any()
@@ -187,6 +251,10 @@ def test_killed_race_resumes_to_the_same_trials(race_run, ray_head, tmp_path):
     common = sorted(set(ref.index) & set(got.index))
     pd.testing.assert_frame_equal(got.loc[common, cols], ref.loc[common, cols])
     assert all(key(t) not in wanted for i, t in pd.concat([ref, got]).iterrows() if i not in common)
+    # the confirmation stage is not raced: the same six trials, with the same numbers
+    conf_ref, conf_got = ref[ref["stage"] == "confirm"], got[got["stage"] == "confirm"]
+    assert len(conf_ref) == 6 and sorted(conf_got.index) == sorted(conf_ref.index)
+    assert d_got["confirm"] == d_ref["confirm"]
 
     def timing_free(races):  # the races without the counts of trials started ahead
         races = json.loads(json.dumps(races))
