@@ -84,6 +84,7 @@ def summary_lines(study_dir: str | Path) -> list[str]:
     Raises:
         StudyFolderError: the folder holds no readable study.
     """
+    from gnp_study.cost import cost_lines, study_cost
     from gnp_study.results import label_noise_text, load_study, study_results_table, verdict_lines
 
     if "://" in str(study_dir):
@@ -101,6 +102,10 @@ def summary_lines(study_dir: str | Path) -> list[str]:
         lines.append(f"  {row['scheme']:<8} {row['configuration']:<28} {row['test_error']}{ci} "
                      f"({int(row['n'])}/{int(row['n_seeds'])} seeds)")
     lines += [f"  - {v}" for v in verdicts[1:]]
+    cost = study_cost(study)
+    if cost is not None:
+        lines.append("  Cost of the second pass (amortised GNP, every k steps):")
+        lines += [f"  - {v}" for v in cost_lines(*cost)]
     if any("seeds would resolve" in v for v in verdicts):
         lines.append("  (gnp-study plan STUDY --seeds N prices a run with N seeds)")
     return lines
@@ -159,6 +164,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         cs = spec.stages.confirm.seeds
         print(f"  confirm         : {counts['confirm']:5d} trials at most (the 3 chosen configurations on "
               f"{len(cs)} fresh seeds {cs})")
+    if counts["cost"]:
+        ks = [k for k in spec.stages.cost.every if k != 1]
+        print(f"  cost            : {counts['cost']:5d} trials (the chosen GNP with the second pass every k in "
+              f"{ks} steps, on {counts['cost'] // len(ks)} seeds; k = 1 reuses full GNP's trials)")
     print(f"  total           : {counts['total']:5d} trials at most")
     _print_race_bounds(spec, counts, args.seeds)
     epoch_time = args.epoch_time
@@ -168,12 +177,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if epoch_time is None:
         print("  (add --epoch-time SECONDS or --measure for an estimate of trial-hours / GPU hours)")
     else:
-        # alpha = 0 takes one forward-backward pass per step, every other trial two (Algorithm 1).
+        # alpha = 0 takes one forward-backward pass per step, every other trial two (Algorithm 1), or
+        # 1 + 1/k with the second pass every k steps (training.every, the cost stage's k).
         one_pass = (counts["standard_search"] + counts["standard"]) * ep * epoch_time
         # the confirmation stage: Standard (one pass) and SAM, GNP (two) on its seeds
         n_conf = counts["confirm"] // 3
         one_pass += n_conf * ep * epoch_time
-        two_pass = (counts["sam"] + counts["gnp"] + 2 * n_conf) * ep * 2 * epoch_time
+        passes = 1 + 1 / spec.training.every
+        two_pass = (counts["sam"] + counts["gnp"] + 2 * n_conf) * ep * passes * epoch_time
+        if counts["cost"]:
+            ks = [k for k in spec.stages.cost.every if k != 1]
+            two_pass += sum(counts["cost"] // len(ks) * ep * (1 + 1 / k) * epoch_time for k in ks)
         hours = (one_pass + two_pass) / 3600
         gpu = spec.resources.gpus_per_trial
         print(f"  estimate        : {hours:.1f} trial-hours at {epoch_time:g} s per standard epoch ({source}); "

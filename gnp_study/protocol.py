@@ -32,11 +32,35 @@ from gnp_study.spec import StudySpec
 STAGES = ("standard", "sam", "gnp")
 #: The confirmation stage (``stages.confirm``): the three chosen configurations on fresh seeds.
 CONFIRM = "confirm"
+#: The cost stage (``stages.cost``): the chosen GNP configuration with an amortised second pass.
+COST = "cost"
+#: The stages after the three selection stages, in the order they run; none of them chooses anything.
+POST_STAGES = (CONFIRM, COST)
 
 
 def study_stages(spec: StudySpec) -> tuple[str, ...]:
-    """The stages a study runs, in order: :data:`STAGES`, then ``confirm`` when ``stages.confirm`` is set."""
-    return STAGES + ((CONFIRM,) if spec.stages.confirm is not None else ())
+    """The stages a study runs, in order: :data:`STAGES`, then ``confirm`` when ``stages.confirm`` is set,
+    then ``cost`` when ``stages.cost`` is set."""
+    return STAGES + tuple(s for s in POST_STAGES if getattr(spec.stages, s) is not None)
+
+
+def cost_seeds(spec: StudySpec) -> list[int]:
+    """The seeds of the cost stage: the confirmation seeds when the study has a confirmation stage (fresh
+    seeds, unbiased by the choice of alpha and r), else the study's ``seeds``."""
+    return list(spec.stages.confirm.seeds) if spec.stages.confirm is not None else list(spec.seeds)
+
+
+def cost_reference(spec: StudySpec, decisions: dict) -> dict[str, dict]:
+    """Where the cost stage finds Standard and full GNP on its seeds: ``{"standard": {"stage": ...,
+    "config_key": ...}, "gnp": {...}}``, the confirmation stage's trials when the study has one, else the
+    selection stages' (those of the chosen configurations).
+
+    Raises:
+        ProtocolError: a selection stage is not decided.
+    """
+    configs = confirm_configs(decisions)
+    stage_of = {s: (CONFIRM if spec.stages.confirm is not None else s) for s in ("standard", "gnp")}
+    return {s: {"stage": stage_of[s], "config_key": config_key(configs[s])} for s in ("standard", "gnp")}
 
 
 def confirm_configs(decisions: dict) -> dict[str, dict]:
@@ -143,7 +167,8 @@ def plan(stage: str, spec: StudySpec, decisions: dict, standard_candidates: list
         ProtocolError: an earlier decision is missing, or the stage name is unknown.
 
     Stage ``confirm`` runs the three chosen configurations (:func:`confirm_configs`) on
-    ``stages.confirm.seeds``.
+    ``stages.confirm.seeds``; stage ``cost`` runs the chosen GNP configuration with ``every = k`` for each
+    k > 1 of ``stages.cost.every`` on :func:`cost_seeds`.
     """
     seeds = list(spec.seeds)
     if stage == "standard":
@@ -165,6 +190,12 @@ def plan(stage: str, spec: StudySpec, decisions: dict, standard_candidates: list
         rs = gnp_r_values(spec, decisions["sam"]["r"])
         alphas = spec.stages.gnp.all_alpha()
         return _over_seeds(stage, [dict(base, alpha=a, r=r) for r in rs for a in alphas], seeds)
+    if stage == COST:
+        if spec.stages.cost is None:
+            raise ProtocolError("the study has no cost stage (stages.cost)")
+        gnp = confirm_configs(decisions)["gnp"]
+        ks = [k for k in spec.stages.cost.every if k != 1]  # k = 1 is full GNP: its trials are reused
+        return _over_seeds(stage, [dict(gnp, every=k) for k in ks], cost_seeds(spec))
     if stage == CONFIRM:
         if spec.stages.confirm is None:
             raise ProtocolError("the study has no confirmation stage (stages.confirm)")
@@ -184,9 +215,10 @@ def count_trials(spec: StudySpec, n_seeds: int | None = None) -> dict[str, int]:
             the Optuna search of stage 1 runs on one seed either way.
 
     Returns:
-        ``{"standard": n1, "standard_search": n0, "sam": n2, "gnp": n3, "confirm": n4, "total": n}`` where
-        ``standard_search`` is the Optuna search on one seed (0 for a grid) and ``confirm`` the confirmation
-        stage at most (3 configurations on its seeds; 0 without one; ``n_seeds`` does not change it).
+        ``{"standard": n1, "standard_search": n0, "sam": n2, "gnp": n3, "confirm": n4, "cost": n5,
+        "total": n}`` where ``standard_search`` is the Optuna search on one seed (0 for a grid), ``confirm``
+        the confirmation stage at most (3 configurations on its seeds; 0 without one; ``n_seeds`` does not
+        change it) and ``cost`` the cost stage (one configuration per k > 1 on :func:`cost_seeds`).
     """
     st = spec.stages.standard
     n_seeds = len(spec.seeds) if n_seeds is None else int(n_seeds)
@@ -202,8 +234,12 @@ def count_trials(spec: StudySpec, n_seeds: int | None = None) -> dict[str, int]:
     n_r_max = len(set(f2)) + (0 if set(spec.stages.sam.r) <= set(f2) else 1)
     n3 = len(spec.stages.gnp.all_alpha()) * n_seeds * max(1, n_r_max)
     n4 = 3 * len(spec.stages.confirm.seeds) if spec.stages.confirm is not None else 0
-    return {"standard_search": search, "standard": n1, "sam": n2, "gnp": n3, "confirm": n4,
-            "total": search + n1 + n2 + n3 + n4}
+    n5 = 0
+    if spec.stages.cost is not None:
+        seeds = len(spec.stages.confirm.seeds) if spec.stages.confirm is not None else n_seeds
+        n5 = sum(k != 1 for k in spec.stages.cost.every) * seeds
+    return {"standard_search": search, "standard": n1, "sam": n2, "gnp": n3, "confirm": n4, "cost": n5,
+            "total": search + n1 + n2 + n3 + n4 + n5}
 
 
 def confirm_record(trials: pd.DataFrame, spec: StudySpec, decisions: dict) -> dict:
@@ -230,6 +266,32 @@ def confirm_record(trials: pd.DataFrame, spec: StudySpec, decisions: dict) -> di
         raise ProtocolError(f"no confirmation trial of {', '.join(empty)} completed: the confirmation seeds "
                             f"cannot score it; see the trials' errors in trials.parquet")
     return {"seeds": list(spec.stages.confirm.seeds), "schemes": keys, "n": done, "metric": sel.report_column}
+
+
+def cost_record(trials: pd.DataFrame, spec: StudySpec, decisions: dict) -> dict:
+    """The ``decisions.json`` entry of the cost stage (nothing is chosen there: it records which trials
+    hold each k).
+
+    Args:
+        trials: the trials table; spec: the study; decisions: the selection decisions (and ``confirm``).
+
+    Returns:
+        ``{"seeds": [...], "reference": {"standard": {"stage", "config_key"}, "gnp": {...}}, "every":
+        [{"every": k, "stage": ..., "config_key": ..., "n": completed seeds}, ...] (k ascending; k = 1 is
+        the reference GNP), "metric": the report column}``.
+
+    Raises:
+        ProtocolError: a selection stage is not decided.
+    """
+    ref = cost_reference(spec, decisions)
+    gnp = confirm_configs(decisions)["gnp"]
+    rows = []
+    for k in spec.stages.cost.every:
+        where = ref["gnp"] if k == 1 else {"stage": COST, "config_key": config_key(dict(gnp, every=k))}
+        t = trials[(trials["stage"] == where["stage"]) & (trials["config_key"] == where["config_key"])
+                   & trials["seed"].isin(cost_seeds(spec))]
+        rows.append({"every": int(k), **where, "n": int((t["status"] == "completed").sum())})
+    return {"seeds": cost_seeds(spec), "reference": ref, "every": rows, "metric": selection(spec).report_column}
 
 
 def _rank(agg: pd.DataFrame) -> pd.DataFrame:

@@ -193,27 +193,30 @@ def order_trials(trials: pd.DataFrame, races: list) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- tracking
-def _fields(trial) -> tuple[str, str, str, str]:
+def _fields(trial) -> tuple[str, str, str, str, str]:
+    """(stage, alpha, r, seed, every) as text; every is "" for full GNP (a trial without ``every``)."""
     cfg = getattr(trial, "config", None) or {}
     t = cfg.get("trial")
     if t is not None:
         c = t["config"]
-        return t["stage"], f"{float(c['alpha']):g}", f"{float(c['r']):g}", str(t["seed"])
-    return "standard_search", "0", "0", "search"
+        every = str(int(c["every"])) if "every" in c else ""
+        return t["stage"], f"{float(c['alpha']):g}", f"{float(c['r']):g}", str(t["seed"]), every
+    return "standard_search", "0", "0", "search", ""
 
 
 def trial_name(trial) -> str:
-    """Tune trial name: ``"<stage> alpha=<a> r=<r> seed=<s>"`` (``tune.TuneConfig.trial_name_creator``)."""
-    stage, a, r, s = _fields(trial)
-    return f"{stage} alpha={a} r={r} seed={s}"
+    """Tune trial name: ``"<stage> alpha=<a> r=<r> seed=<s>"``, ``"<stage> alpha=<a> r=<r> every=<k>
+    seed=<s>"`` for amortised GNP (``tune.TuneConfig.trial_name_creator``)."""
+    stage, a, r, s, k = _fields(trial)
+    return f"{stage} alpha={a} r={r}{f' every={k}' if k else ''} seed={s}"
 
 
 def trial_dirname(trial) -> str:
-    """Tune trial folder name (and TensorBoard run name): ``"<stage>_alpha=<a>_r=<r>_seed=<s>_<tune id>"``;
-    Tune's trial id keeps two runs of the same trial (a stage restarted from scratch) apart
-    (``tune.TuneConfig.trial_dirname_creator``)."""
-    stage, a, r, s = _fields(trial)
-    return f"{stage}_alpha={a}_r={r}_seed={s}_{trial.trial_id}"
+    """Tune trial folder name (and TensorBoard run name): ``"<stage>_alpha=<a>_r=<r>_seed=<s>_<tune id>"``
+    (``..._r=<r>_every=<k>_seed=...`` for amortised GNP); Tune's trial id keeps two runs of the same trial
+    (a stage restarted from scratch) apart (``tune.TuneConfig.trial_dirname_creator``)."""
+    stage, a, r, s, k = _fields(trial)
+    return f"{stage}_alpha={a}_r={r}{f'_every={k}' if k else ''}_seed={s}_{trial.trial_id}"
 
 
 class EpochTensorBoardLogger(TBXLoggerCallback):

@@ -12,7 +12,7 @@ Public API:
     save_figure3(study, path) -> Path
     render_report(study_dir, out=None, error_bars) -> Path    report.html, one file, figures embedded
     build_outputs(study_dir, error_bars) -> dict[str, Path]   results.md/csv, figure2.png, figure3.png,
-                                                              report.html
+                                                              report.html (figure_cost.png with a cost stage)
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
+from gnp_study.cost import cost_lines, cost_markdown, display_cost_table, study_cost  # noqa: E402
+from gnp_study.cost_figure import FIGURE_COST_PNG, figure_cost  # noqa: E402
 from gnp_study.stats import fmt_signed  # noqa: E402
 from gnp_study.results import (  # noqa: E402
     CONFIRMATION,
@@ -795,8 +797,18 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _cost_png(study: Study) -> bytes | None:
+    """The cost figure as PNG bytes, or None when the study has no cost record."""
+    got = study_cost(study)
+    if got is None:
+        return None
+    label = ("best test error" if selection(study.spec).mode == PAPER_MODE else
+             "test error at the best validation epoch")
+    return _png_bytes(figure_cost(got[0], label))
+
+
 def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: bytes,
-                 error_bars: str = "ci") -> str:
+                 error_bars: str = "ci", cost_png: bytes | None = None) -> str:
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=select_autoescape(["html"]))
     template = env.get_template("report.html")
     counts_html, bad_html = _trial_counts(study)
@@ -805,7 +817,13 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
     verdicts = verdict_lines(study, table, stages=False)  # each decision's certainty is shown with it
     b_r = best_r(study)
     f2 = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
+    cost = study_cost(study)
     return template.render(
+        cost_html=(display_cost_table(cost[0]).to_html(index=False, border=0, classes="results", escape=True)
+                   if cost else ""),
+        cost_lines=cost_lines(*cost) if cost else [],
+        cost_seeds=cost[0].attrs["seeds"] if cost else [],
+        cost_uri=_data_uri(cost_png) if cost and cost_png else None,
         selection=sel,
         paper_mode=sel.mode == PAPER_MODE,
         verdicts=verdicts[1:],
@@ -872,13 +890,14 @@ def render_report(study_dir: str | Path, out: str | Path | None = None, error_ba
     table = study_results_table(study)
     out = Path(out) if out is not None else study.path / REPORT_HTML
     out.write_text(_render_html(study, table, _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study)),
-                                error_bars), encoding="utf-8")
+                                error_bars, _cost_png(study)), encoding="utf-8")
     return out
 
 
 def build_outputs(study_dir: str | Path, error_bars: str = "ci") -> dict[str, Path]:
     """(Re)build every output of a study folder from its stored tables: ``results.md``, ``results.csv``,
-    ``figure2.png``, ``figure3.png`` and ``report.html`` (no Ray, no training).
+    ``figure2.png``, ``figure3.png``, ``report.html`` and, for a study with a cost stage,
+    ``figure_cost.png`` (no Ray, no training).
 
     Args:
         study_dir: the study folder.
@@ -886,7 +905,7 @@ def build_outputs(study_dir: str | Path, error_bars: str = "ci") -> dict[str, Pa
 
     Returns:
         ``{file name: path}`` for the five files, keys ``"results.md"``, ``"results.csv"``,
-        ``"figure2.png"``, ``"figure3.png"``, ``"report.html"``.
+        ``"figure2.png"``, ``"figure3.png"``, ``"report.html"`` (and ``"figure_cost.png"``).
 
     Raises:
         StudyFolderError: the folder holds no readable study, or a file that parses but is malformed
@@ -898,9 +917,12 @@ def build_outputs(study_dir: str | Path, error_bars: str = "ci") -> dict[str, Pa
     table = study_results_table(study)
     # Everything is drawn and rendered before the first file is written, so a study folder that cannot be
     # reported keeps its previous outputs (write_study_tables renders results.md before writing it).
-    fig2, fig3 = _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study))
-    html = _render_html(study, table, fig2, fig3, error_bars)
-    paths = write_study_tables(study, table)
+    fig2, fig3, fig_cost = _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study)), _cost_png(study)
+    html = _render_html(study, table, fig2, fig3, error_bars, fig_cost)
+    paths = write_study_tables(study, table, cost_markdown(study))
+    if fig_cost is not None:
+        paths[FIGURE_COST_PNG] = study.path / FIGURE_COST_PNG
+        paths[FIGURE_COST_PNG].write_bytes(fig_cost)
     paths[FIGURE2_PNG] = study.path / FIGURE2_PNG
     paths[FIGURE2_PNG].write_bytes(fig2)
     paths[FIGURE3_PNG] = study.path / FIGURE3_PNG

@@ -900,9 +900,21 @@ def _check_decisions(path: Path, decisions: dict[str, Any]) -> None:
             _need(isinstance(dec.get("seeds"), list) and all(_is_count(v) for v in dec["seeds"]), path,
                   "'confirm.seeds' must be a list of non-negative integers", dec.get("seeds"))
             continue
+        if stage == "cost":
+            where = lambda w: (isinstance(w, dict) and isinstance(w.get("stage"), str)  # noqa: E731
+                               and isinstance(w.get("config_key"), str))
+            _need(isinstance(dec, dict) and isinstance(dec.get("reference"), dict)
+                  and all(where(dec["reference"].get(s)) for s in ("standard", "gnp")), path,
+                  "'cost.reference' must name the stage and config_key of standard and gnp", dec)
+            _need(isinstance(dec.get("every"), list) and dec["every"]
+                  and all(where(r) and _is_count(r.get("every")) for r in dec["every"]), path,
+                  "'cost.every' must be a list of {every, stage, config_key}", dec.get("every"))
+            _need(isinstance(dec.get("seeds"), list) and all(_is_count(v) for v in dec["seeds"]), path,
+                  "'cost.seeds' must be a list of non-negative integers", dec.get("seeds"))
+            continue
         if stage not in DECISION_STAGES:
             raise StudyFolderError(f"{path}: unknown key {stage!r}; expected only the stages "
-                                   f"{', '.join(DECISION_STAGES)} and confirm")
+                                   f"{', '.join(DECISION_STAGES)}, confirm and cost")
         _need(isinstance(dec, dict), path, f"'{stage}' must be a mapping (the stage's decision)", dec)
         if "config_key" in dec:
             _need(isinstance(dec["config_key"], str), path, f"'{stage}.config_key' must be a string",
@@ -1061,12 +1073,14 @@ def study_results_table(study: Study, seeds: str = "auto") -> pd.DataFrame:
                          seeds=seeds)
 
 
-def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
+def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: list[str] | None = None) -> str:
     """The Markdown text of ``results.md``: heading, the results table, the derived figure, notes.
 
     Args:
         study: the loaded study.
         table: its :func:`results_table` (computed when None).
+        sections: further Markdown lines placed before the notes (the cost stage's section,
+            :func:`gnp_study.cost.cost_markdown`).
 
     Returns:
         Markdown text (GitHub pipe tables, via ``DataFrame.to_markdown``, which needs ``tabulate``).
@@ -1119,6 +1133,8 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None) -> str:
                   ""]
         lines += [f"- {v}" for v in race_lines(study.decisions)]
         lines += ["", races.to_markdown(index=False, disable_numparse=True)]
+    if sections:
+        lines += ["", *sections]
     lines += ["", "## Notes", ""]
     if "paper_mean" in table.columns:
         lines.append(f"- Paper: {derived_figure_text(table, 'paper_')}")
@@ -1204,11 +1220,13 @@ def write_tables(study_dir: str | Path) -> dict[str, Path]:
     return write_study_tables(study)
 
 
-def write_study_tables(study: Study, table: pd.DataFrame | None = None) -> dict[str, Path]:
+def write_study_tables(study: Study, table: pd.DataFrame | None = None, sections: list[str] | None = None
+                       ) -> dict[str, Path]:
     """:func:`write_tables` for an already loaded :class:`Study` (and optionally its computed
-    :func:`results_table`); same return value."""
+    :func:`results_table` and further sections of ``results.md``, see :func:`results_markdown`); same
+    return value."""
     table = study_results_table(study) if table is None else table
     md_path, csv_path = study.path / RESULTS_MD, study.path / RESULTS_CSV
-    md_path.write_text(results_markdown(study, table), encoding="utf-8")
+    md_path.write_text(results_markdown(study, table, sections), encoding="utf-8")
     table.to_csv(csv_path, index=False)
     return {RESULTS_MD: md_path, RESULTS_CSV: csv_path}

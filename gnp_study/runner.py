@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from gnp_study import protocol, racing
-from gnp_study.protocol import CONFIRM, STAGES, TrialConfig, study_stages
+from gnp_study.protocol import CONFIRM, COST, POST_STAGES, STAGES, TrialConfig, study_stages
 from gnp_study.spec import StudySpec
 from gnp_study.trainable import HISTORY_FILE, trainable, trial_of  # trial workers import only that module
 
@@ -41,7 +41,7 @@ TRIAL_COLUMNS = ["trial_id", "stage", "config_key", "config", "alpha", "r", "see
                  "wall_time_s", "node", "cpus", "gpus", "best_val_error", "test_error_at_best_val"]
 EPOCH_COLUMNS = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "epoch", "train_loss",
                  "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr",
-                 "epoch_time_s", "val_loss", "val_error"]
+                 "epoch_time_s", "val_loss", "val_error", "passes_per_step"]
 
 
 #: A trial's result without which a stage is unfinished: its last report says the trial ended.
@@ -921,10 +921,10 @@ def _hardware(resources: dict) -> dict:
             "cluster_cpus": resources.get("CPU", 0.0), "cluster_gpus": resources.get("GPU", 0.0)}
 
 
-def _without_confirm(resolved: dict) -> dict:
+def _without(resolved: dict, stages: set[str]) -> dict:
     out = dict(resolved)
     if isinstance(out.get("stages"), dict):
-        out["stages"] = {k: v for k, v in out["stages"].items() if k != CONFIRM}
+        out["stages"] = {k: v for k, v in out["stages"].items() if k not in stages}
     return out
 
 
@@ -949,10 +949,12 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
         old = {k: v for k, v in old.items() if k != "report_every"}
     new = {k: v for k, v in new.items() if k != "report_every"}
     decided = read_json(study_dir / "decisions.json", {}) if (study_dir / "decisions.json").exists() else {}
-    if isinstance(old, dict) and CONFIRM not in decided:
-        # A confirmation stage that has not run yet (added, removed or changed) touches no stored trial:
-        # the selection stages are compared without it, and a finished study can be confirmed afterwards.
-        old, new = _without_confirm(old), _without_confirm(new)
+    unrun = {s for s in POST_STAGES if s not in decided}
+    if isinstance(old, dict) and unrun:
+        # A confirmation or cost stage that has not run yet (added, removed or changed) touches no stored
+        # trial: the stages before it are compared without it, and a finished study can be confirmed or
+        # costed afterwards.
+        old, new = _without(old, unrun), _without(new, unrun)
     if old != new:
         diff = difflib.unified_diff(yaml.safe_dump(old, sort_keys=True).splitlines(),
                                     yaml.safe_dump(new, sort_keys=True).splitlines(),
@@ -1030,8 +1032,12 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
         write_parquet(trials_path, trials)
         write_parquet(epochs_path, epochs)
         try:
-            decisions[stage] = (protocol.confirm_record(trials, spec, decisions) if stage == CONFIRM else
-                                protocol.decide(stage, trials, spec, decisions))
+            if stage == CONFIRM:
+                decisions[stage] = protocol.confirm_record(trials, spec, decisions)
+            elif stage == COST:
+                decisions[stage] = protocol.cost_record(trials, spec, decisions)
+            else:
+                decisions[stage] = protocol.decide(stage, trials, spec, decisions)
         except protocol.ProtocolError as e:
             raise StudyError(str(e)) from None
         write_json(decisions_path, decisions)
@@ -1096,7 +1102,7 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         epochs = read_table(study_dir / "epochs.parquet", EPOCH_COLUMNS)
         decisions_path = study_dir / "decisions.json"
         decisions = read_json(decisions_path, {})
-        bad = [k for k, v in decisions.items() if k not in STAGES + (CONFIRM,) or not isinstance(v, dict)]
+        bad = [k for k, v in decisions.items() if k not in STAGES + POST_STAGES or not isinstance(v, dict)]
         if bad:
             raise StudyError(f"{decisions_path} holds unknown or malformed entries {bad}; restore it or start "
                              f"a new study folder (--new)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 #: The paper's extra alpha sets (Section 4.1, parameter study).
 B_A = (-0.1, -0.2, -0.5)
@@ -211,6 +211,9 @@ class TrainingSpec(_Strict):
     perturb_weight_decay: bool = Field(False, description="L2 weight decay inside the perturbation")
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    every: StrictInt = Field(1, ge=1, description=(
+        "amortised GNP: the second pass every `every` optimizer steps, the stored penalty direction reused "
+        "in between (gnp_study.optim.GNP, after LookSAM, Liu et al. 2022); 1 is Algorithm 1"))
 
     @field_validator("lr", "weight_decay", "grad_clip", "label_smoothing")
     @classmethod
@@ -387,11 +390,36 @@ class ConfirmStage(_Strict):
         return _check_seed_list(v)
 
 
+class CostStage(_Strict):
+    """The cost stage: after stage 3 (and the confirmation stage), the chosen GNP configuration runs with
+    the second pass every k steps (:class:`gnp_study.optim.GNP` ``every``), for each k of ``every``, on the
+    seeds that score the study (the confirmation seeds when there are any, else ``seeds``), paired there
+    against Standard and full GNP (k = 1, whose trials are already run): what an amortised second pass
+    keeps of GNP's improvement, against what it costs (passes per step and trial time, both measured).
+    """
+
+    every: list[StrictInt] = Field(default_factory=lambda: [1, 2, 5, 10], min_length=1,
+                                   description="the k values; 1 is full GNP (its trials are reused)")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v):
+        bad = [k for k in v if k < 1]
+        if bad:
+            raise ValueError(f"every: each k must be an integer >= 1, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"every: duplicate values in {v}")
+        if not any(k > 1 for k in v):
+            raise ValueError(f"every: needs at least one k > 1 to compare with full GNP, got {v}")
+        return sorted(v)
+
+
 class Stages(_Strict):
     standard: StandardStage = Field(default_factory=StandardStage)
     sam: SamStage = Field(default_factory=SamStage)
     gnp: GnpStage = Field(default_factory=GnpStage)
     confirm: ConfirmStage | None = None
+    cost: CostStage | None = None
 
 
 class Resources(_Strict):
@@ -487,6 +515,10 @@ class StudySpec(_Strict):
             if both:
                 raise ValueError(f"stages.confirm.seeds {both} are used by the selection stages (seeds or race "
                                  f"extra_seeds): confirmation seeds must be fresh")
+        if self.stages.cost is not None and self.training.every != 1:
+            raise ValueError(f"stages.cost compares amortised GNP with full GNP, but training.every is "
+                             f"{self.training.every}: the study's GNP is already amortised; set training.every "
+                             f"to 1 or remove stages.cost")
         missing = [r for r in self.stages.gnp.figure2_r if r not in self.stages.sam.r]
         if missing:
             raise ValueError(f"stages.gnp.figure2_r {missing} must be values of stages.sam.r "
@@ -505,7 +537,8 @@ class StudySpec(_Strict):
         """The spec with every default filled in, as plain YAML-ready data (dict).
 
         ``data.validation`` and ``data.label_noise`` appear only when set (absent means the paper's
-        protocol and clean labels), a stage's ``race`` and ``stages.confirm`` only when set and ``report_every`` only when not 1,
+        protocol and clean labels), a stage's ``race``, ``stages.confirm`` and ``stages.cost`` only when set,
+        ``report_every`` and ``training.every`` only when not 1,
         so study folders written before these options existed still resume.
         """
         d = self.model_dump(mode="json")
@@ -516,8 +549,11 @@ class StudySpec(_Strict):
         for stage in ("sam", "gnp"):  # likewise a stage without a race
             if d["stages"][stage]["race"] is None:
                 del d["stages"][stage]["race"]
-        if d["stages"]["confirm"] is None:  # likewise a study without a confirmation stage
-            del d["stages"]["confirm"]
+        for stage in ("confirm", "cost"):  # likewise a study without a confirmation or a cost stage
+            if d["stages"][stage] is None:
+                del d["stages"][stage]
+        if d["training"]["every"] == 1:  # likewise full GNP (Algorithm 1)
+            del d["training"]["every"]
         if d["report_every"] == 1:  # likewise the default reporting cadence
             del d["report_every"]
         return d

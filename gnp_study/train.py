@@ -268,7 +268,8 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
             ``best_test_error`` %, ``val_loss``, ``val_error`` %, ``best_val_error`` % (lowest so far),
             ``test_error_at_best_val`` % (test error at that epoch, the earliest on ties; the four
             validation metrics are NaN without ``data.validation``), ``grad_norm`` mean norm(g1), ``lr``,
-            ``epoch_time_s``, ``status`` "running"/"completed"/"diverged", ``diverged_epoch``,
+            ``epoch_time_s``, ``passes_per_step`` (forward-backward passes per optimizer step, 1 to 2),
+            ``status`` "running"/"completed"/"diverged", ``diverged_epoch``,
             ``node``), ``state`` is a checkpoint
             (dict of tensors and plain data for ``torch.save``) or ``None`` on epochs without one.
         resume_state: a state previously passed to ``report``: training continues after its epoch with
@@ -305,7 +306,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
         base_kwargs.update(momentum=t["momentum"], nesterov=t["nesterov"] and t["momentum"] > 0)
     opt = GNP(model.parameters(), base, alpha=cfg["alpha"], r=cfg["r"], model=model,
               normalize_g1=t["normalize_g1"], perturb_weight_decay=t["perturb_weight_decay"],
-              max_grad_norm=t["grad_clip"], **base_kwargs)
+              max_grad_norm=t["grad_clip"], **({"every": t["every"]} if t["every"] != 1 else {}), **base_kwargs)
     gen = torch.Generator().manual_seed(trial["seed"])
     train_loader, test_loader, val_loader = _loaders(spec, t, data, gen, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t, len(train_loader)))
@@ -349,7 +350,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         norm_sum = torch.zeros((), device=device, dtype=torch.float64)
         wrong = torch.zeros((), device=device, dtype=torch.long)
-        n = steps = 0
+        n = steps = passes = 0
         for x, y in train_loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if t["channels_last"]:
@@ -380,6 +381,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
             wrong += (out_holder["out"].argmax(1) != hard).sum()
             n += y.shape[0]
             steps += 1
+            passes += 1 + int(opt.last_full)  # forward-backward passes of this step (2 on a full GNP step)
         train_loss = float(loss_sum) / max(1, n)
         grad_norm = float(norm_sum) / max(1, steps)
         diverged = (not math.isfinite(train_loss) or not math.isfinite(grad_norm)
@@ -411,6 +413,7 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
             "grad_norm": grad_norm,
             "lr": opt.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - t0,
+            "passes_per_step": passes / max(1, steps),
             "status": status,
             "diverged_epoch": epoch if diverged else math.nan,
             "node": node,

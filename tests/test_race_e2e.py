@@ -38,6 +38,8 @@ RACE = {
         "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [-100.0], "figure2_r": [0.05], "race": {"first_block": 2}},
         # the three raced choices on two seeds no race saw
         "confirm": {"seeds": [3, 4]},
+        # the chosen GNP with the second pass every 2 steps, on the confirmation seeds
+        "cost": {"every": [1, 2]},
     },
     "divergence": {"max_loss": 5.0},
     "seeds": [0, 1, 2],
@@ -117,6 +119,30 @@ def test_confirmation_runs_the_raced_choices_on_fresh_seeds_and_scores_the_table
     assert "confirmation seeds" in md and "Selection seeds" in md
 
 
+def test_cost_stage_runs_the_chosen_gnp_amortised_on_the_confirmation_seeds(race_run):
+    _, out, text = race_run
+    trials = pd.read_parquet(out / "trials.parquet")
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    decisions = json.loads((out / "decisions.json").read_text())
+    gnp = json.loads(decisions["gnp"]["config_key"])
+    c = trials[trials["stage"] == "cost"]
+    assert sorted(c["seed"]) == [3, 4] and (c["status"] == "completed").all()
+    assert {json.loads(x)["every"] for x in c["config"]} == {2}
+    assert all({k: v for k, v in json.loads(x).items() if k != "every"} == gnp for x in c["config"])
+    rec = decisions["cost"]
+    assert rec["seeds"] == [3, 4] and rec["reference"]["gnp"]["stage"] == "confirm"
+    # measured passes: about 1.5 per step with the second pass every 2 steps (an epoch of an odd number of
+    # steps has one more or one fewer full step), 2 for full GNP, 1 for Standard
+    pps = epochs.groupby("trial_id")["passes_per_step"].mean()
+    assert all(abs(pps[t] - 1.5) <= 0.05 for t in c["trial_id"]), pps
+    conf = trials[trials["stage"] == "confirm"].set_index("config_key")["trial_id"]
+    assert (pps[conf.loc[[decisions["standard"]["config_key"]]]] == 1.0).all()
+    assert (pps[conf.loc[[decisions["gnp"]["config_key"]]]] == 2.0).all()
+    assert "Cost of the second pass" in (out / "results.md").read_text()
+    assert (out / "figure_cost.png").exists() and 'id="figure-cost"' in (out / "report.html").read_text()
+    assert "GNP every 2 steps (1.5" in text or "GNP every 2 steps (1.4" in text
+
+
 def test_report_shows_the_race(race_run):
     _, out, _ = race_run
     md = (out / "results.md").read_text()
@@ -132,7 +158,8 @@ def test_tensorboard_has_every_trials_test_error_under_its_readable_name(race_ru
     epochs = pd.read_parquet(out / "epochs.parquet")
     assert len(trials) > 0
     for row in trials.itertuples():
-        prefix = f"{row.stage}_alpha={row.alpha:g}_r={row.r:g}_seed={row.seed}_"
+        every = json.loads(row.config).get("every")
+        prefix = f"{row.stage}_alpha={row.alpha:g}_r={row.r:g}{f'_every={every}' if every else ''}_seed={row.seed}_"
         dirs = [p for p in (out / "ray" / row.stage).iterdir() if p.is_dir() and p.name.startswith(prefix)]
         assert len(dirs) == 1, (prefix, [p.name for p in (out / "ray" / row.stage).iterdir()])
         ea = EventAccumulator(str(dirs[0]))
