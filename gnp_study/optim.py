@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +65,9 @@ from torch.nn.utils import clip_grad_norm_, get_total_norm
 __all__ = ["GNP", "frozen_bn_stats"]
 
 _STATE_KEY = "gnp"
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2  # 2: the amortised mode's settings and stored direction; 1 still loads
+#: How a step between full steps reuses the stored penalty direction (``GNP(..., reuse=...)``).
+REUSE_MODES = ("orthogonal", "difference")
 
 
 @contextlib.contextmanager
@@ -143,6 +146,16 @@ class _Pending:
     theta: list[Tensor] = field(default_factory=list)    # saved theta, aligned with params
     g1: list[Tensor] = field(default_factory=list)       # saved g1, aligned with params
     frozen_bn: contextlib.ExitStack | None = None
+    reuse: bool = False                # an amortised step: one pass, the stored direction reused
+
+
+def _check_every(every: Any, reuse: Any) -> tuple[int, str]:
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or int(every) < 1:
+        raise ValueError(f"every must be an integer >= 1 (the second pass every `every` steps; 1 = "
+                         f"Algorithm 1), got {every!r}")
+    if reuse not in REUSE_MODES:
+        raise ValueError(f"reuse must be one of {', '.join(REUSE_MODES)}, got {reuse!r}")
+    return int(every), str(reuse)
 
 
 class GNP(torch.optim.Optimizer):
@@ -171,12 +184,26 @@ class GNP(torch.optim.Optimizer):
         exact: compute the gradient of Eq. 1 exactly, ``g1 + alpha * r * H g1 / ||g1||`` (Eq. 6, lambda =
             alpha * r), with a Hessian-vector product by double backward. For study and tests on small
             models; the closure must then return the loss *without* calling ``backward()``.
+        every: amortised GNP: the second pass on every ``every``-th step only (1, the default, is
+            Algorithm 1 on every step, bit for bit). A full step also stores the penalty direction
+            ``v = g2 - g1`` (``reuse="difference"``) or its part orthogonal to g1, ``v - (<v, g1> /
+            ||g1||^2) g1`` (``reuse="orthogonal"``, as LookSAM reuses the SAM gradient's orthogonal part:
+            Liu et al., "Towards Efficient and Scalable Sharpness-Aware Minimization", CVPR 2022), with
+            ``||g1||`` of that step. The ``every - 1`` steps after it take one forward-backward pass and
+            use ``g = g1 + alpha * (||g1|| / ||g1_full||) * v`` (with ``normalize_g1``: ``(1 - alpha) g1 /
+            ||g1|| + alpha (g1 + (||g1|| / ||g1_full||) v)``): the penalty keeps the size relative to the
+            gradient it had when measured. With ``||g1|| = ||g1_full||`` and ``v = g2 - g1`` this is line 7
+            exactly, so a full step is Algorithm 1's. The first step, and the step after one a GradScaler
+            skipped, are full. The direction comes from the (all-reduced) g1 and g2, so under DDP it is the
+            same on every replica.
+        reuse: ``"orthogonal"`` (default) or ``"difference"``, see ``every``; ignored when ``every == 1``.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ``weight_decay`` ...).
 
     Raises:
         ValueError: ``alpha`` not finite; ``r`` not finite or negative (also for param groups added later);
-            ``max_grad_norm`` negative or not finite; ``exact`` combined with ``normalize_g1`` or
-            ``perturb_weight_decay``.
+            ``max_grad_norm`` negative or not finite; ``exact`` combined with ``normalize_g1``,
+            ``perturb_weight_decay`` or ``every > 1``; ``every`` not an integer >= 1 (booleans refused);
+            ``reuse`` not one of :data:`REUSE_MODES`.
         TypeError: ``base_optimizer`` is an optimizer instance instead of a class (or factory).
 
     Steps (see the module docstring for examples):
@@ -205,13 +232,18 @@ class GNP(torch.optim.Optimizer):
     first pass under ``no_sync`` lets replicas drift for ``alpha != 1``, because the local g1 enters g.)
 
     Memory: two parameter-sized buffers (saved theta and g1), allocated on the first two-pass step and
-    kept; none for one-pass steps. The state dict holds the base optimizer's state (momentum, Adam
-    moments), the param groups with ``alpha`` and ``r``, and GNP's settings under the key ``"gnp"``.
+    kept; none for one-pass steps; with ``every > 1`` a third, the stored direction (and a transient one
+    while ``reuse="orthogonal"`` projects it). The state dict holds the base optimizer's state (momentum,
+    Adam moments), the param groups with ``alpha`` and ``r``, and GNP's settings under the key ``"gnp"``
+    (with ``every > 1`` also the stored direction, its ``||g1||`` and the steps since the last full step,
+    so a run resumed mid-cycle continues the same trajectory).
 
     Attributes:
         base_optimizer: the wrapped optimizer instance.
         last_grad_norm, last_g2_norm, last_cos: 0-dim tensors on the gradients' device, set by every step
             (None before the first): ||g1||, ||g2|| and cos(g1, g2), see the module docstring.
+        last_full: bool, True when the last step ran the second pass (False for one-pass configurations
+            and for the amortised steps between full steps); count passes as ``1 + last_full``.
 
     Source: Zhao, Zhang & Hu, "Penalizing Gradient Norm for Efficiently Improving Generalization in Deep
     Learning", ICML 2022, Section 3.3 (Eq. 6-11) and Algorithm 1.
@@ -229,6 +261,8 @@ class GNP(torch.optim.Optimizer):
         perturb_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         exact: bool = False,
+        every: int = 1,
+        reuse: str = "orthogonal",
         **base_kwargs: Any,
     ) -> None:
         if isinstance(base_optimizer, torch.optim.Optimizer):
@@ -237,7 +271,7 @@ class GNP(torch.optim.Optimizer):
         alpha, r = _check_alpha_r(alpha, r, "GNP arguments")
         self._settings: dict[str, Any] = {}
         self._set_settings(normalize_g1=normalize_g1, perturb_weight_decay=perturb_weight_decay,
-                           max_grad_norm=max_grad_norm, exact=exact)
+                           max_grad_norm=max_grad_norm, exact=exact, every=every, reuse=reuse)
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
         defaults = dict(base_kwargs, alpha=alpha, r=r)
@@ -254,10 +288,19 @@ class GNP(torch.optim.Optimizer):
         self.last_grad_norm: Tensor | None = None
         self.last_g2_norm: Tensor | None = None
         self.last_cos: Tensor | None = None
+        self.last_full = False
+        # amortised mode: the stored direction per param, ||g1|| of its full step, steps since it
+        self._v_buf: dict[Tensor, Tensor] = {}
+        self._v_norm1: Tensor | None = None
+        self._since_full = 0
 
     # ----------------------------------------------------------------------------------------- settings
     def _set_settings(self, *, normalize_g1: bool, perturb_weight_decay: bool, max_grad_norm: float | None,
-                      exact: bool) -> None:
+                      exact: bool, every: int = 1, reuse: str = "orthogonal") -> None:
+        every, reuse = _check_every(every, reuse)
+        if exact and every > 1:
+            raise ValueError("exact=True computes Eq. 6 on every step; it cannot be combined with every > 1 "
+                             "(the amortised second pass)")
         if max_grad_norm is not None:
             m = float(max_grad_norm)
             if not (math.isfinite(m) and m >= 0.0):
@@ -267,7 +310,7 @@ class GNP(torch.optim.Optimizer):
             raise ValueError("exact=True computes Eq. 6 as written; it cannot be combined with "
                              "normalize_g1 or perturb_weight_decay")
         self._settings = dict(normalize_g1=bool(normalize_g1), perturb_weight_decay=bool(perturb_weight_decay),
-                              max_grad_norm=max_grad_norm, exact=bool(exact))
+                              max_grad_norm=max_grad_norm, exact=bool(exact), every=every, reuse=reuse)
 
     @property
     def normalize_g1(self) -> bool:
@@ -288,6 +331,16 @@ class GNP(torch.optim.Optimizer):
     def exact(self) -> bool:
         """Whether the step computes Eq. 6 with a Hessian-vector product instead of Algorithm 1."""
         return self._settings["exact"]
+
+    @property
+    def every(self) -> int:
+        """The second pass runs on every ``every``-th step (1: every step, Algorithm 1)."""
+        return self._settings["every"]
+
+    @property
+    def reuse(self) -> str:
+        """How the steps between full steps reuse the stored direction (:data:`REUSE_MODES`)."""
+        return self._settings["reuse"]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (to GNP and the base optimizer alike); it may set its own ``alpha`` and ``r``.
@@ -317,6 +370,13 @@ class GNP(torch.optim.Optimizer):
                                "the parameters are perturbed; finish the step first")
         sd = super().state_dict()
         sd[_STATE_KEY] = dict(self._settings, format=_STATE_FORMAT)
+        if self.every > 1:
+            index = {id(q): i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
+            sd[_STATE_KEY]["amortised"] = {
+                "since_full": self._since_full,
+                "norm1": None if self._v_norm1 is None else self._v_norm1.clone(),
+                "direction": {index[id(q)]: v.clone() for q, v in self._v_buf.items() if id(q) in index},
+            }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -324,7 +384,8 @@ class GNP(torch.optim.Optimizer):
 
         The base optimizer loads ``state`` and ``param_groups`` (momentum buffers, Adam moments, lr,
         per-group alpha/r); GNP's settings (``normalize_g1``, ``perturb_weight_decay``,
-        ``max_grad_norm``, ``exact``) are restored from ``"gnp"`` when present.
+        ``max_grad_norm``, ``exact``, ``every``, ``reuse``) and the amortised mode's stored direction are
+        restored from ``"gnp"`` when present (a dict without them: full steps until the next one stores it).
 
         Raises:
             ValueError: as ``torch.optim.Optimizer.load_state_dict`` (group count or sizes differ), or a
@@ -342,8 +403,18 @@ class GNP(torch.optim.Optimizer):
             group.setdefault("r", self.defaults["r"])
             group["alpha"], group["r"] = _check_alpha_r(group["alpha"], group["r"], f"loaded param group {i}")
         if settings is not None:
-            self._set_settings(**{k: settings[k] for k in ("normalize_g1", "perturb_weight_decay",
-                                                            "max_grad_norm", "exact")})
+            # a dict of format 1 has no every/reuse: those keep the values this optimizer was built with
+            self._set_settings(**dict(self._settings, **{k: settings[k] for k in (
+                "normalize_g1", "perturb_weight_decay", "max_grad_norm", "exact", "every", "reuse") if k in settings}))
+        self._v_buf, self._v_norm1, self._since_full = {}, None, 0
+        saved = (settings or {}).get("amortised")
+        if saved is not None and saved.get("norm1") is not None:
+            flat = [q for g in self.param_groups for q in g["params"]]
+            self._v_buf = {flat[int(i)]: v.to(device=flat[int(i)].device, dtype=flat[int(i)].dtype).clone()
+                           for i, v in saved["direction"].items()}
+            dev = next(iter(self._v_buf.values())).device if self._v_buf else saved["norm1"].device
+            self._v_norm1 = saved["norm1"].to(dev).clone()
+            self._since_full = int(saved["since_full"])
 
     # ---------------------------------------------------------------------------------------- helpers
     def _two_pass(self) -> bool:
@@ -375,6 +446,54 @@ class GNP(torch.optim.Optimizer):
                 b = store[p] = torch.empty_like(p, memory_format=torch.preserve_format)
             bufs.append(b)
         return bufs
+
+    def _reuse_now(self) -> bool:
+        """Whether this step reuses the stored direction (``every > 1``, one stored, fewer than
+        ``every - 1`` steps taken since its full step)."""
+        return self.every > 1 and self._v_norm1 is not None and self._since_full < self.every - 1
+
+    def _store_direction(self, groups, g1_by_group, p: _Pending, dot: Tensor) -> None:
+        """Keep v = g2 - g1 (or its part orthogonal to g1) and ||g1|| of this full step; ``.grad`` holds g2
+        and the g1 buffers g1 - g2 (before the mix)."""
+        params = [q for _, ps, _ in groups for q in ps]
+        d = [b for bs in g1_by_group for b in bs]                     # g1 - g2
+        v = self._buffers(params, self._v_buf)
+        have = {id(q) for q in params}
+        for q in [q for q in self._v_buf if id(q) not in have]:
+            del self._v_buf[q]                                       # no gradient this step: no direction
+        if v:
+            torch._foreach_copy_(v, d)
+            torch._foreach_neg_(v)                                    # v = g2 - g1
+            if self.reuse == "orthogonal":
+                # v - (<v, g1> / ||g1||^2) g1, with <v, g1> = <g1, g2> - ||g1||^2 and g1 = g2 - v (.grad - v)
+                coef = (dot - p.norm1.square()) * p.inv1.square()
+                g2 = [g for _, _, gs in groups for g in gs]
+                for vi, g2i in zip(v, g2):
+                    g1i = g2i - vi
+                    vi.sub_(g1i * coef.to(device=vi.device, dtype=vi.dtype))
+        self._v_norm1 = p.norm1.clone()
+        self._since_full = 0
+
+    @torch.no_grad()
+    def _reuse_mix(self, p: _Pending) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
+        """The amortised step's line 7: g = g1 + alpha (||g1|| / ||g1_full||) v per group (``normalize_g1``:
+        ``(1 - alpha) g1/||g1|| + alpha (g1 + (||g1||/||g1_full||) v)``), with ``.grad`` holding g1."""
+        groups = self._grads()
+        scale = torch.where(self._v_norm1 > 0, p.norm1 / self._v_norm1, 0.0)
+        for group, ps, gs in groups:
+            alpha = group["alpha"]
+            if not gs:
+                continue
+            if self.normalize_g1:
+                _mul_(gs, (1.0 - alpha) * p.inv1 + alpha)
+            if alpha == 0.0:
+                continue
+            for q, g in zip(ps, gs):
+                v = self._v_buf.get(q)
+                if v is not None:
+                    g.add_(v * (alpha * scale).to(device=g.device, dtype=g.dtype))
+        self._since_full += 1
+        return groups
 
     def _nan_like(self, t: Tensor) -> Tensor:
         return torch.full((), float("nan"), device=t.device)
@@ -409,8 +528,9 @@ class GNP(torch.optim.Optimizer):
 
         Returns:
             True when the caller must run the second pass (forward + backward at the perturbed theta)
-            before :meth:`second_step`; False when every group has alpha == 0 or every group has r == 0:
-            then call :meth:`second_step` directly (``.grad`` still holds g1, nothing was moved).
+            before :meth:`second_step`; False when every group has alpha == 0 or every group has r == 0,
+            or on an amortised step between full steps (``every > 1``): then call :meth:`second_step`
+            directly (``.grad`` still holds g1, nothing was moved).
 
         Raises:
             RuntimeError: ``exact=True`` (needs ``step(closure)``), or a first step is already pending.
@@ -432,6 +552,9 @@ class GNP(torch.optim.Optimizer):
         self.last_grad_norm = norm1
         if not self._two_pass():
             self._pending = _Pending(two_pass=False, scaled=scaled, norm1=norm1, inv1=inv1)
+            return False
+        if self._reuse_now():
+            self._pending = _Pending(two_pass=False, scaled=scaled, norm1=norm1, inv1=inv1, reuse=True)
             return False
         theta = self._buffers(params, self._theta_buf)
         g1 = self._buffers(params, self._g1_buf)
@@ -480,7 +603,11 @@ class GNP(torch.optim.Optimizer):
         p, self._pending = self._pending, None
         assert p is not None
         scaled = p.scaled and scaler is not None
-        if not p.two_pass:
+        self.last_full = p.two_pass
+        if p.reuse:
+            groups = self._reuse_mix(p)                              # .grad holds g1; g from the stored v
+            self.last_g2_norm = self.last_cos = self._nan_like(p.norm1)
+        elif not p.two_pass:
             groups = self._grads()                                   # .grad holds g1 = g
             if self.normalize_g1:                                    # g = ((1-alpha)/||g1|| + alpha) g1
                 for group, _, gs in groups:
@@ -509,6 +636,8 @@ class GNP(torch.optim.Optimizer):
             dot = 0.5 * (p.norm1.square() + norm2.square() - dnorm.square())
             self.last_g2_norm = norm2
             self.last_cos = torch.where(n12 > 0, dot / n12, 0.0).clamp(-1.0, 1.0)
+            if self.every > 1:
+                self._store_direction(groups, g1_by_group, p, dot)
             # Line 7 (Eq. 10), written as g = g2 + b (g1 - g2) + (a + b - 1) g2 with a = alpha and
             # b = 1 - alpha (Algorithm 1) or (1 - alpha)/||g1|| (normalize_g1).
             for (group, _, gs), ds in zip(groups, g1_by_group):
@@ -529,6 +658,7 @@ class GNP(torch.optim.Optimizer):
             if p.two_pass:
                 finite &= torch.isfinite(self.last_g2_norm)
             if not bool(finite):                                     # one flag read, as GradScaler.step
+                self._v_norm1 = None                                 # amortised: the next step is full
                 return                                               # skip: theta and state untouched
         self._base_step()
 

@@ -235,3 +235,22 @@ def test_a_study_without_a_cost_stage_has_no_cost_outputs(tmp_path):
     paths = build_outputs(s.path)
     assert "figure_cost.png" not in paths and not (s.path / "figure_cost.png").exists()
     assert "Cost of the second pass" not in (s.path / "results.md").read_text()
+
+
+def test_plan_prices_the_cost_stage(tmp_path, capsys):
+    import yaml
+
+    from gnp_study.cli import main
+
+    raw = yaml.safe_load((__import__("gnp_study.spec", fromlist=["SEARCH_SPACES"]).SEARCH_SPACES
+                          / "digits.yaml").read_text())
+    raw["stages"]["cost"] = {"every": [1, 2, 5]}
+    study = tmp_path / "cost.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(study), "--epoch-time", "2"]) == 0
+    out = capsys.readouterr().out
+    # digits: 4 seeds, no confirmation stage: k = 2 and 5 on the 4 study seeds; 236 + 8 = 244 trials
+    assert "8 trials (the chosen GNP with the second pass every k in [2, 5] steps, on 4 seeds" in out
+    assert "244 trials" in out
+    # 3.8 trial-hours without it (test_cli) + 4 x 15 epochs x 2 s x (1.5 + 1.2) passes = 324 s
+    assert "3.9 trial-hours" in out

@@ -44,9 +44,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         results = {}
-        for recipe in ("gnp", "gnp_bn", "sam_no_sync_first"):
+        for recipe in ("gnp", "gnp_bn", "gnp_every3", "sam_no_sync_first"):
             ddp = DDP(_model(bn=recipe == "gnp_bn"))
-            opt = GNP(ddp.parameters(), torch.optim.SGD, alpha=ALPHA, r=R, model=ddp, lr=LR, momentum=MOM)
+            opt = GNP(ddp.parameters(), torch.optim.SGD, alpha=ALPHA, r=R, model=ddp, lr=LR, momentum=MOM,
+                      every=3 if recipe == "gnp_every3" else 1)
             for x, y in _batches(rank):
                 def closure():
                     loss = F.cross_entropy(ddp(x), y)
@@ -101,19 +102,23 @@ def test_ddp_two_gloo_processes_keep_replicas_identical():
     assert torch.equal(gnp[0], gnp[1]), "replicas drifted apart under the documented recipe"
     bn = results["gnp_bn"]                     # with batch norm (statistics frozen in the second pass)
     assert torch.equal(bn[0], bn[1]), "replicas (with batch norm) drifted apart"
+    amortised = results["gnp_every3"]         # one full step, then two steps reusing the stored direction
+    assert torch.equal(amortised[0], amortised[1]), "replicas drifted apart with the amortised second pass"
+    assert not torch.equal(amortised[0], gnp[0])
     control = results["sam_no_sync_first"]
     assert (control[0] - control[1]).abs().max() > 1e-6, "control recipe should drift (local g1 enters g)"
 
     # Same as one process running GNP on the global batch (mean loss over both ranks' samples).
-    model = _model()
-    opt = GNP(model.parameters(), torch.optim.SGD, alpha=ALPHA, r=R, lr=LR, momentum=MOM)
-    for (x0, y0), (x1, y1) in zip(_batches(0), _batches(1)):
-        x, y = torch.cat([x0, x1]), torch.cat([y0, y1])
+    for every, got in ((1, gnp[0]), (3, amortised[0])):
+        model = _model()
+        opt = GNP(model.parameters(), torch.optim.SGD, alpha=ALPHA, r=R, lr=LR, momentum=MOM, every=every)
+        for (x0, y0), (x1, y1) in zip(_batches(0), _batches(1)):
+            x, y = torch.cat([x0, x1]), torch.cat([y0, y1])
 
-        def closure():
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        opt.step(closure)
-    single = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    torch.testing.assert_close(gnp[0], single, rtol=1e-10, atol=1e-12)
+            def closure():
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
+        single = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        torch.testing.assert_close(got, single, rtol=1e-10, atol=1e-12)
