@@ -87,12 +87,14 @@ def cost_comparisons(trials: pd.DataFrame, decisions: dict[str, Any], metric: st
 
 
 def cost_table(trials: pd.DataFrame, epochs: pd.DataFrame, decisions: dict[str, Any],
-               metric: str = "best_test_error") -> pd.DataFrame:
+               metric: str = "best_test_error",
+               comps: dict[int, tuple[Paired, Paired, Ratio]] | None = None) -> pd.DataFrame:
     """One row for Standard and one per k of the cost stage, on the cost stage's seeds.
 
     Args:
         trials, epochs: the study's tables; decisions: ``decisions.json`` with its ``cost`` record;
-        metric: the study's report column (percent error, lower is better).
+        metric: the study's report column (percent error, lower is better); comps: the
+            :func:`cost_comparisons` of the same arguments when the caller has them (computed here if None).
 
     Returns:
         DataFrame with :data:`COLUMNS`: ``mean``/``std``/``ci_low``/``ci_high`` of the metric over the
@@ -108,7 +110,8 @@ def cost_table(trials: pd.DataFrame, epochs: pd.DataFrame, decisions: dict[str, 
     """
     rec = decisions["cost"]
     seeds = [int(s) for s in rec["seeds"]]
-    comps = cost_comparisons(trials, decisions, metric)
+    if comps is None:
+        comps = cost_comparisons(trials, decisions, metric)
     std_where = rec["reference"]["standard"]
     std_trials = _trials_of(trials, std_where["stage"], std_where["config_key"], seeds)
     std_time = float(std_trials.loc[std_trials["status"] == "completed", "wall_time_s"].mean())
@@ -206,14 +209,17 @@ def study_cost(study: Study) -> tuple[pd.DataFrame, dict[int, tuple[Paired, Pair
     if not isinstance(study.decisions.get("cost"), dict):
         return None
     metric = selection(study.spec).report_column
-    return (cost_table(study.trials, study.epochs, study.decisions, metric),
-            cost_comparisons(study.trials, study.decisions, metric))
+    comps = cost_comparisons(study.trials, study.decisions, metric)
+    return cost_table(study.trials, study.epochs, study.decisions, metric, comps), comps
 
 
-def cost_markdown(study: Study) -> list[str]:
+def cost_markdown(study: Study, got: tuple[pd.DataFrame, dict[int, tuple[Paired, Paired, Ratio]]] | None
+                  = None) -> list[str]:
     """The "Cost of the second pass" section of ``results.md`` (Markdown lines; empty without a cost
-    record): the seeds, :func:`display_cost_table` and :func:`cost_lines`."""
-    got = study_cost(study)
+    record): the seeds, :func:`display_cost_table` and :func:`cost_lines`. ``got``: the study's
+    :func:`study_cost` when the caller has it (computed here if None)."""
+    if got is None:
+        got = study_cost(study)
     if got is None:
         return []
     table, comps = got

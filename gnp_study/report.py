@@ -797,9 +797,9 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _cost_png(study: Study) -> bytes | None:
-    """The cost figure as PNG bytes, or None when the study has no cost record."""
-    got = study_cost(study)
+def _cost_png(study: Study, got: tuple | None) -> bytes | None:
+    """The cost figure as PNG bytes from the study's :func:`gnp_study.cost.study_cost` (``got``), or None
+    when the study has no cost record."""
     if got is None:
         return None
     label = ("best test error" if selection(study.spec).mode == PAPER_MODE else
@@ -808,7 +808,7 @@ def _cost_png(study: Study) -> bytes | None:
 
 
 def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: bytes,
-                 error_bars: str = "ci", cost_png: bytes | None = None) -> str:
+                 error_bars: str = "ci", cost_png: bytes | None = None, cost: tuple | None = None) -> str:
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=select_autoescape(["html"]))
     template = env.get_template("report.html")
     counts_html, bad_html = _trial_counts(study)
@@ -817,7 +817,6 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
     verdicts = verdict_lines(study, table, stages=False)  # each decision's certainty is shown with it
     b_r = best_r(study)
     f2 = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
-    cost = study_cost(study)
     return template.render(
         cost_html=(display_cost_table(cost[0]).to_html(index=False, border=0, classes="results", escape=True)
                    if cost else ""),
@@ -889,8 +888,9 @@ def render_report(study_dir: str | Path, out: str | Path | None = None, error_ba
     study = load_study(study_dir)
     table = study_results_table(study)
     out = Path(out) if out is not None else study.path / REPORT_HTML
+    cost = study_cost(study)
     out.write_text(_render_html(study, table, _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study)),
-                                error_bars, _cost_png(study)), encoding="utf-8")
+                                error_bars, _cost_png(study, cost), cost), encoding="utf-8")
     return out
 
 
@@ -917,9 +917,10 @@ def build_outputs(study_dir: str | Path, error_bars: str = "ci") -> dict[str, Pa
     table = study_results_table(study)
     # Everything is drawn and rendered before the first file is written, so a study folder that cannot be
     # reported keeps its previous outputs (write_study_tables renders results.md before writing it).
-    fig2, fig3, fig_cost = _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study)), _cost_png(study)
-    html = _render_html(study, table, fig2, fig3, error_bars, fig_cost)
-    paths = write_study_tables(study, table, cost_markdown(study))
+    cost = study_cost(study)
+    fig2, fig3, fig_cost = _png_bytes(figure2(study, error_bars)), _png_bytes(figure3(study)), _cost_png(study, cost)
+    html = _render_html(study, table, fig2, fig3, error_bars, fig_cost, cost)
+    paths = write_study_tables(study, table, cost_markdown(study, cost))
     if fig_cost is not None:
         paths[FIGURE_COST_PNG] = study.path / FIGURE_COST_PNG
         paths[FIGURE_COST_PNG].write_bytes(fig_cost)

@@ -214,6 +214,9 @@ class TrainingSpec(_Strict):
     every: StrictInt = Field(1, ge=1, description=(
         "amortised GNP: the second pass every `every` optimizer steps, the stored penalty direction reused "
         "in between (gnp_study.optim.GNP, after LookSAM, Liu et al. 2022); 1 is Algorithm 1"))
+    reuse: Literal["orthogonal", "difference"] = Field("orthogonal", description=(
+        "what amortised GNP reuses between full steps (training.every > 1 and the cost stage): the part of "
+        "g2 - g1 orthogonal to g1 (LookSAM) or g2 - g1 itself (gnp_study.optim.GNP reuse)"))
 
     @field_validator("lr", "weight_decay", "grad_clip", "label_smoothing")
     @classmethod
@@ -538,8 +541,8 @@ class StudySpec(_Strict):
 
         ``data.validation`` and ``data.label_noise`` appear only when set (absent means the paper's
         protocol and clean labels), a stage's ``race``, ``stages.confirm`` and ``stages.cost`` only when set,
-        ``report_every`` and ``training.every`` only when not 1,
-        so study folders written before these options existed still resume.
+        ``report_every`` and ``training.every`` only when not 1, ``training.reuse`` only when not
+        ``"orthogonal"``, so study folders written before these options existed still resume.
         """
         d = self.model_dump(mode="json")
         d["stages"]["gnp"]["figure3_alpha"] = self.figure3_alpha()
@@ -554,6 +557,8 @@ class StudySpec(_Strict):
                 del d["stages"][stage]
         if d["training"]["every"] == 1:  # likewise full GNP (Algorithm 1)
             del d["training"]["every"]
+        if d["training"]["reuse"] == "orthogonal":  # likewise the default reuse of amortised GNP
+            del d["training"]["reuse"]
         if d["report_every"] == 1:  # likewise the default reporting cadence
             del d["report_every"]
         return d

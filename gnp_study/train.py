@@ -306,7 +306,8 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
         base_kwargs.update(momentum=t["momentum"], nesterov=t["nesterov"] and t["momentum"] > 0)
     opt = GNP(model.parameters(), base, alpha=cfg["alpha"], r=cfg["r"], model=model,
               normalize_g1=t["normalize_g1"], perturb_weight_decay=t["perturb_weight_decay"],
-              max_grad_norm=t["grad_clip"], **({"every": t["every"]} if t["every"] != 1 else {}), **base_kwargs)
+              max_grad_norm=t["grad_clip"], **({"every": t["every"], "reuse": t["reuse"]} if t["every"] != 1 else {}),
+              **base_kwargs)
     gen = torch.Generator().manual_seed(trial["seed"])
     train_loader, test_loader, val_loader = _loaders(spec, t, data, gen, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t, len(train_loader)))

@@ -140,3 +140,38 @@ def test_bf16_autocast_and_channels_last_train_on_cpu():
     s32.training.precision = "fp32"
     _, r32 = run(s32, trial())
     assert r32[0][0]["train_loss"] != reports[0][0]["train_loss"]
+
+
+def test_an_amortised_trial_builds_gnp_with_the_studys_every_and_reuse(monkeypatch):
+    import gnp_study.optim as optim_mod
+
+    built = []
+    real = optim_mod.GNP
+
+    def spy(*args, **kwargs):
+        built.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optim_mod, "GNP", spy)  # train_trial imports it at call time
+    s = spec(epochs=1, reuse="difference")
+    amortised = dict(trial(), config={"alpha": 0.8, "r": 0.05, "every": 2})
+    _, diff = run(s, amortised)
+    assert built[-1]["every"] == 2 and built[-1]["reuse"] == "difference"
+    _, orth = run(spec(epochs=1), amortised)
+    assert built[-1]["every"] == 2 and built[-1]["reuse"] == "orthogonal"
+    # one step of every two takes the second pass, whichever direction is reused
+    assert diff[-1][0]["passes_per_step"] == pytest.approx(orth[-1][0]["passes_per_step"])
+    assert orth[-1][0]["passes_per_step"] == pytest.approx(1 + 3 / 5)  # 300 images, batch 64: steps F R F R F
+    assert diff[-1][0]["train_loss"] != orth[-1][0]["train_loss"]  # the reused direction differs
+    # at every = 1 the reuse mode is not used: the optimizer is built as Algorithm 1's
+    _, full = run(s, trial())
+    assert "every" not in built[-1] and "reuse" not in built[-1] and full[-1][0]["passes_per_step"] == 2.0
+
+
+def test_a_bad_reuse_mode_is_refused_and_the_default_stays_out_of_the_resolved_spec():
+    from gnp_study.spec import SpecError
+
+    with pytest.raises(SpecError, match="reuse"):
+        spec(reuse="momentum")
+    assert "reuse" not in spec().resolved()["training"]
+    assert spec(reuse="difference").resolved()["training"]["reuse"] == "difference"
