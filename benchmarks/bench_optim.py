@@ -62,28 +62,48 @@ def build_model(name: str) -> nn.Module:
     return model
 
 
+#: ``--precision``: the autocast dtype of the forward passes (None: fp32, no autocast).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class Runner:
-    """One method: its own model copy and optimizer, and a ``step()`` doing one full optimizer step."""
+    """One method: its own model copy and optimizer, and a ``step()`` doing one full optimizer step.
+
+    ``precision`` (:data:`PRECISIONS`): bf16 runs the forward passes under ``torch.autocast``; fp16 also
+    scales the loss with a ``torch.amp.GradScaler`` (SGD through ``scaler.step``, GNP through
+    ``step(closure, scaler=...)``, both followed by ``scaler.update()``).
+    """
 
     def __init__(self, name: str, model: nn.Module, make_opt: Callable[[nn.Module], torch.optim.Optimizer],
-                 kind: str, x: torch.Tensor, y: torch.Tensor):
+                 kind: str, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32"):
         self.name, self.kind, self.x, self.y = name, kind, x, y
         self.model = model
         self.make_opt = make_opt
         self.opt = make_opt(model)
+        self.dtype = PRECISIONS[precision]
+        self.scaler = torch.amp.GradScaler(x.device.type) if precision == "fp16" else None
+        if self.scaler is not None and kind == "sam":
+            raise ValueError("pytorch_optimizer.SAM has no GradScaler form: not timed at fp16")
 
     def closure(self) -> torch.Tensor:
-        loss = F.cross_entropy(self.model(self.x), self.y)
-        loss.backward()
+        with torch.autocast(self.x.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = F.cross_entropy(self.model(self.x), self.y)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return loss
 
     def step(self) -> None:
         if self.kind == "plain":                      # SGD: zero, forward-backward, update
             self.opt.zero_grad(set_to_none=True)
             self.closure()
-            self.opt.step()
+            if self.scaler is not None:
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                self.opt.step()
         elif self.kind == "gnp":                      # GNP clears gradients itself
-            self.opt.step(self.closure)
+            self.opt.step(self.closure, scaler=self.scaler)
+            if self.scaler is not None:
+                self.scaler.update()
         else:                                         # pytorch_optimizer.SAM: caller runs the first pass
             self.opt.zero_grad(set_to_none=True)
             self.closure()
@@ -103,8 +123,8 @@ def methods(include_sam: bool) -> list[tuple[str, Callable[[nn.Module], torch.op
         ("GNP(alpha=0.8)", lambda m: GNP(m.parameters(), torch.optim.SGD, alpha=0.8, r=0.05, model=m, **BASE), "gnp"),
         ("GNP(alpha=1)", lambda m: GNP(m.parameters(), torch.optim.SGD, alpha=1.0, r=0.05, model=m, **BASE), "gnp"),
     ]
-    # Amortised GNP: the second pass every k steps (timed over whole cycles only when steps is a multiple
-    # of k; the ratio's floor is 1 + 1/k passes plus the update)
+    # Amortised GNP: the second pass every k steps, timed over whole cycles of k steps (see cycle_of); the
+    # ratio's floor is 1 + 1/k passes plus the update
     for k in AMORTISED_K:
         out.append((f"GNP(alpha=0.8, every={k})",
                     lambda m, k=k: GNP(m.parameters(), torch.optim.SGD, alpha=0.8, r=0.05, model=m, every=k, **BASE),
@@ -112,6 +132,17 @@ def methods(include_sam: bool) -> list[tuple[str, Callable[[nn.Module], torch.op
     if include_sam:
         out.append(("pytorch_optimizer.SAM", lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, **BASE), "sam"))
     return out
+
+
+def cycle_of(name: str) -> int:
+    """Steps in one cycle of a method: k for ``GNP(..., every=k)`` (one full step and k - 1 reusing the
+    stored direction), else 1. Every timing of it covers whole cycles, whatever phase it starts in."""
+    return int(name.split("every=")[1].rstrip(")")) if "every=" in name else 1
+
+
+def whole_cycles(steps: int, cycle: int) -> int:
+    """``steps`` rounded up to a multiple of ``cycle``."""
+    return -(-steps // cycle) * cycle
 
 
 def sync(device: torch.device) -> None:
@@ -128,21 +159,22 @@ def time_steps(runner: Runner, steps: int, device: torch.device, clock: Callable
     return (clock() - t0) / steps
 
 
-def peak_bytes(make_model: Callable[[], nn.Module], make_opt, kind: str, x, y, device: torch.device) -> int:
+def peak_bytes(make_model: Callable[[], nn.Module], make_opt, kind: str, x, y, device: torch.device,
+               precision: str = "fp32") -> int:
     """Peak bytes allocated while building the optimizer and taking two steps, from a grad-free model."""
     model = make_model()
     if device.type == "cuda":
         sync(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        runner = Runner("m", model, make_opt, kind, x, y)
+        runner = Runner("m", model, make_opt, kind, x, y, precision)
         runner.step()
         runner.step()
         sync(device)
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        runner = Runner("m", model, make_opt, kind, x, y)
+        runner = Runner("m", model, make_opt, kind, x, y, precision)
         runner.step()
         runner.step()
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,11 +194,12 @@ def peak_bytes(make_model: Callable[[], nn.Module], make_opt, kind: str, x, y, d
 
 
 def update_only_ms(proto: nn.Module, make_opt, kind: str, device: torch.device, reps: int,
-                   clock: Callable[[], float]) -> float:
+                   clock: Callable[[], float], cycle: int = 1) -> float:
     """Median time of the optimizer's own work per step on fixed random gradients (no forward/backward).
 
     For two-pass methods the time of both halves is summed; handing them fresh gradients (standing in
-    for the backward passes) is not timed.
+    for the backward passes) is not timed. With ``cycle`` > 1 (amortised GNP) each sample is the mean over
+    one whole cycle of ``cycle`` steps.
     """
     model = copy.deepcopy(proto)
     g = torch.Generator(device="cpu").manual_seed(2)
@@ -177,7 +210,7 @@ def update_only_ms(proto: nn.Module, make_opt, kind: str, device: torch.device, 
             p.grad = gr.clone()
     opt = make_opt(model)
     out = []
-    for _ in range(reps + 1):                          # the first round allocates state: not counted
+    for _ in range((reps + 1) * cycle):                # the first cycle allocates state: not counted
         set_grads()
         sync(device)
         t0 = clock()
@@ -199,7 +232,8 @@ def update_only_ms(proto: nn.Module, make_opt, kind: str, device: torch.device, 
             sync(device)
             t += clock() - t0
         out.append(t)
-    return 1e3 * statistics.median(out[1:])
+    per_cycle = [sum(out[i:i + cycle]) / cycle for i in range(0, len(out), cycle)]
+    return 1e3 * statistics.median(per_cycle[1:])
 
 
 def machine(device: torch.device) -> str:
@@ -230,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: time.perf_counter; cpu: time.process_time (CPU device only; with --threads 1 "
                          "it counts this process's work alone, robust on a machine shared with other jobs)")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                    help="fp32, bf16 (autocast) or fp16 (autocast + GradScaler; pytorch_optimizer.SAM not timed)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     ap.add_argument("--no-update-only", action="store_true",
                     help="skip timing the optimizer's own work on fixed gradients")
@@ -254,8 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(args.batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=g).to(device)
-    todo = methods(SAM is not None)
-    runners = [Runner(name, copy.deepcopy(proto), make, kind, x, y) for name, make, kind in todo]
+    todo = methods(SAM is not None and args.precision != "fp16")
+    runners = [Runner(name, copy.deepcopy(proto), make, kind, x, y, args.precision) for name, make, kind in todo]
     for r in runners:
         for _ in range(args.warmup):
             r.step()
@@ -264,20 +300,20 @@ def main(argv: list[str] | None = None) -> dict:
     for rep in range(args.reps):
         k = rep % len(runners)
         for r in runners[k:] + runners[:k]:          # rotate the order each repetition
-            times[r.name].append(time_steps(r, args.steps, device, clock))
+            times[r.name].append(time_steps(r, whole_cycles(args.steps, cycle_of(r.name)), device, clock))
 
     peaks = {}
     if not args.no_memory:
         for name, make, kind in todo:
             if name == "SGD (control copy)":
                 continue
-            peaks[name] = peak_bytes(lambda: copy.deepcopy(proto), make, kind, x, y, device)
+            peaks[name] = peak_bytes(lambda: copy.deepcopy(proto), make, kind, x, y, device, args.precision)
 
     upd = {}
     if not args.no_update_only:
         for name, make, kind in todo:
             if name != "SGD (control copy)":
-                upd[name] = update_only_ms(proto, make, kind, device, max(5, args.reps), clock)
+                upd[name] = update_only_ms(proto, make, kind, device, max(5, args.reps), clock, cycle_of(name))
 
     def ratio(a: str, b: str) -> float | None:
         if a not in times or b not in times:
@@ -294,31 +330,35 @@ def main(argv: list[str] | None = None) -> dict:
             fb = 1e3 * statistics.median(times["SGD"]) - upd["SGD"]
             passes = 1 if name.startswith("SGD") or name == "GNP(alpha=0)" else 2
             if "every=" in name:
-                passes = 1 + 1 / int(name.split("every=")[1].rstrip(")"))
+                passes = 1 + 1 / cycle_of(name)
             predicted = (passes * fb + upd[name]) / (fb + upd["SGD"])
         rows.append(dict(method=name, ms_per_step=1e3 * statistics.median(times[name]),
                          update_ms=upd.get(name), ratio_from_update=predicted,
                          ratio_to_sgd=ratio(name, "SGD"),
                          ratio_to_sam=ratio(name, "pytorch_optimizer.SAM") if name == "GNP(alpha=1)" else None,
+                         ratio_to_full=ratio(name, "GNP(alpha=0.8)") if "every=" in name else None,
                          extra_memory_params=extra, reference=ref))
     result = dict(machine=machine(device), device=device.type, model=args.model, batch=args.batch,
+                  precision=args.precision,
                   reps=args.reps, steps=args.steps, clock=args.clock, param_mb=param_bytes / 2 ** 20, rows=rows)
 
-    print(f"# GNP optimizer step, {args.model} at batch {args.batch}, {device.type}: {result['machine']}")
+    print(f"# GNP optimizer step, {args.model} at batch {args.batch}, {args.precision}, {device.type}: "
+          f"{result['machine']}")
     print(f"# {args.reps} interleaved repetitions x {args.steps} steps, {args.clock}-clock time; "
           f"parameters {param_bytes / 2**20:.1f} MiB\n")
-    print("| method | ms / step (median) | time / SGD | time / pytorch_optimizer.SAM | update-only ms "
-          "| passes x F + update, / SGD | peak extra memory over SGD (x params) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| method | ms / step (median) | time / SGD | time / pytorch_optimizer.SAM | time / full GNP "
+          "| update-only ms | passes x F + update, / SGD | peak extra memory over SGD (x params) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
     for row in rows:
         print(f"| {row['method']} | {row['ms_per_step']:.1f} | {f(row['ratio_to_sgd'], '.3f')} | "
-              f"{f(row['ratio_to_sam'], '.3f')} | {f(row['update_ms'], '.1f')} | "
+              f"{f(row['ratio_to_sam'], '.3f')} | {f(row['ratio_to_full'], '.3f')} | {f(row['update_ms'], '.1f')} | "
               f"{f(row['ratio_from_update'], '.4f')} | {f(row['extra_memory_params'], '.2f')} |")
     print("\nupdate-only: the optimizer's own work per step on fixed gradients (no forward/backward); "
           "F = SGD step - SGD update.")
     print("\nTargets: GNP(alpha=0)/SGD <= 1.01; GNP(alpha=0.8)/SGD <= 2.02; GNP(alpha=1)/SAM <= 1.0 on CPU "
-          "and <= 0.95 on CUDA; GNP extra memory <= 2 parameter sizes.")
+          "and <= 0.95 on CUDA; GNP extra memory <= 2 parameter sizes; GNP(alpha=0.8, every=5)/SGD <= 1.25.")
+    print("time / full GNP: against GNP(alpha=0.8). Amortised rows are timed over whole cycles of k steps.")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

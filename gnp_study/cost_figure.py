@@ -62,7 +62,7 @@ def figure_cost(table: pd.DataFrame, metric_label: str = "best test error") -> F
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(7, 4), fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{metric_label} − Standard's (points; paired 95% CI)")
+    axes[0].set_ylabel(f"{metric_label}\nminus Standard's, points (paired 95% CI)")
     seeds = table.attrs.get("seeds") or []
     fig.suptitle(f"GNP with the second pass every k steps: the improvement over Standard against its cost "
                  f"(paired over {len(seeds)} seeds; dashed: Standard and full GNP)", fontsize=10)

@@ -71,11 +71,14 @@ EXPECTED["cifar10_quick"] = greedy(2, 2, 4, 2, gnp_r_values=2)
 EXPECTED["digits"] = greedy(3, 5, 17, 4, gnp_r_values=3)
 # Noisy-label digits study (the demo): lr in 2 values, r in 3, alphas 0.2, 0.4, 0.6, 0.8 at the best r
 # and the Figure-2 r = 0.1 (two r values at worst), six seeds; then the confirmation stage: the three
-# chosen configurations on six fresh seeds (18 trials).
+# chosen configurations on six fresh seeds (18 trials); then the cost stage: the chosen GNP with the
+# second pass every 2, 5 and 10 steps on the six confirmation seeds (18 trials).
 EXPECTED["digits_label_noise"] = greedy(2, 3, 4, 6, gnp_r_values=2)
-EXPECTED["digits_label_noise"]["total"] += 18
+EXPECTED["digits_label_noise"]["total"] += 18 + 18
 #: Studies with a confirmation stage (the paper studies follow the paper's protocol: none).
 CONFIRMED = {"digits_label_noise": 18}
+#: Studies with a cost stage: {stem: (its k values other than 1, its seeds)}.
+COSTED = {"digits_label_noise": ((2, 5, 10), 6)}
 
 SHIPPED = sorted(p.stem for p in SPACES.glob("*.yaml"))
 PAPER_FILES = [s for s in SHIPPED if s.startswith(("table", "figure"))]
@@ -93,6 +96,8 @@ def test_validates_and_counts_match_paper(stem):
     assert counts["standard_search"] == 0
     assert {k: counts[k] for k in ("standard", "sam", "gnp", "total")} == EXPECTED[stem]
     assert counts["confirm"] == CONFIRMED.get(stem, 0)
+    ks, seeds = COSTED.get(stem, ((), 0))
+    assert counts["cost"] == len(ks) * seeds
 
 
 @pytest.mark.parametrize("stem", SHIPPED)
@@ -108,6 +113,8 @@ def test_plan_prints_paper_total_and_cost(stem, capsys):
     hours = (exp["standard"] * ep * 30 + (exp["sam"] + exp["gnp"]) * ep * 2 * 30) / 3600
     conf = CONFIRMED.get(stem, 0) // 3  # confirmation: Standard one pass, SAM and GNP two, per seed
     hours += (conf * ep * 30 + 2 * conf * ep * 2 * 30) / 3600
+    ks, seeds = COSTED.get(stem, ((), 0))  # cost stage: 1 + 1/k passes per step
+    hours += sum(seeds * ep * (1 + 1 / k) * 30 for k in ks) / 3600
     assert f"{hours:.1f} trial-hours" in out
 
 
