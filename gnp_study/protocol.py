@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from gnp_study import shrinkage, stats
+from gnp_study import racing, shrinkage, stats
 from gnp_study.results import aggregate_seeds, selection
-from gnp_study.spec import StudySpec
+from gnp_study.spec import StudySpec, config_key  # noqa: F401  (config_key: part of this module's API)
 
 STAGES = ("standard", "sam", "gnp")
 #: The confirmation stage (``stages.confirm``): the three chosen configurations on fresh seeds.
@@ -78,11 +78,6 @@ def confirm_configs(decisions: dict) -> dict[str, dict]:
 
 class ProtocolError(RuntimeError):
     """A stage cannot be planned or decided (e.g. every configuration diverged)."""
-
-
-def config_key(config: dict) -> str:
-    """Canonical JSON of a configuration (sorted keys, floats as given): identical across seeds."""
-    return json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -352,6 +347,18 @@ def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best
     }
 
 
+def stage_races(stage: str, spec: StudySpec, decisions: dict) -> list[racing.Race]:
+    """The races of a racing stage given the earlier decisions: :func:`gnp_study.racing.races_from_configs`
+    on the configurations of :func:`plan` (stage 3's best r first).
+
+    Raises:
+        ValueError: the stage does not race in ``spec``.
+    """
+    configs = list({tc.config_key: tc.config for tc in plan(stage, spec, decisions)}.values())
+    best_r = decisions["sam"]["r"] if stage == "gnp" else None
+    return racing.races_from_configs(stage, configs, spec, best_r)
+
+
 def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | None = None) -> dict:
     """Choose the winner of a stage from its trials.
 
@@ -391,13 +398,11 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
     df = trials[trials["stage"] == stage]
     sel = selection(spec)
     race = None
-    if stage in ("sam", "gnp") and df is not None and len(df):
-        from gnp_study import racing  # racing plans through this module: imported here, not at the top
-
-        if racing.race_config(spec, stage) is not None:
-            # A racing stage decides among the candidates the race kept, on the seeds it asked for.
-            race = racing.summary(stage, df, spec, decisions or {}, sel.decide_column)
-            df = racing.survivor_trials(stage, df, spec, decisions or {}, sel.decide_column)
+    if stage in ("sam", "gnp") and df is not None and len(df) and racing.race_config(spec, stage) is not None:
+        # A racing stage decides among the candidates the race kept, on the seeds it asked for.
+        races = stage_races(stage, spec, decisions or {})
+        race = racing.summary(stage, df, races, sel.decide_column)
+        df = racing.survivor_trials(stage, df, races, sel.decide_column)
     if stage == "gnp":
         best_r = (decisions or {})["sam"]["r"]
         df = df[(df["r"] == best_r) & df["alpha"].isin(spec.stages.gnp.alpha)]

@@ -34,6 +34,7 @@ from ray.tune.search import Searcher
 
 from gnp_study import racing
 from gnp_study.protocol import TrialConfig
+from gnp_study.trainable import history_rows
 
 #: Environment variable naming an MLflow tracking URI (``file:///path/mlruns``, ``http://host:5000``); unset:
 #: no MLflow logging.
@@ -46,7 +47,7 @@ class RaceSearcher(Searcher):
 
     Args:
         stage: ``"sam"`` or ``"gnp"``.
-        races: the stage's races (:func:`gnp_study.racing.stage_races`), deciding race first.
+        races: the stage's races (:func:`gnp_study.protocol.stage_races`), deciding race first.
         configs: config_key -> configuration dict (every candidate of every race).
         metric: the decision column a trial reports (``best_test_error`` or ``best_val_error``).
     """
@@ -233,7 +234,7 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
     Tune from adding its own (Tune adds a TensorBoard logger only when none is given).
 
     With ``report_every`` > 1 a trial reports some epochs to Tune only through a checkpoint's history
-    (:data:`gnp_study.runner.HISTORY_FILE`): on every checkpoint the epochs of that history that this
+    (:data:`gnp_study.trainable.HISTORY_FILE`): on every checkpoint the epochs of that history that this
     driver has not yet written for the trial, and that come after the checkpoint the trial (re)started
     from, are added (same tags and filtering), so the trial's event files hold every epoch, each once.
     Steps are written in increasing order (TensorBoard's default loader discards points written after a
@@ -261,8 +262,6 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
         """Tune's start of trial (a new writer); remember the epoch of the checkpoint it starts from."""
         super().log_trial_start(trial)
         if self.report_every > 1:
-            from gnp_study.runner import history_rows
-
             rows = history_rows(getattr(trial, "checkpoint", None))
             self._floor[trial] = max((r["epoch"] for r in rows if isinstance(r.get("epoch"), int)), default=0)
 
@@ -315,13 +314,11 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
         self._trial_result[trial] = self._add(trial, result, step)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        """Write the epochs of ``checkpoint``'s history (:func:`gnp_study.runner.history_rows`) that are not
+        """Write the epochs of ``checkpoint``'s history (:func:`gnp_study.trainable.history_rows`) that are not
         yet in the trial's event file (the epochs a trial with ``report_every`` > 1 did not report), in
         order, with the reported epochs waiting up to the checkpoint's last epoch."""
         if self.report_every <= 1:
             return
-        from gnp_study.runner import history_rows
-
         rows = {r["epoch"]: r for r in history_rows(checkpoint) if isinstance(r.get("epoch"), int)}
         if not rows:
             return

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from gnp_study import stats
+from gnp_study.spec import config_key
 
 #: Stages that can race (stage 1 always runs its grid over every seed).
 RACE_STAGES = ("sam", "gnp")
@@ -394,8 +395,6 @@ def races_from_configs(stage: str, configs: list[dict], spec, best_r: float | No
     Returns:
         The races, deciding race first. Raises ValueError when the stage does not race.
     """
-    from gnp_study.protocol import config_key
-
     cfg = race_config(spec, stage)
     if cfg is None:
         raise ValueError(f"stage {stage!r} has no race in the study")
@@ -423,28 +422,20 @@ def races_from_configs(stage: str, configs: list[dict], spec, best_r: float | No
     return out
 
 
-def stage_races(stage: str, spec, decisions: dict) -> list[Race]:
-    """The races of a stage of a study given the earlier decisions (:func:`races_from_configs` on the
-    configurations of :func:`gnp_study.protocol.plan`)."""
-    from gnp_study import protocol
-
-    plan = protocol.plan(stage, spec, decisions)
-    configs = list({tc.config_key: tc.config for tc in plan}.values())
-    best_r = decisions["sam"]["r"] if stage == "gnp" else None
-    return races_from_configs(stage, configs, spec, best_r)
-
-
-def survivor_trials(stage: str, trials: pd.DataFrame, spec, decisions: dict, metric: str) -> pd.DataFrame:
+def survivor_trials(stage: str, trials: pd.DataFrame, races: list[Race], metric: str) -> pd.DataFrame:
     """The trials of a racing stage that the decision reads: eliminated candidates removed, and only the
     seeds the race asked for (a trial started ahead of a block test that then did not run is left out).
 
-    Returns ``trials`` unchanged when the stage does not race."""
-    if race_config(spec, stage) is None:
-        return trials
+    Args:
+        stage: the racing stage; trials: the trials table (other stages' rows are kept as they are);
+        races: the stage's races (:func:`gnp_study.protocol.stage_races`); metric: the decision column.
+
+    Returns:
+        ``trials`` without the rows the races did not keep."""
     df = trials[trials["stage"] == stage]
     res = results_frame(df, metric)
     keep = set()
-    for race in stage_races(stage, spec, decisions):
+    for race in races:
         st = replay(race, res)
         keep |= {t for t in st.wanted if t[0] not in st.eliminated}
     mask = [(k, int(s)) in keep for k, s in zip(trials["config_key"], trials["seed"])]
@@ -452,8 +443,9 @@ def survivor_trials(stage: str, trials: pd.DataFrame, spec, decisions: dict, met
     return trials[np.asarray(mask, dtype=bool) | other]
 
 
-def summary(stage: str, trials: pd.DataFrame, spec, decisions: dict, metric: str) -> dict:
-    """JSON-ready account of a stage's races, stored as ``decisions[stage]["race"]``.
+def summary(stage: str, trials: pd.DataFrame, races: list[Race], metric: str) -> dict:
+    """JSON-ready account of a stage's races (:func:`gnp_study.protocol.stage_races`), stored as
+    ``decisions[stage]["race"]``; ``metric`` is the decision column.
 
     Returns:
         ``{"config": RaceConfig fields, "trials_run": n, "fixed_trials": n, "races": [...]}`` where each race
@@ -462,7 +454,7 @@ def summary(stage: str, trials: pd.DataFrame, spec, decisions: dict, metric: str
         and ``candidates`` (per config_key: alpha, r, selectable, seeds_run (trials that ended, any status),
         status ``"survivor"``/``"eliminated"``, block, reason, reference, diff, p, threshold).
     """
-    cfg = race_config(spec, stage)
+    cfg = races[0].config
     df = trials[trials["stage"] == stage]
     res = results_frame(df, metric)
     out = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
@@ -471,7 +463,7 @@ def summary(stage: str, trials: pd.DataFrame, spec, decisions: dict, metric: str
                     "a diverged or failed seed where the reference completed eliminates without a test"),
            "races": []}
     total = fixed = 0
-    for race in stage_races(stage, spec, decisions):
+    for race in races:
         st = replay(race, res)
         run = res[res["config_key"].isin(race.candidates)]
         n_run = int(len(run))

@@ -32,7 +32,7 @@ import yaml
 from gnp_study import protocol, racing
 from gnp_study.protocol import CONFIRM, COST, POST_STAGES, STAGES, TrialConfig, study_stages
 from gnp_study.spec import StudySpec
-from gnp_study.trainable import HISTORY_FILE, trainable, trial_of  # trial workers import only that module
+from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # trial workers import only that module
 
 # best_val_error / test_error_at_best_val (trials) and val_loss / val_error (epochs) are NaN unless the
 # study sets data.validation (see gnp_study.train).
@@ -631,20 +631,6 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     )
 
 
-def history_rows(checkpoint) -> list[dict]:
-    """The per-epoch metrics stored in a trial checkpoint (:data:`HISTORY_FILE`): one dict per epoch so far,
-    the metrics ``train_trial`` passed to ``report`` (epoch order); ``[]`` when ``checkpoint`` is None or
-    the file is unreadable (an older checkpoint without it, or one deleted since). Raises nothing."""
-    if checkpoint is None:
-        return []
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY_FILE}") as f:
-            rows = json.loads(f.readall().decode("utf-8"))
-        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-    except Exception:
-        return []
-
-
 def _float(v) -> float:
     """A metric value as a float (None or a missing value: NaN)."""
     return math.nan if v is None else float(v)
@@ -770,7 +756,7 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
         spec: the study.
         storage: Tune's ``storage_path``: ``<study folder>/ray`` as an absolute path or a URI.
         name: experiment name (default: ``stage``).
-        races: the stage's races (:func:`gnp_study.racing.stage_races`) for a racing stage: the trials are
+        races: the stage's races (:func:`gnp_study.protocol.stage_races`) for a racing stage: the trials are
             suggested by a :class:`gnp_study.race_search.RaceSearcher` inside the one Tune experiment.
 
     Returns:
@@ -1025,7 +1011,7 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
             candidates, search = run_optuna_search(spec, storage)
             write_parquet(study_dir / "search_trials.parquet", search)
         plan = protocol.plan(stage, spec, decisions, candidates)
-        races = racing.stage_races(stage, spec, decisions) if racing.race_config(spec, stage) else None
+        races = protocol.stage_races(stage, spec, decisions) if racing.race_config(spec, stage) else None
         t_new, e_new = run_stage(stage, plan, spec, storage, races=races)  # raises StudyInterrupted if unfinished
         trials = pd.concat([trials, t_new], ignore_index=True) if len(trials) else t_new
         epochs = pd.concat([epochs, e_new], ignore_index=True) if len(epochs) else e_new

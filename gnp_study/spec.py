@@ -11,6 +11,7 @@ are consulted so that an unknown name fails here, not inside a trial.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -31,6 +32,19 @@ SEARCHABLE = ("lr", "weight_decay", "momentum", "batch_size", "label_smoothing",
 
 #: Where the packaged search spaces live (a copy of the project's ``search_spaces/``).
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def config_key(config: dict) -> str:
+    """The canonical key of a configuration (a trial's hyper-parameters without its seed): JSON with sorted
+    keys, floats as given, so every seed of one configuration has the same key.
+
+    Args:
+        config: hyper-parameter name -> JSON-serialisable value (always ``alpha`` and ``r`` in a study).
+
+    Returns:
+        The JSON string, e.g. ``'{"alpha": 0.8, "r": 0.1}'``.
+    """
+    return json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True)
 
 
 class SpecError(ValueError):

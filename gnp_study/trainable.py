@@ -114,3 +114,17 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
 # keeping that name lets a stage interrupted under an older version resume. Pickling (how Ray ships the
 # function to workers) looks it up by ``__qualname__``, which stays ``trainable``.
 trainable.__name__ = "_trainable"
+
+
+def history_rows(checkpoint) -> list[dict]:
+    """The per-epoch metrics stored in a trial checkpoint (:data:`HISTORY_FILE`): one dict per epoch so far,
+    the metrics ``train_trial`` passed to ``report`` (epoch order); ``[]`` when ``checkpoint`` is None or
+    the file is unreadable (an older checkpoint without it, or one deleted since). Raises nothing."""
+    if checkpoint is None:
+        return []
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY_FILE}") as f:
+            rows = json.loads(f.readall().decode("utf-8"))
+        return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    except Exception:
+        return []

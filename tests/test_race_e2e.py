@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from gnp_study import racing
+from gnp_study import protocol, racing
 from gnp_study.results import CONFIRMATION, load_study, study_results_table
 from gnp_study.spec import load_spec
 from test_study_e2e import cli, finish
@@ -70,7 +70,7 @@ def test_race_trials_and_decisions_agree_with_the_rebuilt_race(race_run):
         t = trials[trials["stage"] == stage]
         res = racing.results_frame(t, "best_test_error")
         ran = set(zip(res["config_key"], res["seed"]))
-        for race in racing.stage_races(stage, spec, decisions):
+        for race in protocol.stage_races(stage, spec, decisions):
             st = racing.replay(race, res)
             assert st.finished
             assert set(st.wanted) <= ran  # every trial the race asked for ran once
@@ -269,7 +269,7 @@ def test_killed_race_and_confirmation_resume_to_the_same_trials(race_run, ray_he
     wanted = set()
     for stage in ("sam", "gnp"):
         res = racing.results_frame(ref[ref["stage"] == stage].reset_index(), "best_test_error")
-        for race in racing.stage_races(stage, spec, d_ref):
+        for race in protocol.stage_races(stage, spec, d_ref):
             wanted |= set(racing.replay(race, res).wanted)
     key = lambda t: (t["config_key"], int(t["seed"]))  # noqa: E731
     ref_w = {i for i, t in ref.iterrows() if key(t) in wanted}

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from gnp_study import racing
+from gnp_study import protocol, racing
 from gnp_study.protocol import TrialConfig, count_trials, decide
 from gnp_study.racing import Race, RaceConfig, corrected_rejections, replay
 from gnp_study.spec import SpecError, parse_spec
@@ -253,7 +253,7 @@ def test_decision_of_a_racing_stage_is_among_the_survivors():
 def test_stage3_races_per_r_and_decides_at_the_best_r():
     spec = make_spec(gnp_race={"first_block": 2})
     dec = dict(STD, sam={"r": 0.01})
-    races = racing.stage_races("gnp", spec, dec)
+    races = protocol.stage_races("gnp", spec, dec)
     assert [r.name for r in races] == ["gnp r=0.01", "gnp r=0.05"]
     assert all(len(r.candidates) == 3 and len(r.selectable) == 2 for r in races)
 
