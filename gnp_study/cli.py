@@ -25,13 +25,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from gnp_study.spec import SpecError
 
     errs: list[type[BaseException]] = [SpecError, StudyError, DataError, ProtocolError]
-    try:
-        from gnp_study.results import StudyFolderError
+    from gnp_study.study_folder import StudyFolderError
 
-        errs.append(StudyFolderError)
-    except ImportError:  # pragma: no cover - during development of the results module
-        pass
-    return tuple(errs)
+    return tuple(errs + [StudyFolderError])
 
 
 def _load_checked(study: str | None):
@@ -60,13 +56,14 @@ def _output_dir(spec, output: str | None, new: bool) -> Path | str:
 
 def cmd_run_greedy(args: argparse.Namespace) -> int:
     from gnp_study.runner import run_greedy
+    from gnp_study.study_folder import FIGURE2_PNG, FIGURE3_PNG, REPORT_HTML, RESULTS_MD
 
     spec = _load_checked(args.study)
     out = _output_dir(spec, args.output, args.new)
     print(f"[gnp-study] study {spec.name!r} -> {out}", file=sys.stderr)
     run_greedy(spec, out, address=args.address, build_report=True)
     print_summary(out)
-    for name in ("results.md", "figure2.png", "figure3.png", "report.html"):
+    for name in (RESULTS_MD, FIGURE2_PNG, FIGURE3_PNG, REPORT_HTML):
         print(f"  {out}/{name}")
     return 0
 

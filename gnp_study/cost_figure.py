@@ -21,8 +21,6 @@ from matplotlib.figure import Figure  # noqa: E402
 
 #: Size of the cost figure, inches (two panels side by side).
 FIG_COST_SIZE = (11.0, 4.4)
-#: Output file name inside a study folder.
-FIGURE_COST_PNG = "figure_cost.png"
 _COLORS = {"Standard": "tab:green", "GNP": "tab:blue"}
 
 

@@ -230,7 +230,7 @@ class EpochTensorBoardLogger(TBXLoggerCallback):
     Tune's own ``TBXLoggerCallback`` also writes its bookkeeping (times, pid, iteration counters: about 25
     scalars per result where a trial reports 13) and flushes the file (``fsync``) after every result; in a
     study of short trials that is the driver's largest cost per result, and a trial waits for it at each
-    ``tune.report`` (benchmarks/README.md, issue 10). Passing an instance in ``RunConfig.callbacks`` keeps
+    ``tune.report`` (benchmarks/README.md, "bench_tune_reports.py"). Passing an instance in ``RunConfig.callbacks`` keeps
     Tune from adding its own (Tune adds a TensorBoard logger only when none is given).
 
     With ``report_every`` > 1 a trial reports some epochs to Tune only through a checkpoint's history

@@ -41,7 +41,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from gnp_study.cost import cost_lines, cost_markdown, display_cost_table, study_cost  # noqa: E402
-from gnp_study.cost_figure import FIGURE_COST_PNG, figure_cost  # noqa: E402
+from gnp_study.cost_figure import figure_cost  # noqa: E402
+from gnp_study.study_folder import FIGURE2_PNG, FIGURE3_PNG, FIGURE_COST_PNG, REPORT_HTML  # noqa: E402
 from gnp_study.stats import fmt_signed  # noqa: E402
 from gnp_study.results import (  # noqa: E402
     CONFIRMATION,
@@ -85,8 +86,6 @@ TIED_LABEL = ("chosen alpha and alphas tied with it\n(paired 95% CI of the diffe
 #: The paper's extra alpha set B_b (Section 4.1, parameter study), used when the spec has no
 #: figure3_alpha.
 B_B_DEFAULT = (1.1, 1.2, 1.3, 1.5, 2.0)
-#: Output file names inside a study folder (notes/contracts.md).
-FIGURE2_PNG, FIGURE3_PNG, REPORT_HTML = "figure2.png", "figure3.png", "report.html"
 #: Height (axes fraction) where all-seeds-diverged alphas are marked in Figure 2.
 DIVERGED_Y = 0.95
 

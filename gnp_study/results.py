@@ -1,7 +1,7 @@
 """Tidy result tables: seeds aggregated to mean +- std, the paper's results table, the study folder reader.
 
 Works on plain pandas data (the ``trials.parquet`` / ``epochs.parquet`` schemas of the study folder, see
-``notes/contracts.md``); it imports neither Ray nor torch, so everything here is testable without starting
+``docs/study-folder.md``); it imports neither Ray nor torch, so everything here is testable without starting
 either.
 
 Public API:
@@ -31,6 +31,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from gnp_study.study_folder import (  # noqa: F401  (file names: re-exported for the outputs' callers)
+    DECISIONS_JSON, EPOCHS_PARQUET, PAPER_REFERENCE_CSV, RESULTS_CSV, RESULTS_MD, RUN_INFO_JSON, STUDY_YAML,
+    TRIALS_PARQUET, StudyFolderError, read_json, read_table)
 from gnp_study.stats import Paired, describe, fmt_signed, paired, paired_text
 
 #: Trial statuses as written to ``trials.parquet``.
@@ -48,16 +51,6 @@ TRIALS_REQUIRED = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "sta
 #: Columns of ``epochs.parquet`` that the outputs need.
 EPOCHS_REQUIRED = ["trial_id", "stage", "alpha", "r", "seed", "epoch", "test_error", "grad_norm"]
 
-#: File names inside a study folder (``notes/contracts.md``).
-STUDY_YAML = "study.yaml"
-DECISIONS_JSON = "decisions.json"
-TRIALS_PARQUET = "trials.parquet"
-EPOCHS_PARQUET = "epochs.parquet"
-RUN_INFO_JSON = "run_info.json"
-PAPER_REFERENCE_CSV = "paper_reference.csv"
-RESULTS_MD = "results.md"
-RESULTS_CSV = "results.csv"
-
 #: Keys of a configuration that are not "common training hyper-parameters" (they name the scheme).
 _SCHEME_KEYS = ("alpha", "r", "seed")
 
@@ -68,7 +61,8 @@ PAPER_MODE, VALIDATION_MODE = "paper", "validation"
 
 @dataclass(frozen=True)
 class Selection:
-    """How a study chooses and how it scores (issue 9; paper Section 4.1).
+    """How a study chooses and how it scores (paper mode: the best test error during training, paper Section 4.1;
+    validation mode: the test set never chooses).
 
     Attributes:
         mode: ``"paper"`` (no validation split: every stage decides on ``best_test_error``, the best test
@@ -709,7 +703,7 @@ def selection_seed_lines(study: "Study") -> list[str]:
     """
     sel = selection(study.spec)
     comps = comparisons(study.trials, study.decisions, sel.report_column, SELECTION)
-    return [f"Selection seeds (biased by the choice): " + (f"{a} − {b}: not available." if p is None else
+    return ["Selection seeds (biased by the choice): " + (f"{a} − {b}: not available." if p is None else
                                                            paired_text(a, b, p) + ".")
             for (a, b), p in comps.items()]
 
@@ -773,14 +767,9 @@ def _improvement_cells(table: pd.DataFrame, pts) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class StudyFolderError(ValueError):
-    """A study folder is missing, incomplete or holds a file that cannot be read; the message names the
-    folder and the file."""
-
-
 @dataclass
 class Study:
-    """Everything a study folder holds that the outputs are built from (``notes/contracts.md``).
+    """Everything a study folder holds that the outputs are built from (``docs/study-folder.md``).
 
     Attributes:
         path: the study folder.
@@ -812,27 +801,6 @@ class Study:
         """``spec["stages"][stage]`` or ``{}``."""
         stages = self.spec.get("stages") or {}
         return stages.get(stage) or {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StudyFolderError(f"{path}: cannot read JSON ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(data, dict):
-        raise StudyFolderError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-def _read_parquet(path: Path, required: list[str]) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for a damaged file
-        raise StudyFolderError(f"{path}: cannot read Parquet ({type(exc).__name__}: {exc})") from exc
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise StudyFolderError(f"{path}: lacks column(s) {missing}; it has {list(df.columns)}")
-    return df
 
 
 # What the outputs read from each file, checked before anything is written (a file that parses but
@@ -1025,25 +993,25 @@ def load_study(study_dir: str | Path) -> Study:
         raise StudyFolderError(f"{trials_path}: missing; no stage of this study has recorded trials yet")
     _check_spec(spec_path, spec)  # before anything reads the spec's sections (selection mode, grids)
     sel = selection(spec)
-    trials = _read_parquet(trials_path, TRIALS_REQUIRED + (
+    trials = read_table(trials_path, required=TRIALS_REQUIRED + (
         [sel.decide_column, sel.report_column] if sel.mode == VALIDATION_MODE else []))
 
     missing: list[str] = []
     decisions_path = root / DECISIONS_JSON
     if decisions_path.exists():
-        decisions = _read_json(decisions_path)
+        decisions = read_json(decisions_path)
     else:
         decisions = {}
         missing.append(DECISIONS_JSON)
     epochs_path = root / EPOCHS_PARQUET
     if epochs_path.exists():
-        epochs = _read_parquet(epochs_path, EPOCHS_REQUIRED)
+        epochs = read_table(epochs_path, required=EPOCHS_REQUIRED)
     else:
         epochs = pd.DataFrame(columns=EPOCHS_REQUIRED)
         missing.append(EPOCHS_PARQUET)
     info_path = root / RUN_INFO_JSON
     if info_path.exists():
-        run_info = _read_json(info_path)
+        run_info = read_json(info_path)
     else:
         run_info = {}
         missing.append(RUN_INFO_JSON)

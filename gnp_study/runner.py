@@ -32,17 +32,10 @@ import yaml
 from gnp_study import protocol, racing
 from gnp_study.protocol import CONFIRM, COST, POST_STAGES, STAGES, TrialConfig, study_stages
 from gnp_study.spec import StudySpec
+from gnp_study.study_folder import (DECISIONS_JSON, EPOCH_COLUMNS, EPOCHS_PARQUET, LOCK_FILE, PAPER_REFERENCE_CSV,
+                                    RAY_DIR, RUN_INFO_JSON, SEARCH_TRIALS_PARQUET, STUDY_YAML, TRIAL_COLUMNS,
+                                    TRIALS_PARQUET, read_json, read_table, write_json, write_parquet)
 from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # trial workers import only that module
-
-# best_val_error / test_error_at_best_val (trials) and val_loss / val_error (epochs) are NaN unless the
-# study sets data.validation (see gnp_study.train).
-TRIAL_COLUMNS = ["trial_id", "stage", "config_key", "config", "alpha", "r", "seed", "status",
-                 "best_test_error", "final_test_error", "epochs_run", "diverged_epoch", "error",
-                 "wall_time_s", "node", "cpus", "gpus", "best_val_error", "test_error_at_best_val"]
-EPOCH_COLUMNS = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "epoch", "train_loss",
-                 "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr",
-                 "epoch_time_s", "val_loss", "val_error", "passes_per_step"]
-
 
 #: A trial's result without which a stage is unfinished: its last report says the trial ended.
 _TERMINAL = ("completed", "diverged")
@@ -115,56 +108,6 @@ class _Interrupt:
 
 
 _INTERRUPT = _Interrupt()
-
-
-# --------------------------------------------------------------------------------------------- storage
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=float)))
-
-
-def write_parquet(path: Path, df: pd.DataFrame) -> None:
-    """Write a Parquet table atomically."""
-    _atomic_write(path, lambda p: df.to_parquet(p, index=False))
-
-
-def read_json(path: Path, default: dict) -> dict:
-    """Read a JSON object written by the runner; an absent file gives ``default``.
-
-    Raises:
-        StudyError: the file exists but is not a JSON object.
-    """
-    if not path.exists():
-        return default
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StudyError(f"{path} is not readable JSON ({e}); restore it or start a new study folder (--new)")
-    if not isinstance(data, dict):
-        raise StudyError(f"{path} should hold a JSON object, found {type(data).__name__}; restore it or start "
-                         f"a new study folder (--new)")
-    return data
-
-
-def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    """Read a study table; an absent file is an empty table with ``columns``.
-
-    Raises:
-        StudyError: the file exists but is not a readable Parquet table.
-    """
-    if not path.exists():
-        return pd.DataFrame(columns=columns)
-    try:
-        return pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise StudyError(f"{path} is not a readable Parquet table ({type(e).__name__}: {e}); restore it from "
-                         f"a backup or start a new study folder") from None
 
 
 # ------------------------------------------------------------------------------- checkpoints on restore
@@ -921,7 +864,7 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
     Raises:
         StudyError: with a short unified diff of the stored and the new resolved spec.
     """
-    stored = study_dir / "study.yaml"
+    stored = study_dir / STUDY_YAML
     if not stored.exists():
         return
     try:
@@ -934,7 +877,7 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
         # the checkpoint's history): a folder resumes with another report_every.
         old = {k: v for k, v in old.items() if k != "report_every"}
     new = {k: v for k, v in new.items() if k != "report_every"}
-    decided = read_json(study_dir / "decisions.json", {}) if (study_dir / "decisions.json").exists() else {}
+    decided = read_json(study_dir / DECISIONS_JSON, {}) if (study_dir / DECISIONS_JSON).exists() else {}
     unrun = {s for s in POST_STAGES if s not in decided}
     if isinstance(old, dict) and unrun:
         # A confirmation or cost stage that has not run yet (added, removed or changed) touches no stored
@@ -959,7 +902,7 @@ def lock_study(study_dir: Path):
     """
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(study_dir / ".lock"))
+    lock = FileLock(str(study_dir / LOCK_FILE))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -989,12 +932,12 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
                         info: dict) -> None:
     """Run every stage not yet in ``decisions`` (updated in place), writing the tables, decisions.json
     and run_info.json after each; the body of :func:`run_greedy` once the folder is checked and locked."""
-    trials_path, epochs_path = study_dir / "trials.parquet", study_dir / "epochs.parquet"
-    decisions_path, info_path = study_dir / "decisions.json", study_dir / "run_info.json"
+    trials_path, epochs_path = study_dir / TRIALS_PARQUET, study_dir / EPOCHS_PARQUET
+    decisions_path, info_path = study_dir / DECISIONS_JSON, study_dir / RUN_INFO_JSON
     _check_tracking(spec)
     resources = connect(address)
     check_resources(spec, resources)
-    (study_dir / "study.yaml").write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
+    (study_dir / STUDY_YAML).write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
     info.update(versions=_versions(), hardware=_hardware(resources), finished=None,
                 ray_address=address or os.environ.get("RAY_ADDRESS"))
     write_json(info_path, info)
@@ -1009,7 +952,7 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
         candidates = None
         if stage == "standard" and spec.stages.standard.search == "optuna":
             candidates, search = run_optuna_search(spec, storage)
-            write_parquet(study_dir / "search_trials.parquet", search)
+            write_parquet(study_dir / SEARCH_TRIALS_PARQUET, search)
         plan = protocol.plan(stage, spec, decisions, candidates)
         races = protocol.stage_races(stage, spec, decisions) if racing.race_config(spec, stage) else None
         t_new, e_new = run_stage(stage, plan, spec, storage, races=races)  # raises StudyInterrupted if unfinished
@@ -1071,7 +1014,7 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
         storage = f"{uri}/ray"
     else:
         study_dir = Path(study_dir)
-        storage = str((study_dir / "ray").resolve())
+        storage = str((study_dir / RAY_DIR).resolve())
     try:
         study_dir.mkdir(parents=True, exist_ok=True)
         probe = study_dir / ".write-test"
@@ -1084,15 +1027,15 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
     _INTERRUPT.install()
     try:
         check_study_folder(spec, study_dir)
-        trials = read_table(study_dir / "trials.parquet", TRIAL_COLUMNS)
-        epochs = read_table(study_dir / "epochs.parquet", EPOCH_COLUMNS)
-        decisions_path = study_dir / "decisions.json"
+        trials = read_table(study_dir / TRIALS_PARQUET, TRIAL_COLUMNS)
+        epochs = read_table(study_dir / EPOCHS_PARQUET, EPOCH_COLUMNS)
+        decisions_path = study_dir / DECISIONS_JSON
         decisions = read_json(decisions_path, {})
         bad = [k for k, v in decisions.items() if k not in STAGES + POST_STAGES or not isinstance(v, dict)]
         if bad:
             raise StudyError(f"{decisions_path} holds unknown or malformed entries {bad}; restore it or start "
                              f"a new study folder (--new)")
-        info_path = study_dir / "run_info.json"
+        info_path = study_dir / RUN_INFO_JSON
         info = read_json(info_path, {
             "started": _dt.datetime.now().isoformat(timespec="seconds"), "stages": {}, "wall_time_s": 0.0})
         if not isinstance(info.get("stages", {}), dict):
@@ -1152,4 +1095,4 @@ def _write_paper_reference(spec: StudySpec, study_dir: Path) -> None:
     if ref is not None and len(ref):
         # The study measures top-1 error; ImageNet's top-5 rows have no measured counterpart.
         ref = ref[ref["metric"].isin(["error", "top1_error"])]
-        ref.to_csv(study_dir / "paper_reference.csv", index=False)
+        ref.to_csv(study_dir / PAPER_REFERENCE_CSV, index=False)

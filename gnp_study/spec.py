@@ -115,7 +115,8 @@ def _no_bool(v: Any) -> Any:
 
 
 class ValidationSpec(_Strict):
-    """A fixed, class-balanced validation split carved out of the training data (issue 9, item 6).
+    """A fixed, class-balanced validation split carved out of the training data (validation mode: stages
+    decide on it, so the test set never chooses).
 
     When set, every stage decides on validation error instead of test error: each trial's score is its
     best validation error during training (the epoch with the lowest validation error, the earliest on
@@ -137,7 +138,7 @@ class ValidationSpec(_Strict):
 
 
 class LabelNoiseSpec(_Strict):
-    """Training-label noise, fixed once per study (Foret et al. 2021, SAM, Sec. 3.3; issue 13).
+    """Training-label noise, fixed once per study (Foret et al. 2021, SAM, Sec. 3.3).
 
     Exactly the nearest integer to ``fraction`` x (training images) labels are changed, after
     ``data.train_subset`` is taken: ``symmetric`` gives each chosen image a class drawn uniformly from

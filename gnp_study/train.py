@@ -3,7 +3,7 @@
 This is the only place that trains. It knows nothing of Ray: :func:`train_trial` takes a ``report``
 callable (the runner passes one that calls ``ray.tune.report``) and an optional state to resume from.
 
-Paired design (issue 9): two trials with the same seed start from the same initial weights and see the
+Paired design (configurations compared seed by seed): two trials with the same seed start from the same initial weights and see the
 same training batches in the same order, whatever their configuration (alpha, r, lr, ...). What is
 shared, exactly:
 
@@ -26,7 +26,7 @@ shared, exactly:
 A configuration that changes ``batch_size`` changes the batches themselves (same permutation stream,
 other cuts); ``tests/test_train.py`` checks the rest.
 
-Selection (issue 9, item 6): with ``data.validation`` set, every epoch is also evaluated on the
+Selection (validation mode: the test set never chooses): with ``data.validation`` set, every epoch is also evaluated on the
 validation split, and ``best_val_error`` / ``test_error_at_best_val`` follow the epoch of lowest
 validation error (the earliest on ties); without it they are NaN and the paper's best test error
 during training is the score.

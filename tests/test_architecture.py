@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parent.parent / "gnp_study"
 LAYERS: list[tuple[str, set[str]]] = [
     ("optimizer", {"optim"}),
     ("training parts", {"models", "data", "gpu_data"}),
-    ("study description", {"spec"}),
+    ("study description", {"spec", "study_folder"}),
     ("statistics", {"shrinkage", "stats"}),
     ("study logic", {"results", "racing", "protocol", "cost"}),
     ("training loop", {"train"}),
