@@ -290,11 +290,9 @@ def cost_record(trials: pd.DataFrame, spec: StudySpec, decisions: dict) -> dict:
 
 
 def _rank(agg: pd.DataFrame) -> pd.DataFrame:
-    """Order candidates: fewest diverged or failed seeds first, then lowest mean, then grid order."""
-    agg = agg.copy()
-    agg["_bad"] = agg["n_diverged"] + agg["n_failed"]
-    agg["_order"] = range(len(agg))
-    return agg.sort_values(["_bad", "mean", "_order"], na_position="last")
+    """The candidates (rows of :func:`gnp_study.results.aggregate_seeds`, grid order) ordered by the choice
+    rule, :func:`gnp_study.stats.choice_order`."""
+    return agg.iloc[stats.choice_order(agg["n_diverged"] + agg["n_failed"], agg["mean"])]
 
 
 def _candidates(agg: pd.DataFrame) -> list[dict]:

@@ -237,13 +237,11 @@ def corrected_rejections(pvalues: dict, level: float, correction: str) -> dict:
 
 
 def _rank(keys: list, values: pd.DataFrame, bad: pd.DataFrame, order: dict) -> list:
-    """Keys ordered by the choice rule: fewest bad seeds, then lowest mean of the completed ones (keys
-    without one last), then grid order."""
-    def key(k):
-        col = values[k].dropna()
-        mean = float(col.mean()) if len(col) else math.inf
-        return (int(bad[k].sum()), mean, order[k])
-    return sorted(keys, key=key)
+    """Keys ordered by the choice rule (:func:`gnp_study.stats.choice_order`: fewest bad seeds, then lowest
+    mean of the completed ones, keys without one last, then grid order ``order``)."""
+    keys = sorted(keys, key=order.__getitem__)
+    means = [float(values[k].mean()) for k in keys]  # NaN without a completed seed (placed last)
+    return [keys[i] for i in stats.choice_order([int(bad[k].sum()) for k in keys], means)]
 
 
 def _tables(results: pd.DataFrame, keys: list, seeds: list) -> tuple[pd.DataFrame, pd.DataFrame]:

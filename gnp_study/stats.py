@@ -375,13 +375,40 @@ def _bad_mask(values: pd.DataFrame, bad: pd.DataFrame | None) -> np.ndarray:
     return np.zeros_like(v, dtype=bool) if bad is None else bad.reindex_like(values).fillna(False).to_numpy(bool)
 
 
+def choice_order(n_bad, means) -> np.ndarray:
+    """The choice rule of every stage, in one place: candidates ordered by fewest diverged or failed seeds,
+    then lowest mean of the completed seeds (a candidate without one last), then the given (grid) order.
+    The stage's choice is the first candidate with a completed seed; :func:`gnp_study.protocol.decide`,
+    the races of :mod:`gnp_study.racing` and :func:`prob_best` all use this rule.
+
+    Args:
+        n_bad: per candidate, the count of diverged or failed seeds (length k).
+        means: per candidate, the mean metric over its completed seeds, NaN when it has none (length k).
+
+    Returns:
+        The candidates' positions (int array of length k), best first.
+    """
+    bad = np.asarray(n_bad, dtype=float)
+    m = np.asarray(means, dtype=float)
+    m = np.where(np.isnan(m), np.inf, m)
+    return np.lexsort((np.arange(len(m)), m, bad))
+
+
+def choice_eligible(n_bad, has_value) -> np.ndarray:
+    """The candidates :func:`choice_order` can choose: those with a completed seed and, among them, the
+    fewest diverged or failed seeds (a boolean array of length k; all False when none has a value)."""
+    bad = np.asarray(n_bad, dtype=float)
+    has = np.asarray(has_value, dtype=bool)
+    return has & (bad == (bad[has].min() if has.any() else 0))
+
+
 def prob_best(values: pd.DataFrame, bad: pd.DataFrame | None = None) -> pd.Series:
     """Each candidate's posterior probability of having the lowest true mean error.
 
     The model and its calibration are in :mod:`gnp_study.shrinkage` (a hierarchical model of the candidates
     with the seed as a shared effect, skeptical prior: all equal with probability 0.8, else horseshoe
-    effects). Only candidates the choice rule of :func:`gnp_study.protocol.decide` can pick compete: those
-    with a completed seed and the fewest diverged or failed seeds; the others get 0.
+    effects). Only candidates the choice rule can pick compete (:func:`choice_eligible`: those with a
+    completed seed and the fewest diverged or failed seeds); the others get 0.
 
     Args:
         values: one row per seed, one column per candidate; the metric of completed trials (percent error),
@@ -399,9 +426,7 @@ def prob_best(values: pd.DataFrame, bad: pd.DataFrame | None = None) -> pd.Serie
     if values.empty or not cols:
         return pd.Series(0.0, index=cols, dtype=float)
     v = values.to_numpy(dtype=float)
-    n_bad = _bad_mask(values, bad).sum(axis=0)
-    has = np.isfinite(v).any(axis=0)
-    eligible = has & (n_bad == (n_bad[has].min() if has.any() else 0))
+    eligible = choice_eligible(_bad_mask(values, bad).sum(axis=0), np.isfinite(v).any(axis=0))
     return pd.Series(shrinkage.prob_best(v, eligible), index=cols, dtype=float)
 
 

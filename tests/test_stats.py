@@ -251,3 +251,28 @@ def test_prob_best_is_reproducible():
 def test_fmt_signed():
     assert fmt_signed(-0.14) == "−0.14" and fmt_signed(0.6) == "+0.60" and fmt_signed(float("nan")) == "n/a"
     assert fmt_signed(-0.001) == "+0.00"  # no "−0.00"
+
+
+def test_choice_rule_matches_a_sort_by_bad_then_mean_then_grid_order():
+    """stats.choice_order against Python's sort on (bad seeds, mean with none last, grid position), on
+    random tables with ties and candidates without a completed seed; choice_eligible picks the candidates
+    with a value and the fewest bad seeds among them."""
+    import math
+
+    import numpy as np
+
+    from gnp_study.stats import choice_eligible, choice_order
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        k = int(rng.integers(1, 8))
+        bad = rng.integers(0, 3, size=k)
+        means = rng.choice([1.0, 2.0, 2.5, math.nan], size=k)
+        expect = sorted(range(k), key=lambda i: (bad[i], math.inf if math.isnan(means[i]) else means[i], i))
+        assert list(choice_order(bad, means)) == expect
+        has = ~np.isnan(means)
+        elig = choice_eligible(bad, has)
+        lo = min((bad[i] for i in range(k) if has[i]), default=None)
+        assert list(elig) == [bool(has[i] and bad[i] == lo) for i in range(k)]
+        first = next((i for i in expect if has[i]), None)
+        assert first is None or elig[first]
