@@ -137,3 +137,18 @@ def test_the_checks_see_a_hidden_cycle_and_an_upward_import(tmp_path):
     assert _upward(g) == ["optim (optimizer) imports spec (study description) at line 1",
                           "stats (statistics) imports protocol (study logic) at line 4"]
     assert _imports(pkg / "stats.py")[1] == {"numpy"}
+
+
+def test_study_logic_loads_without_torch_or_ray():
+    """Importing the statistics, study logic and results modules (and the package) loads neither torch
+    nor Ray, so they run where neither is installed; ``gnp_study.GNP`` still resolves on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gnp_study, gnp_study.stats, gnp_study.protocol, gnp_study.racing, gnp_study.results, "
+            "gnp_study.cost, gnp_study.study_folder; "
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules)); "
+            "print(gnp_study.GNP.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PKG.parent, check=True).stdout.split()
+    assert out == ["[]", "gnp_study.optim"]
