@@ -13,7 +13,7 @@ the rules are in ``docs/architecture.md``, checked by ``tests/test_architecture.
   ``shrinkage`` (the calibrated probability of being best).
 - study logic: ``protocol`` (plan and decide the greedy stages), ``racing`` (racing stages 2-3),
   ``results`` (tables and verdicts from a study folder), ``cost`` (the cost stage's comparisons).
-- training loop: ``train`` (``train_trial``: one trial, no Ray).
+- training loop: ``train`` (``train_trial``: one trial, no Ray), ``faults`` (the tests' fault-injection seam).
 - outputs: ``report`` (Figures 2-3, results page, HTML report), ``cost_figure``, ``paper`` (the paper's
   numbers).
 - Ray adapter: ``runner`` (stages as Tune experiments, resume), ``trainable`` (what a Ray worker runs),

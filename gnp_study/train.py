@@ -35,21 +35,18 @@ during training is the score.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from gnp_study import faults
+from gnp_study.faults import FAULT_ENV, START_LOG_ENV  # noqa: F401  (the hooks' variables, named here too)
 from gnp_study.spec import StudySpec
 
-#: Environment variable used by the tests to inject failures into trials (see :func:`_maybe_fail`).
-FAULT_ENV = "GNP_STUDY_FAULT"
-#: Test hook: a file to which every start of :func:`train_trial` appends one JSON line (see :func:`_log_start`).
-START_LOG_ENV = "GNP_STUDY_START_LOG"
 
 _BASE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
@@ -100,54 +97,6 @@ def _lr_lambda(t: dict, steps_per_epoch: int) -> Callable[[int], float]:
         return t["lr_gamma"] ** sum(frac >= m for m in t["lr_milestones"])
 
     return f
-
-
-def _maybe_fail(trial: dict, epoch: int, resumed: bool) -> None:
-    """Test hook: ``GNP_STUDY_FAULT="<kind>@<epoch>[:<key>=<value>][;...]"`` fails a trial at an epoch.
-
-    ``raise`` raises once (not after a resume from a checkpoint), ``raise_always`` on every attempt,
-    ``kill`` kills the worker process once (SIGKILL). The optional filter matches ``stage``, ``seed`` or a
-    configuration key such as ``alpha``. Several faults are separated by ``;``.
-    """
-    for fault in filter(None, os.environ.get(FAULT_ENV, "").split(";")):
-        head, _, filt = fault.partition(":")
-        kind, _, at = head.partition("@")
-        if int(at) != epoch:
-            continue
-        if filt:
-            key, _, value = filt.partition("=")
-            have = trial.get(key, trial["config"].get(key))
-            try:
-                if float(have) != float(value):
-                    continue
-            except (TypeError, ValueError):
-                if str(have) != value:
-                    continue
-        if kind == "raise" and not resumed:
-            raise RuntimeError(f"injected failure at epoch {epoch}")
-        if kind == "raise_always":
-            raise RuntimeError(f"injected failure at epoch {epoch} (every attempt)")
-        if kind == "kill" and not resumed:
-            os.kill(os.getpid(), 9)
-
-
-def _log_event(event: str, trial: dict, epoch: int, finished: bool) -> None:
-    """Test hook: with ``GNP_STUDY_START_LOG=<file>`` append ``{"event", "trial_id", "epoch", "finished",
-    "pid"}`` as one JSON line (one ``O_APPEND`` write). ``event`` is ``"start"`` whenever a trial starts or
-    resumes (``epoch``: the epoch of the checkpoint it resumes from, 0 from scratch; ``finished``: that
-    checkpoint is the trial's last, nothing is trained) or ``"end"`` after its last report."""
-    path = os.environ.get(START_LOG_ENV)
-    if not path:
-        return
-    import json
-
-    line = json.dumps({"event": event, "trial_id": trial["trial_id"], "epoch": epoch, "finished": finished,
-                       "pid": os.getpid()}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
 
 
 def _snapshot(obj):
@@ -255,34 +204,41 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, precision: st
     return float(loss_sum) / max(1, n), 100.0 * float(wrong) / max(1, n)
 
 
-def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | None], None],
-                resume_state: dict | None = None, device: str | torch.device | None = None) -> TrialResult:
-    """Train one trial and report its metrics after every epoch.
+@dataclass
+class _Run:
+    """What one trial trains with (built by :func:`_setup`): the effective recipe ``t``, the device, the
+    data bundle, model, GNP optimizer, schedule, the training loader's generator, the loaders, the loss."""
 
-    Args:
-        spec: the validated study.
-        trial: ``TrialConfig.to_dict()``: ``stage``, ``config`` (with ``alpha`` and ``r``), ``seed``,
-            ``trial_id``, ``config_key``.
-        report: called after every epoch as ``report(metrics, state)``; ``metrics`` is a flat dict
-            (``epoch`` 1-based, ``train_loss``, ``train_error`` %, ``test_loss``, ``test_error`` %,
-            ``best_test_error`` %, ``val_loss``, ``val_error`` %, ``best_val_error`` % (lowest so far),
-            ``test_error_at_best_val`` % (test error at that epoch, the earliest on ties; the four
-            validation metrics are NaN without ``data.validation``), ``grad_norm`` mean norm(g1), ``lr``,
-            ``epoch_time_s``, ``passes_per_step`` (forward-backward passes per optimizer step, 1 to 2),
-            ``status`` "running"/"completed"/"diverged", ``diverged_epoch``,
-            ``node``), ``state`` is a checkpoint
-            (dict of tensors and plain data for ``torch.save``) or ``None`` on epochs without one.
-        resume_state: a state previously passed to ``report``: training continues after its epoch with
-            the same model, optimizer, schedule and random-number state (bit for bit on CPU).
-        device: torch device; default CUDA when the trial was given a GPU, else CPU.
+    t: dict
+    device: torch.device
+    data: object
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator
+    train_loader: object
+    test_loader: object
+    val_loader: object
+    criterion: torch.nn.Module
 
-    Returns:
-        :class:`TrialResult`. A diverging trial (loss or mean norm(g1) non-finite or beyond
-        ``spec.divergence``) returns with status ``"diverged"`` at that epoch instead of raising.
 
-    Raises:
-        Whatever the model or data raise (the runner retries such a trial from its last checkpoint).
-    """
+@dataclass
+class _Progress:
+    """A trial's running record: the last epoch done, the best test error, validation selection (the
+    lowest validation error and the test error at that epoch; inf/NaN without a split), every epoch's
+    metrics, and the last epoch's test error."""
+
+    epoch: int = 0
+    best: float = math.inf
+    best_val: float = math.inf
+    test_at_best_val: float = math.nan
+    history: list = field(default_factory=list)
+    last_test: float = math.nan
+
+
+def _setup(spec: StudySpec, trial: dict, device: str | torch.device | None) -> _Run:
+    """Seed torch with the trial's seed (the model's initialisation is the first draw), build the data,
+    model, GNP optimizer with its base optimizer, learning-rate schedule and loaders of one trial."""
     from gnp_study.models import build_model
     from gnp_study.optim import GNP
 
@@ -312,136 +268,181 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
     train_loader, test_loader, val_loader = _loaders(spec, t, data, gen, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t, len(train_loader)))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
+    return _Run(t, device, data, model, opt, sched, gen, train_loader, test_loader, val_loader, criterion)
 
-    start_epoch, best = 0, math.inf
-    best_val, test_at_best_val = math.inf, math.nan  # validation selection (NaN/inf without a split)
-    history: list[dict] = []  # every epoch's metrics, kept in each checkpoint
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        opt.load_state_dict(resume_state["optimizer"])
-        sched.load_state_dict(resume_state["scheduler"])
-        gen.set_state(resume_state["generator"])
-        torch.set_rng_state(resume_state["torch_rng"])
-        start_epoch, best = resume_state["epoch"], resume_state["best_test_error"]
-        # checkpoints written before validation splits existed lack these (paper mode: no split)
-        best_val = resume_state.get("best_val_error", math.inf)
-        test_at_best_val = resume_state.get("test_error_at_best_val", math.nan)
-        history = list(resume_state.get("history", []))
-    finished = resume_state is not None and (start_epoch >= t["epochs"]
+
+def _restore(run: _Run, state: dict) -> _Progress:
+    """Load a checkpoint's model, optimizer, schedule and random-number state into ``run``; its record."""
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    # checkpoints written before validation splits existed lack these (paper mode: no split)
+    return _Progress(state["epoch"], state["best_test_error"], state.get("best_val_error", math.inf),
+                     state.get("test_error_at_best_val", math.nan), list(state.get("history", [])))
+
+
+def _train_epoch(run: _Run) -> dict:
+    """One pass over the training loader, one GNP step per batch.
+
+    Returns:
+        ``train_loss`` (mean per sample), ``train_error`` (percent), ``grad_norm`` (mean norm of g1 over
+        the steps), ``passes_per_step`` (forward-backward passes per step: 2 on a full GNP step, 1 on a
+        one-pass step).
+    """
+    model, opt, device, t = run.model, run.opt, run.device, run.t
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    norm_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong = torch.zeros((), device=device, dtype=torch.long)
+    n = steps = passes = 0
+    for x, y in run.train_loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if t["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if run.data.batch_transform is not None:
+            x, y = run.data.batch_transform(x, y)
+        out_holder = {}
+
+        def closure():
+            # Both passes of a GNP step see the same dropout / drop-path / ShakeDrop noise, so g2 is
+            # the gradient of the same stochastic loss at the perturbed point (Algorithm 1, line 6).
+            if "rng" in out_holder:
+                _set_rng(device, out_holder["rng"])
+            else:
+                out_holder["rng"] = _get_rng(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
+                out = model(x)
+                loss = run.criterion(out.float(), y)
+            loss.backward()
+            out_holder.setdefault("out", out.detach())
+            return loss
+
+        loss = opt.step(closure)
+        run.sched.step()
+        loss_sum += loss.detach().double() * y.shape[0]
+        norm_sum += opt.last_grad_norm.detach().double()
+        hard = y if y.ndim == 1 else y.argmax(1)
+        wrong += (out_holder["out"].argmax(1) != hard).sum()
+        n += y.shape[0]
+        steps += 1
+        passes += 1 + int(opt.last_full)
+    return {"train_loss": float(loss_sum) / max(1, n), "train_error": 100.0 * float(wrong) / max(1, n),
+            "grad_norm": float(norm_sum) / max(1, steps), "passes_per_step": passes / max(1, steps)}
+
+
+def _evaluate_epoch(run: _Run, prog: _Progress, diverged: bool) -> dict:
+    """Test (and validation) loss and error after an epoch, NaN when it diverged; updates ``prog``'s best
+    test error and validation selection (strictly lower validation error: the earliest epoch wins a tie)."""
+    out = {"test_loss": math.nan, "test_error": math.nan, "val_loss": math.nan, "val_error": math.nan}
+    if diverged:
+        return out
+    out["test_loss"], out["test_error"] = evaluate(run.model, run.test_loader, run.device, run.t["precision"])
+    prog.best = min(prog.best, out["test_error"])
+    prog.last_test = out["test_error"]
+    if run.val_loader is not None:
+        out["val_loss"], out["val_error"] = evaluate(run.model, run.val_loader, run.device, run.t["precision"])
+        if out["val_error"] < prog.best_val:
+            prog.best_val, prog.test_at_best_val = out["val_error"], out["test_error"]
+    return out
+
+
+def _state(run: _Run, prog: _Progress, metrics: dict) -> dict:
+    """The checkpoint after an epoch: a CPU copy of everything :func:`_restore` needs, with the metrics
+    of every epoch so far."""
+    return _snapshot({
+        "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+        "generator": run.gen.get_state(), "torch_rng": torch.get_rng_state(), "epoch": prog.epoch,
+        "best_test_error": prog.best, "best_val_error": prog.best_val,
+        "test_error_at_best_val": prog.test_at_best_val, "metrics": metrics, "history": prog.history,
+    })
+
+
+def _nan_inf(v: float) -> float:
+    return v if math.isfinite(v) else math.nan
+
+
+def _report_finished(trial: dict, state: dict, report) -> TrialResult:
+    """A trial whose checkpoint is its last (it ended before the driver went down): report the last epoch
+    again, train nothing."""
+    m = dict(state["metrics"])
+    for k in ("val_loss", "val_error", "best_val_error", "test_error_at_best_val"):
+        m.setdefault(k, math.nan)
+    report(m, None)
+    epoch = state["epoch"]
+    faults.log_event("end", trial, epoch, True)
+    diverged = m.get("status") == "diverged"
+    return TrialResult("diverged" if diverged else "completed", epoch, m["best_test_error"], m["test_error"],
+                       epoch if diverged else None, m["best_val_error"], m["test_error_at_best_val"])
+
+
+def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | None], None],
+                resume_state: dict | None = None, device: str | torch.device | None = None) -> TrialResult:
+    """Train one trial and report its metrics after every epoch.
+
+    Args:
+        spec: the validated study.
+        trial: ``TrialConfig.to_dict()``: ``stage``, ``config`` (with ``alpha`` and ``r``), ``seed``,
+            ``trial_id``, ``config_key``.
+        report: called after every epoch as ``report(metrics, state)``; ``metrics`` is a flat dict
+            (``epoch`` 1-based, ``train_loss``, ``train_error`` %, ``test_loss``, ``test_error`` %,
+            ``best_test_error`` %, ``val_loss``, ``val_error`` %, ``best_val_error`` % (lowest so far),
+            ``test_error_at_best_val`` % (test error at that epoch, the earliest on ties; the four
+            validation metrics are NaN without ``data.validation``), ``grad_norm`` mean norm(g1), ``lr``,
+            ``epoch_time_s``, ``passes_per_step`` (forward-backward passes per optimizer step, 1 to 2),
+            ``status`` "running"/"completed"/"diverged", ``diverged_epoch``,
+            ``node``), ``state`` is a checkpoint
+            (dict of tensors and plain data for ``torch.save``) or ``None`` on epochs without one.
+        resume_state: a state previously passed to ``report``: training continues after its epoch with
+            the same model, optimizer, schedule and random-number state (bit for bit on CPU).
+        device: torch device; default CUDA when the trial was given a GPU, else CPU.
+
+    Returns:
+        :class:`TrialResult`. A diverging trial (loss or mean norm(g1) non-finite or beyond
+        ``spec.divergence``) returns with status ``"diverged"`` at that epoch instead of raising.
+
+    Raises:
+        Whatever the model or data raise (the runner retries such a trial from its last checkpoint).
+    """
+    run = _setup(spec, trial, device)
+    t = run.t
+    prog = _restore(run, resume_state) if resume_state is not None else _Progress()
+    finished = resume_state is not None and (prog.epoch >= t["epochs"]
                                              or resume_state["metrics"].get("status") == "diverged")
-    _log_event("start", trial, start_epoch, finished)
+    faults.log_event("start", trial, prog.epoch, finished)
     if finished:
-        # Ended before the driver went down: report the last epoch again, train nothing.
-        m = dict(resume_state["metrics"])
-        for k in ("val_loss", "val_error", "best_val_error", "test_error_at_best_val"):
-            m.setdefault(k, math.nan)
-        report(m, None)
-        _log_event("end", trial, start_epoch, True)
-        if m.get("status") == "diverged":
-            return TrialResult("diverged", start_epoch, m["best_test_error"], m["test_error"], start_epoch,
-                               m["best_val_error"], m["test_error_at_best_val"])
-        return TrialResult("completed", start_epoch, m["best_test_error"], m["test_error"], None,
-                           m["best_val_error"], m["test_error_at_best_val"])
+        return _report_finished(trial, resume_state, report)
+    fault = faults.for_trial(trial, resumed=resume_state is not None)
     node = socket.gethostname()
-    last_test = math.nan
-    for epoch in range(start_epoch + 1, t["epochs"] + 1):
+    for epoch in range(prog.epoch + 1, t["epochs"] + 1):
         t0 = time.perf_counter()
-        _maybe_fail(trial, epoch, resumed=resume_state is not None)
-        model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        norm_sum = torch.zeros((), device=device, dtype=torch.float64)
-        wrong = torch.zeros((), device=device, dtype=torch.long)
-        n = steps = passes = 0
-        for x, y in train_loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if t["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if data.batch_transform is not None:
-                x, y = data.batch_transform(x, y)
-            out_holder = {}
-
-            def closure():
-                # Both passes of a GNP step see the same dropout / drop-path / ShakeDrop noise, so g2 is
-                # the gradient of the same stochastic loss at the perturbed point (Algorithm 1, line 6).
-                if "rng" in out_holder:
-                    _set_rng(device, out_holder["rng"])
-                else:
-                    out_holder["rng"] = _get_rng(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t["precision"] == "bf16"):
-                    out = model(x)
-                    loss = criterion(out.float(), y)
-                loss.backward()
-                out_holder.setdefault("out", out.detach())
-                return loss
-
-            loss = opt.step(closure)
-            sched.step()
-            loss_sum += loss.detach().double() * y.shape[0]
-            norm_sum += opt.last_grad_norm.detach().double()
-            hard = y if y.ndim == 1 else y.argmax(1)
-            wrong += (out_holder["out"].argmax(1) != hard).sum()
-            n += y.shape[0]
-            steps += 1
-            passes += 1 + int(opt.last_full)  # forward-backward passes of this step (2 on a full GNP step)
-        train_loss = float(loss_sum) / max(1, n)
-        grad_norm = float(norm_sum) / max(1, steps)
-        diverged = (not math.isfinite(train_loss) or not math.isfinite(grad_norm)
-                    or train_loss > spec.divergence.max_loss or grad_norm > spec.divergence.max_grad_norm)
-        val_loss = val_error = math.nan
-        if diverged:
-            test_loss, test_error = math.nan, math.nan
-        else:
-            test_loss, test_error = evaluate(model, test_loader, device, t["precision"])
-            best = min(best, test_error)
-            last_test = test_error
-            if val_loader is not None:
-                val_loss, val_error = evaluate(model, val_loader, device, t["precision"])
-                if val_error < best_val:  # strict: the earliest epoch wins a tie
-                    best_val, test_at_best_val = val_error, test_error
+        if fault is not None:
+            fault(epoch)
+        tr = _train_epoch(run)
+        diverged = (not math.isfinite(tr["train_loss"]) or not math.isfinite(tr["grad_norm"])
+                    or tr["train_loss"] > spec.divergence.max_loss or tr["grad_norm"] > spec.divergence.max_grad_norm)
+        ev = _evaluate_epoch(run, prog, diverged)
+        prog.epoch = epoch
         done = diverged or epoch == t["epochs"]
-        status = "diverged" if diverged else ("completed" if done else "running")
         metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_error": 100.0 * float(wrong) / max(1, n),
-            "test_loss": test_loss,
-            "test_error": test_error,
-            "best_test_error": best if math.isfinite(best) else math.nan,
-            "val_loss": val_loss,
-            "val_error": val_error,
-            "best_val_error": best_val if math.isfinite(best_val) else math.nan,
-            "test_error_at_best_val": test_at_best_val,
-            "grad_norm": grad_norm,
-            "lr": opt.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - t0,
-            "passes_per_step": passes / max(1, steps),
-            "status": status,
-            "diverged_epoch": epoch if diverged else math.nan,
-            "node": node,
+            "epoch": epoch, "train_loss": tr["train_loss"], "train_error": tr["train_error"],
+            "test_loss": ev["test_loss"], "test_error": ev["test_error"], "best_test_error": _nan_inf(prog.best),
+            "val_loss": ev["val_loss"], "val_error": ev["val_error"], "best_val_error": _nan_inf(prog.best_val),
+            "test_error_at_best_val": prog.test_at_best_val, "grad_norm": tr["grad_norm"],
+            "lr": run.opt.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - t0,
+            "passes_per_step": tr["passes_per_step"],
+            "status": "diverged" if diverged else ("completed" if done else "running"),
+            "diverged_epoch": epoch if diverged else math.nan, "node": node,
         }
-        history.append(dict(metrics))
-        state = None
+        prog.history.append(dict(metrics))
         # A diverged trial checkpoints too: resumed after a driver restart, it reports its end again
         # instead of training again.
-        if done or epoch % spec.checkpoint_every == 0:
-            state = _snapshot({
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "epoch": epoch,
-                "best_test_error": best,
-                "best_val_error": best_val,
-                "test_error_at_best_val": test_at_best_val,
-                "metrics": metrics,
-                "history": history,
-            })
-        report(metrics, state)
+        report(metrics, _state(run, prog, metrics) if done or epoch % spec.checkpoint_every == 0 else None)
         if done:
-            _log_event("end", trial, epoch, True)
+            faults.log_event("end", trial, epoch, True)
         if diverged:
-            return TrialResult("diverged", epoch, metrics["best_test_error"], last_test, epoch,
-                               metrics["best_val_error"], test_at_best_val)
-    return TrialResult("completed", t["epochs"], best if math.isfinite(best) else math.nan, last_test, None,
-                       best_val if math.isfinite(best_val) else math.nan, test_at_best_val)
+            return TrialResult("diverged", epoch, metrics["best_test_error"], prog.last_test, epoch,
+                               metrics["best_val_error"], prog.test_at_best_val)
+    return TrialResult("completed", t["epochs"], _nan_inf(prog.best), prog.last_test, None,
+                       _nan_inf(prog.best_val), prog.test_at_best_val)

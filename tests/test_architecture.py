@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("study description", {"spec", "study_folder"}),
     ("statistics", {"shrinkage", "stats"}),
     ("study logic", {"results", "racing", "protocol", "cost"}),
-    ("training loop", {"train"}),
+    ("training loop", {"faults", "train"}),
     ("outputs", {"cost_figure", "report", "paper"}),
     ("Ray adapter", {"trainable", "race_search", "runner", "jobs"}),
     ("interface", {"cli", "__main__", "__init__"}),
