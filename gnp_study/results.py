@@ -1089,8 +1089,8 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: 
     if table.attrs.get("seeds") == CONFIRMATION:
         lines += ["", "## Selection seeds", "",
                   "The same configurations on the seeds that chose them (each row the best of its stage's grid on "
-                  "these seeds: biased towards the scheme chosen from the larger grid; see README, \"Selection "
-                  "and its bias\").", "",
+                  "these seeds: biased towards the scheme chosen from the larger grid; see docs/statistics.md, "
+                  "\"Selection and its bias\").", "",
                   display_table(study_results_table(study, SELECTION)).to_markdown(index=False,
                                                                                     disable_numparse=True)]
     races = race_table(study.decisions)

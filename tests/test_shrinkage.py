@@ -53,7 +53,7 @@ def test_clearly_better_candidate_gets_at_least_0_9(k, n):
 @pytest.mark.parametrize("n,floor", [(3, 0.6), (4, 0.7)])
 def test_with_fewer_seeds_a_clearly_better_candidate_is_less_sure_but_still_favoured(n, floor):
     """At 3 and 4 seeds the calibrated posterior of a candidate 3 noise sds better is lower than at 6
-    (measured 0.64-0.79 at 3 seeds, 0.74-0.90 at 4, for 3/9/17 candidates; README quotes these): the
+    (measured 0.64-0.79 at 3 seeds, 0.74-0.90 at 4, for 3/9/17 candidates; docs/statistics.md quotes these): the
     skeptical prior is not yet overcome. It stays well above 1/k and grows with the seeds."""
     means = {}
     for k in (3, 9, 17):
