@@ -17,6 +17,7 @@ the rules are in ``docs/architecture.md``, checked by ``tests/test_architecture.
 - outputs: ``report`` (Figures 2-3, results page, HTML report), ``cost_figure``, ``paper`` (the paper's
   numbers).
 - Ray adapter: ``runner`` (stages as Tune experiments, resume), ``trainable`` (what a Ray worker runs),
+  ``tune_state`` (Tune's saved state checked and repaired before a resume),
   ``race_search`` (the race's Tune searcher, TensorBoard and MLflow callbacks), ``jobs`` (Ray Jobs).
 - interface: ``cli`` (the ``gnp-study`` command).
 """

@@ -132,7 +132,7 @@ class RaceSearcher(Searcher):
 
         Called at a stage's first step, before Tune asks for a trial: Tune's saved searcher state can be
         older than its experiment state or missing (a driver killed while Tune copied them to storage,
-        see :func:`gnp_study.runner._set_aside_damaged_state`), while the restored trials are what Tune will
+        see :func:`gnp_study.tune_state.set_aside_damaged_state`), while the restored trials are what Tune will
         run. Each ended trial is replayed through :meth:`on_trial_complete` in Tune's order, so the table is
         the one an uninterrupted run builds; unfinished trials are in flight (Tune resumes them).
 

@@ -35,7 +35,8 @@ from gnp_study.spec import StudySpec
 from gnp_study.study_folder import (DECISIONS_JSON, EPOCH_COLUMNS, EPOCHS_PARQUET, LOCK_FILE, PAPER_REFERENCE_CSV,
                                     RAY_DIR, RUN_INFO_JSON, SEARCH_TRIALS_PARQUET, STUDY_YAML, TRIAL_COLUMNS,
                                     TRIALS_PARQUET, read_json, read_table, write_json, write_parquet)
-from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # trial workers import only that module
+from gnp_study.tune_state import DAMAGED_STATE_DIR, repair_restore_point, set_aside_damaged_state  # noqa: F401
+from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # noqa: F401  (trial workers import only that module)
 
 #: A trial's result without which a stage is unfinished: its last report says the trial ended.
 _TERMINAL = ("completed", "diverged")
@@ -110,194 +111,10 @@ class _Interrupt:
 _INTERRUPT = _Interrupt()
 
 
-# ------------------------------------------------------------------------------- checkpoints on restore
-def _checkpoint_epoch(fs, path: str) -> int | None:
-    """The epoch of the trial checkpoint directory ``path`` on the pyarrow filesystem ``fs``, or ``None``
-    when it is missing or incomplete (no readable ``history.json``, or a ``state.pt`` that is not a
-    complete zip archive as ``torch.save`` writes it)."""
-    import zipfile
-
-    try:
-        with fs.open_input_stream(f"{path}/{HISTORY_FILE}") as f:
-            history = json.loads(f.readall().decode("utf-8"))
-        with fs.open_input_file(f"{path}/state.pt") as f:
-            zipfile.ZipFile(f).namelist()
-        return int(history[-1]["epoch"])
-    except Exception:  # missing, truncated, or unreadable: not a checkpoint to restore from
-        return None
-
-
-def _repair_restore_point(trial) -> str | None:
-    """Point a trial that Tune is about to restore at its newest complete checkpoint on storage.
-
-    Tune's experiment snapshot can name a checkpoint that is gone: Tune deletes a trial's older checkpoint
-    when a newer one registers (``CheckpointConfig(num_to_keep=1)``), and a driver killed before the next
-    snapshot leaves the old snapshot pointing at it ("Could not recover from checkpoint ... does not exist
-    on storage anymore"). Training is deterministic given the checkpoint (bit for bit on CPU), so any
-    complete checkpoint of the trial, or none (train from scratch), gives the same result; the newest one
-    trains least, and a finished trial is then not trained again.
-
-    Args:
-        trial: a restored ``ray.tune.experiment.Trial`` (status PENDING or PAUSED).
-
-    Returns:
-        A one-line note when the restore point was changed, else ``None``.
-    """
-    import pyarrow.fs as pafs
-    from ray.train import Checkpoint
-    from ray.train._internal.session import _TrainingResult
-
-    if trial.status not in ("PENDING", "PAUSED"):
-        return None
-    storage = trial.storage
-    fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
-    found, last_index = [], -1
-    for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            try:
-                last_index = max(last_index, int(info.base_name.split("_")[-1]))
-            except ValueError:
-                pass
-            epoch = _checkpoint_epoch(fs, info.path)
-            if epoch is not None:
-                found.append((epoch, info.path))
-    # The trial's next checkpoint goes to a folder index past every folder on storage: written into a
-    # folder of an earlier run (one the snapshot never saw), it would be deleted with that run's checkpoint.
-    storage.current_checkpoint_index = max(storage.current_checkpoint_index, last_index)
-    current = trial.checkpoint
-    current_epoch = _checkpoint_epoch(current.filesystem, current.path) if current is not None else None
-    newest = max(found) if found else None
-    if current_epoch is not None and (newest is None or newest[0] <= current_epoch):
-        return None
-    if current is None and newest is None:
-        return None
-    manager = trial.run_metadata.checkpoint_manager
-    if newest is None:
-        manager._latest_checkpoint_result = None
-        manager._checkpoint_results = []
-        where = "from its first epoch"
-    else:
-        result = _TrainingResult(checkpoint=Checkpoint(newest[1], filesystem=fs), metrics={})
-        manager._latest_checkpoint_result = result
-        manager._checkpoint_results = [result]
-        where = f"from its epoch-{newest[0]} checkpoint"
-    if current is not None and current_epoch is None:
-        return (f"trial {trial.config.get('trial', {}).get('trial_id', trial)}: its checkpoint in Tune's "
-                f"experiment state is missing or incomplete; it resumes {where}")
-    return None
-
-
-# ------------------------------------------------------------------------- Tune's snapshot on restore
-#: Tune's saved experiment state, one file per driver session (``<prefix><session>.<ext>``): Tune reads the
-#: newest file of each kind on ``Tuner.restore``. ``experiment_state`` is JSON, the others are pickles.
-_STATE_KINDS = {"experiment": ("experiment_state-", ".json"), "search_gen": ("search_gen_state-", ".json"),
-                "searcher": ("searcher-state-", ".pkl"), "variant": ("basic-variant-state-", ".json"),
-                "callbacks": ("callback-states-", ".pkl")}
-#: Folder (inside a stage's experiment folder) where unreadable state files are moved, never deleted.
-DAMAGED_STATE_DIR = "damaged-state"
-
-
-def _state_file_loads(path: Path) -> bool:
-    """Whether Tune can read the saved-state file ``path`` (a complete JSON document or pickle)."""
-    import ray.cloudpickle as cloudpickle
-
-    try:
-        data = path.read_bytes()
-        if path.name.startswith(_STATE_KINDS["experiment"][0]):
-            json.loads(data)
-        else:
-            cloudpickle.loads(data)
-        return True
-    except Exception:  # empty, truncated, or otherwise unreadable
-        return False
-
-
-def _snapshot_trial_ids(path: Path) -> set[str]:
-    """The study trial ids (``config["trial"]["trial_id"]``) of the trials in Tune's experiment state file
-    ``path``; empty when it does not load."""
-    try:
-        data = json.loads(path.read_bytes())
-        return {json.loads(t[0])["config"]["trial"]["trial_id"] for t in data["trial_data"]}
-    except Exception:  # unreadable, or trials without a planned study trial (an Optuna search)
-        return set()
-
-
-def _set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False,
-                             planned: set[str] | None = None) -> str | None:
-    """Make the saved state Tune is about to restore from ``exp_dir`` a complete, consistent snapshot.
-
-    Tune writes its experiment snapshot (experiment state, search algorithm state) into a local staging
-    folder and copies it to storage in a background thread; a driver killed during that copy leaves a
-    truncated or empty file on storage (``EOFError: Ran out of input`` or a JSON error when Tune restores,
-    after which Tune restarts the stage with part of its state). Before Tune reads them, this function
-    picks the newest driver session whose experiment state loads and whose search-algorithm files (of the
-    kinds the stage has) are present and load, and moves every file that does not load, and every file of
-    a newer session, into ``<exp_dir>/damaged-state/``: Tune then restores that session's snapshot. With
-    ``searcher_rebuilt`` (a racing stage, whose :class:`gnp_study.race_search.RaceSearcher` is rebuilt from
-    the trials Tune restores), the search-algorithm files need not belong to the chosen session. A grid
-    stage's generator state is not needed either when the session's experiment state already holds every
-    ``planned`` trial: the generator has nothing left to make, and Tune, finding no generator state,
-    resumes the snapshot's trials and adds none (a kill that cut only the generator file then loses
-    nothing; without this the stage started again and trials that had ended were trained again).
-    When no session has a readable experiment state (or Tune's ``tuner.pkl`` does not load), all state
-    files and ``tuner.pkl`` are moved and the stage starts again as a new experiment in the same folder.
-
-    Args:
-        exp_dir: a stage's experiment folder on local storage (``<study>/ray/<stage>``).
-        searcher_rebuilt: whether the stage's searcher state is rebuilt from Tune's trials.
-        planned: a grid stage's study trial ids (every trial of its ``grid_search``), or ``None``.
-
-    Returns:
-        A one-line note saying what was moved and where the stage resumes from, or ``None`` when every
-        file was kept.
-    """
-    files: dict[str, dict[str, Path]] = {}
-    for kind, (prefix, ext) in _STATE_KINDS.items():
-        for path in exp_dir.glob(f"{prefix}*{ext}"):
-            files.setdefault(kind, {})[path.name[len(prefix):-len(ext)]] = path
-    tuner_pkl = exp_dir / "tuner.pkl"
-    if not tuner_pkl.exists():
-        return None  # not a Tune experiment Tune would restore
-    ok = {path: _state_file_loads(path) for by_session in files.values() for path in by_session.values()}
-    required = [k for k in ("variant",) + (() if searcher_rebuilt else ("search_gen", "searcher")) if k in files]
-    chosen = None
-    for session in sorted(files.get("experiment", {}), reverse=True):
-        exp_file = files["experiment"][session]
-        need = required
-        if planned and ok[exp_file] and planned <= _snapshot_trial_ids(exp_file):
-            need = [k for k in required if k != "variant"]  # every trial is made: no generator state needed
-        if ok[exp_file] and all(ok.get(files[k].get(session), False) for k in need):
-            chosen = session
-            break
-    if chosen is not None and not _state_file_loads(tuner_pkl):
-        chosen = None
-    move = [p for p, good in ok.items() if not good]
-    move += [p for by_session in files.values() for s, p in by_session.items()
-             if (chosen is None or s > chosen) and p not in move]
-    own = files.get("variant", {}).get(chosen) if chosen is not None else None
-    if chosen is not None and "variant" in files and (own is None or not ok[own]):
-        # chosen without its own generator state (cut or missing; every planned trial is in the snapshot):
-        # no generator file may stay, or Tune would restore an older generator that makes trials again
-        move += [p for s, p in files["variant"].items() if p not in move]
-    if chosen is None:
-        move.append(tuner_pkl)  # Tune restores whenever it exists (Tuner.can_restore): a new experiment
-    if not move:
-        return None
-    dest = exp_dir / DAMAGED_STATE_DIR
-    dest.mkdir(exist_ok=True)
-    for path in move:
-        os.replace(path, dest / path.name)
-    names = ", ".join(sorted(p.name for p in move))
-    where = (f"it resumes from Tune's snapshot of session {chosen}" if chosen is not None else
-             "no complete snapshot is left, so the stage's trials start again")
-    return (f"Tune's saved state in {exp_dir} was incomplete (a driver stopped while Tune copied it to "
-            f"storage): moved {names} to {dest}; {where}")
-
-
 # ------------------------------------------------------------------------------------------- progress
 def _stage_callback_class():
     """The Tune callback class of a stage (built once, on first use, so that importing this module does not
-    import Ray): it checks restore points at the stage's first step (:func:`_repair_restore_point`), asks
+    import Ray): it checks restore points at the stage's first step (:func:`gnp_study.tune_state.repair_restore_point`), asks
     Tune to stop when Ctrl-C came (:class:`_Interrupt`), and feeds the progress line.
 
     Tune pickles a stage's callbacks with the experiment (``tuner.pkl``); the class lives at module level so
@@ -320,7 +137,7 @@ def _stage_callback_class():
                     if searcher is not None:  # a racing stage: its table from the restored trials
                         searcher.rebuild(trials)
                     for t in trials:
-                        note = _repair_restore_point(t)
+                        note = repair_restore_point(t)
                         if note:
                             print(f"[gnp-study] {note}", file=self.progress.stream, flush=True)
                 if _INTERRUPT.flag:  # Ctrl-C: let Tune stop this stage as after its own SIGINT handler
@@ -473,7 +290,7 @@ def _quiet_ray_warnings() -> None:
     and Tune's own Ctrl-C lines (they tell the user to call ``Tuner.restore``).
 
     After a driver was killed, Tune lists every trial without a result file yet: trials that had not
-    started. The study itself counts unfinished trials and resumes them (:func:`_collect`), so the
+    started. The study itself counts unfinished trials and resumes them (:func:`collect_trials`), so the
     warning says nothing the user must act on; on Ctrl-C the study prints its own line and how to resume.
     """
     import logging
@@ -530,7 +347,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
         if "://" not in local:  # object stores upload each file whole; a local copy can be cut short
             grid = param_space.get("trial") if isinstance(param_space.get("trial"), dict) else {}
             planned = {t["trial_id"] for t in grid.get("grid_search", [])} or None
-            note = _set_aside_damaged_state(Path(local), searcher_rebuilt=race, planned=planned)
+            note = set_aside_damaged_state(Path(local), searcher_rebuilt=race, planned=planned)
             if note:
                 print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
     if tune.Tuner.can_restore(str(exp_path)):
@@ -613,7 +430,7 @@ def _params(res) -> dict | None:
         return None
 
 
-def _collect(results, stage: str, spec: StudySpec, record_lost: bool = True
+def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = True
              ) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
     """Turn a Tune ResultGrid into the trials and epochs tables of the study folder schema.
 
@@ -717,16 +534,16 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
     space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
     _INTERRUPT.check(f"before stage {stage!r} started")
     results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
-    trials, epochs, _, lost = _collect(results, stage, spec, record_lost=False)
+    trials, epochs, _, lost = collect_trials(results, stage, spec, record_lost=False)
     for _attempt in range(max(1, spec.max_failures)):
         if not lost or _INTERRUPT.flag:
             break
         # Trials Tune gave up on before their first report (also those of an earlier run): run them again.
         progress.done, progress.failed = progress.done - lost, max(0, progress.failed - lost)
         results = _tuner(name or stage, space, spec, storage, [progress.callback], resume_errored=True).fit()
-        trials, epochs, _, lost = _collect(results, stage, spec, record_lost=False)
+        trials, epochs, _, lost = collect_trials(results, stage, spec, record_lost=False)
     if lost and not _INTERRUPT.flag:  # still failing before any report: recorded as failed
-        trials, epochs, _, lost = _collect(results, stage, spec, record_lost=True)
+        trials, epochs, _, lost = collect_trials(results, stage, spec, record_lost=True)
     unfinished = len(trial_configs) - int(trials["trial_id"].isin([tc.trial_id for tc in trial_configs]).sum())
     if unfinished or _INTERRUPT.flag:
         # Ctrl-C (or a trial Tune did not end): Tune stopped the stage after saving a consistent experiment
@@ -757,8 +574,8 @@ def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpe
                      num_samples=-1).fit()
     # A trial Tune lost before its first report is suggested again by the searcher (a new Tune trial of
     # the same trial_id); one lost every time (the searcher gave up) is recorded as failed.
-    trials, epochs, _, _ = _collect(results, stage, spec, record_lost=False)
-    t_all, e_all, _, _ = _collect(results, stage, spec, record_lost=True)
+    trials, epochs, _, _ = collect_trials(results, stage, spec, record_lost=False)
+    t_all, e_all, _, _ = collect_trials(results, stage, spec, record_lost=True)
     gave_up = ~t_all["trial_id"].isin(trials["trial_id"])
     trials = pd.concat([trials, t_all[gave_up]], ignore_index=True) if gave_up.any() else trials
     epochs = pd.concat([epochs, e_all[e_all["trial_id"].isin(t_all[gave_up]["trial_id"])]], ignore_index=True)
@@ -802,7 +619,7 @@ def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.Dat
     searcher = OptunaSearch(metric="best_test_error", mode="min", seed=spec.seeds[0])
     _INTERRUPT.check("before the Optuna search of stage 1 started")
     results = _tuner("standard_search", space, spec, storage, [progress.callback], search_alg=searcher).fit()
-    trials, _, unfinished, _ = _collect(results, "standard_search", spec)
+    trials, _, unfinished, _ = collect_trials(results, "standard_search", spec)
     if unfinished or _INTERRUPT.flag or len(trials) < st.num_samples:
         raise StudyInterrupted(f"the Optuna search of stage 1 was interrupted with "
                                f"{st.num_samples - len(trials)} of {st.num_samples} samples unfinished; run the "

@@ -92,7 +92,7 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
     def report(metrics: dict, st: dict | None) -> None:
         if st is None and metrics.get("status") == "running" and metrics["epoch"] % spec.report_every:
             # Not a report epoch (report_every > 1): this epoch reaches Tune with the next checkpoint's
-            # history (HISTORY_FILE), from which the runner's _collect and EpochTensorBoardLogger take
+            # history (HISTORY_FILE), from which the runner's collect_trials and EpochTensorBoardLogger take
             # every epoch.
             return
         metrics = dict(metrics, gnp_trial_id=trial["trial_id"], node=node)
@@ -102,7 +102,7 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(st, Path(tmp) / "state.pt")
             # Every epoch's metrics so far, small and readable without torch: the driver fills the epochs
-            # table from it when Tune's result files lag behind the checkpoint (see runner._collect).
+            # table from it when Tune's result files lag behind the checkpoint (see runner.collect_trials).
             (Path(tmp) / HISTORY_FILE).write_text(json.dumps(st.get("history", [])))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 

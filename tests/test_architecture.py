@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("study logic", {"results", "racing", "protocol", "cost"}),
     ("training loop", {"faults", "train"}),
     ("outputs", {"cost_figure", "report", "paper"}),
-    ("Ray adapter", {"trainable", "race_search", "runner", "jobs"}),
+    ("Ray adapter", {"trainable", "tune_state", "race_search", "runner", "jobs"}),
     ("interface", {"cli", "__main__", "__init__"}),
 ]
 LEVEL = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from gnp_study import runner
+from gnp_study import runner, tune_state
 from gnp_study.protocol import TrialConfig
 from gnp_study.spec import parse_spec
 
@@ -41,7 +41,7 @@ def test_pending_and_running_trials_are_not_recorded_as_failed():
         _result(trials[2], None),  # pending: Tune knows its config, no result yet
         _result(trials[3], ["running"], error=RuntimeError("boom")),  # Tune gave up after its retries
     ]
-    got, epochs, unfinished, lost = runner._collect(results, "sam", SPEC)
+    got, epochs, unfinished, lost = runner.collect_trials(results, "sam", SPEC)
     assert unfinished == 2
     assert list(got["trial_id"]) == [trials[0]["trial_id"], trials[3]["trial_id"]]
     assert list(got["status"]) == ["completed", "failed"]
@@ -61,7 +61,7 @@ def test_epochs_lost_by_tune_are_filled_from_the_checkpoint_history(tmp_path):
     (ckpt / runner.HISTORY_FILE).write_text(json.dumps(hist.to_dict("records")))
     res = _result(trial, ["running"])  # Tune's result file holds epoch 1 only
     res.checkpoint = SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(ckpt))
-    got, epochs, unfinished, lost = runner._collect([res], "sam", SPEC)
+    got, epochs, unfinished, lost = runner.collect_trials([res], "sam", SPEC)
     assert unfinished == 0
     assert list(epochs["epoch"]) == [1, 2, 3]
     assert got["status"].iloc[0] == "completed" and got["epochs_run"].iloc[0] == 3
@@ -135,7 +135,7 @@ def test_restore_from_a_deleted_checkpoint_moves_to_the_newest_complete_one(tmp_
     _checkpoint(tmp_path / "checkpoint_000001", 2)
     _checkpoint(tmp_path / "checkpoint_000002", 3, complete=False)  # partial: never restored from
     trial = _restored_trial(tmp_path, "checkpoint_000000", index=0)  # the snapshot's, deleted since
-    note = runner._repair_restore_point(trial)
+    note = tune_state.repair_restore_point(trial)
     assert note and "sam-x-s0" in note and "epoch-2 checkpoint" in note
     latest = trial.run_metadata.checkpoint_manager._latest_checkpoint_result
     assert latest.checkpoint.path == str(tmp_path / "checkpoint_000001")
@@ -147,7 +147,7 @@ def test_restore_from_a_deleted_checkpoint_moves_to_the_newest_complete_one(tmp_
 def test_restore_without_any_complete_checkpoint_trains_from_scratch(tmp_path):
     _checkpoint(tmp_path / "checkpoint_000003", 3, complete=False)
     trial = _restored_trial(tmp_path, "checkpoint_000002", index=2)
-    assert "from its first epoch" in runner._repair_restore_point(trial)
+    assert "from its first epoch" in tune_state.repair_restore_point(trial)
     manager = trial.run_metadata.checkpoint_manager
     assert manager._latest_checkpoint_result is None and manager._checkpoint_results == []
     assert trial.storage.current_checkpoint_index == 3
@@ -157,11 +157,11 @@ def test_a_valid_newest_restore_point_is_kept(tmp_path):
     _checkpoint(tmp_path / "checkpoint_000000", 1)
     _checkpoint(tmp_path / "checkpoint_000001", 2)
     trial = _restored_trial(tmp_path, "checkpoint_000001", index=1)
-    assert runner._repair_restore_point(trial) is None
+    assert tune_state.repair_restore_point(trial) is None
     assert trial.run_metadata.checkpoint_manager._latest_checkpoint_result == "snapshot's"
     trial.status = "TERMINATED"  # finished trials are never restored: left alone
     trial.checkpoint.path = str(tmp_path / "gone")
-    assert runner._repair_restore_point(trial) is None
+    assert tune_state.repair_restore_point(trial) is None
 
 
 def test_trial_lost_before_its_first_report_is_run_again_before_it_is_recorded(tmp_path):
@@ -174,9 +174,9 @@ def test_trial_lost_before_its_first_report_is_run_again_before_it_is_recorded(t
     (tmp_path / "params.json").write_text(json.dumps({"trial": trial}))
     res = SimpleNamespace(config=None, metrics_dataframe=None, error=RuntimeError("actor died"), checkpoint=None,
                           filesystem=pafs.LocalFileSystem(), path=str(tmp_path))
-    got, _, unfinished, lost = runner._collect([res], "standard", SPEC, record_lost=False)
+    got, _, unfinished, lost = runner.collect_trials([res], "standard", SPEC, record_lost=False)
     assert (len(got), unfinished, lost) == (0, 1, 1)
-    got, epochs, unfinished, lost = runner._collect([res], "standard", SPEC, record_lost=True)
+    got, epochs, unfinished, lost = runner.collect_trials([res], "standard", SPEC, record_lost=True)
     assert (unfinished, lost) == (0, 1) and len(epochs) == 0
     assert got["trial_id"].tolist() == [trial["trial_id"]] and got["status"].tolist() == ["failed"]
     assert got["error"].iloc[0] == "RuntimeError: actor died" and got["epochs_run"].iloc[0] == 0
@@ -211,7 +211,7 @@ def test_damaged_searcher_state_of_a_race_is_set_aside_and_the_snapshot_kept(tmp
     exp, old, new = tmp_path, "2026-11-30_09-00-00", "2026-11-30_10-00-00"
     kept = _state_files(exp, old, ["experiment", "search_gen", "searcher"])
     e_new, g_new, s_new = _state_files(exp, new, ["experiment", "search_gen", "searcher"], damaged=("search_gen",))
-    note = runner._set_aside_damaged_state(exp, searcher_rebuilt=True)
+    note = tune_state.set_aside_damaged_state(exp, searcher_rebuilt=True)
     assert note and g_new.name in note and f"session {new}" in note
     assert not g_new.exists() and (exp / runner.DAMAGED_STATE_DIR / g_new.name).read_bytes() == b""
     assert e_new.exists() and s_new.exists() and all(p.exists() for p in kept)
@@ -225,7 +225,7 @@ def test_damaged_newest_session_rolls_back_to_the_older_complete_one(tmp_path):
     moved = _state_files(exp, "a2", ["experiment", "variant"], damaged=("variant",))
     moved += _state_files(exp, "a3", ["experiment"])  # its generator state never reached storage
     moved += _state_files(exp, "a4", ["experiment", "variant"], damaged=("experiment",))
-    note = runner._set_aside_damaged_state(exp)
+    note = tune_state.set_aside_damaged_state(exp)
     assert "session a1" in note
     assert all(p.exists() for p in kept)
     assert not any(p.exists() for p in moved)
@@ -234,7 +234,7 @@ def test_damaged_newest_session_rolls_back_to_the_older_complete_one(tmp_path):
 
 def test_no_complete_session_moves_every_state_file_and_the_stage_starts_again(tmp_path):
     files = _state_files(tmp_path, "b1", ["experiment", "search_gen", "searcher"], damaged=("searcher",))
-    note = runner._set_aside_damaged_state(tmp_path)  # an Optuna stage: its searcher state is needed
+    note = tune_state.set_aside_damaged_state(tmp_path)  # an Optuna stage: its searcher state is needed
     # tuner.pkl goes too: Tune restores whenever it exists, and would fail without an experiment state
     assert "start again" in note and not any(p.exists() for p in files) and not (tmp_path / "tuner.pkl").exists()
     assert len(list((tmp_path / runner.DAMAGED_STATE_DIR).iterdir())) == 4
@@ -245,15 +245,15 @@ def test_a_cut_tuner_pickle_or_a_stage_killed_before_its_first_snapshot_starts_a
     a.mkdir(), b.mkdir()
     files = _state_files(a, "d1", ["experiment", "variant"])
     (a / "tuner.pkl").write_bytes(b"")
-    assert "start again" in runner._set_aside_damaged_state(a)
+    assert "start again" in tune_state.set_aside_damaged_state(a)
     assert not any(p.exists() for p in files + [a / "tuner.pkl"])
     (b / "tuner.pkl").write_bytes(b"\x80\x04N.")  # no snapshot reached storage before the kill
-    assert "start again" in runner._set_aside_damaged_state(b) and not (b / "tuner.pkl").exists()
+    assert "start again" in tune_state.set_aside_damaged_state(b) and not (b / "tuner.pkl").exists()
 
 
 def test_complete_snapshots_are_left_alone(tmp_path):
     files = _state_files(tmp_path, "c1", ["experiment", "variant"]) + _state_files(tmp_path, "c2", ["experiment", "variant"])
-    assert runner._set_aside_damaged_state(tmp_path) is None
+    assert tune_state.set_aside_damaged_state(tmp_path) is None
     assert all(p.exists() for p in files) and (tmp_path / "tuner.pkl").exists()
     assert not (tmp_path / runner.DAMAGED_STATE_DIR).exists()
 
@@ -268,7 +268,7 @@ def test_a_cut_generator_state_is_not_needed_when_the_snapshot_holds_every_plann
     older = _state_files(exp, "e1", ["variant"])
     state, variant = _state_files(exp, "e2", ["experiment", "variant"], damaged=("variant",),
                                   trial_ids=sorted(planned))
-    note = runner._set_aside_damaged_state(exp, planned=planned)
+    note = tune_state.set_aside_damaged_state(exp, planned=planned)
     assert note and "session e2" in note and variant.name in note
     assert state.exists() and (exp / "tuner.pkl").exists()
     assert not variant.exists() and not any(p.exists() for p in older)  # no generator state left to restore
@@ -279,9 +279,9 @@ def test_a_cut_generator_state_still_starts_the_stage_again_when_trials_are_miss
     readable one the stage starts again, as before."""
     exp = tmp_path
     _state_files(exp, "f1", ["experiment", "variant"], damaged=("variant",), trial_ids=["gnp-a-s0"])
-    note = runner._set_aside_damaged_state(exp, planned={"gnp-a-s0", "gnp-a-s1"})
+    note = tune_state.set_aside_damaged_state(exp, planned={"gnp-a-s0", "gnp-a-s1"})
     assert "start again" in note and not (exp / "tuner.pkl").exists()
-    assert runner._set_aside_damaged_state(exp, planned={"x"}) is None  # nothing left to set aside
+    assert tune_state.set_aside_damaged_state(exp, planned={"x"}) is None  # nothing left to set aside
 
 
 def test_a_stage_whose_trials_failed_before_any_epoch_keeps_the_text_dtypes():
@@ -289,7 +289,7 @@ def test_a_stage_whose_trials_failed_before_any_epoch_keeps_the_text_dtypes():
     its id columns, as a table with rows has (parquet then stores strings, and a later concat stays text)."""
     trials = [TrialConfig("sam", {"alpha": 1.0, "r": r}, 0).to_dict() for r in (0.01, 0.02)]
     results = [_result(t, None, error=RuntimeError("boom")) for t in trials]
-    got, epochs, unfinished, lost = runner._collect(results, "sam", SPEC)
+    got, epochs, unfinished, lost = runner.collect_trials(results, "sam", SPEC)
     assert list(got["status"]) == ["failed", "failed"] and len(epochs) == 0
     text = pd.Series(["x"]).dtype
     assert [epochs[c].dtype for c in ("trial_id", "stage", "config_key")] == [text] * 3

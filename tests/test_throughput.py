@@ -376,7 +376,7 @@ def test_the_study_check_builds_the_model_without_importing_torch_dynamo(study):
 
 
 def test_collect_merges_history_and_tune_rows_into_the_tables_by_hand(tmp_path):
-    """_collect (built without per-trial DataFrames since 1 Dec 2026): every value of both tables against
+    """collect_trials (built without per-trial DataFrames since 1 Dec 2026): every value of both tables against
     figures worked out by hand from one trial's checkpoint history and Tune rows."""
     import math
     from types import SimpleNamespace
@@ -406,7 +406,7 @@ def test_collect_merges_history_and_tune_rows_into_the_tables_by_hand(tmp_path):
     ])
     res = SimpleNamespace(config={"trial": trial}, metrics_dataframe=tune_rows, error=None,
                           checkpoint=SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(ckpt)))
-    trials, epochs, unfinished, lost = runner._collect([res], "gnp", s)
+    trials, epochs, unfinished, lost = runner.collect_trials([res], "gnp", s)
     assert (unfinished, lost) == (0, 0)
     assert list(epochs["epoch"]) == [1, 2, 3, 4]
     assert epochs["test_error"].tolist() == [20.0, 15.0, 12.0, 13.0]

@@ -146,14 +146,14 @@ def test_same_seed_same_weights_batches_and_random_stream_in_every_configuration
 
 
 def test_tables_carry_the_validation_columns():
-    """runner._collect on hand-made Tune results: best_val_error is the lowest val_error and
+    """runner.collect_trials on hand-made Tune results: best_val_error is the lowest val_error and
     test_error_at_best_val the test error of its earliest epoch; NaN in paper mode."""
     from types import SimpleNamespace
 
     import pandas as pd
 
     from gnp_study.protocol import TrialConfig
-    from gnp_study.runner import EPOCH_COLUMNS, TRIAL_COLUMNS, _collect
+    from gnp_study.runner import EPOCH_COLUMNS, TRIAL_COLUMNS, collect_trials
 
     def result(seed, val, test):
         t = TrialConfig("sam", {"alpha": 1.0, "r": 0.1}, seed).to_dict()
@@ -167,7 +167,7 @@ def test_tables_carry_the_validation_columns():
 
     s = spec()
     # epochs 2 and 4 tie on validation (10.0): the earliest (2, test 7.0) is the one reported
-    trials, epochs, unfinished, lost = _collect([result(0, [12.0, 10.0, 11.0, 10.0], [8.0, 7.0, 5.0, 6.0]),
+    trials, epochs, unfinished, lost = collect_trials([result(0, [12.0, 10.0, 11.0, 10.0], [8.0, 7.0, 5.0, 6.0]),
                                                  result(1, [math.nan] * 3, [9.0, 8.0, 8.5])], "sam", s)
     assert unfinished == lost == 0
     assert list(trials.columns) == TRIAL_COLUMNS and list(epochs.columns) == EPOCH_COLUMNS
