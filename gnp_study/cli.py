@@ -30,12 +30,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs + [StudyFolderError])
 
 
-def _load_checked(study: str | None):
-    """Load a study file and check its data folder: everything that can be checked before Ray starts."""
-    from gnp_study.data import check_data
-    from gnp_study.spec import load_spec
+def _load_checked(study: str | None, facts: dict | None = None):
+    """Load a study file and check its data folder: everything that can be checked before Ray starts.
 
-    spec = load_spec(study)
+    ``facts``, when given, receives what :func:`gnp_study.spec.check_study_code` found (parameter count,
+    the user's data sizes)."""
+    from gnp_study.data import check_data
+    from gnp_study.spec import check_study_code, find_study, load_spec
+
+    spec = load_spec(study, check_names=False)
+    found = check_study_code(spec, str(find_study(study)))
+    if facts is not None:
+        facts.update(found)
+    if not spec.data.is_registry():
+        return spec  # the user's image folder or data function: read and checked by check_study_code
     if spec.data.root and "://" not in spec.data.root and not Path(spec.data.root).is_absolute():
         # Trials run in their own working directories (Ray Tune's trial folders): a root relative to
         # where the user ran the command is made absolute here, before it is stored and validated.
@@ -141,9 +149,14 @@ def _measure_epoch(spec) -> float:
 def cmd_plan(args: argparse.Namespace) -> int:
     from gnp_study.protocol import count_trials
 
-    from gnp_study.spec import load_spec
+    from gnp_study.spec import check_study_code, find_study, load_spec
 
-    spec = _load_checked(args.study) if args.check_data else load_spec(args.study)
+    facts: dict = {}
+    if args.check_data:
+        spec = _load_checked(args.study, facts)
+    else:
+        spec = load_spec(args.study, check_names=False)
+        facts = check_study_code(spec, str(find_study(args.study)))
     n_seeds = len(spec.seeds) if args.seeds is None else args.seeds
     counts = count_trials(spec, n_seeds)
     ep = spec.training.epochs
@@ -151,6 +164,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                   f"{n_seeds} seeds (--seeds; the study file has {len(spec.seeds)})")
     print(f"study {spec.name!r}: {spec.model.name} on {spec.data.dataset} ({spec.data.augmentation}), "
           f"{ep} epochs, {seeds_text}")
+    print(f"  model           : {facts['parameters']:,} parameters, {facts['num_classes']} classes")
+    if "n_train" in facts:
+        print(f"  data            : {facts['n_train']} training, {facts['n_test']} test, {facts['n_val']} validation "
+              f"samples; one sample {tuple(facts['sample_shape'])} {facts['sample_dtype']}")
     if counts["standard_search"]:
         print(f"  stage 1 search : {counts['standard_search']:5d} trials (Optuna TPE on seed {spec.seeds[0]})")
     print(f"  stage 1 standard: {counts['standard']:5d} trials (alpha = 0)")

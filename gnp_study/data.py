@@ -165,6 +165,8 @@ class DataBundle:
             validation_size/seed, label_noise (fraction, kind, seed, n_changed), ...
         val: the validation split carved out of the training data (test transforms, clean labels), or
             None when the study has none (the paper's protocol).
+        in_features: the length of a sample that is a vector (the user's tabular data, see
+            :mod:`gnp_study.own_data`), None for images.
     """
 
     train: Dataset
@@ -175,6 +177,7 @@ class DataBundle:
     batch_transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None
     info: dict = field(default_factory=dict)
     val: Dataset | None = None
+    in_features: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -996,30 +999,18 @@ def build_datasets(name: str, *, root: str | os.PathLike | None = None, augmenta
         train_tf, test_tf, batch, image_size = build_transforms(name, augmentation)
         train, test = _load(name, fmt, r, train_tf, test_tf)
     n_train_full, n_test_full = len(train), len(test)  # type: ignore[arg-type]
-    full = train
-    val: Dataset | None = None
     if validation_size is not None:
         check_split_sizes(name, train_subset, validation_size, n_train=n_train_full)
-        train_idx, val_idx = validation_split(_targets(full), validation_size, validation_seed,
-                                              train_subset, subset_seed)
-        train = Subset(full, train_idx)
-        val = Subset(_with_transform(full, test_tf), val_idx)
-    elif train_subset is not None:
-        train = Subset(train, class_balanced_indices(_targets(train), train_subset, subset_seed))
-    if test_subset is not None:
-        test = Subset(test, class_balanced_indices(_targets(test), test_subset, subset_seed))
     num_classes = spec.num_classes
     if not spec.fixed_classes and fmt == "imagefolder":
         num_classes = len(getattr(_base(train), "classes"))
         if batch is not None:
             batch = RandomCutMix(num_classes, alpha=batch.alpha, p=batch.p)
-    noise: dict[str, Any] | None = None
-    if label_noise_fraction or label_noise_kind not in LABEL_NOISE_KINDS:
-        labels = noisy_labels(_labels_of(train), label_noise_fraction, label_noise_kind, num_classes,
-                              label_noise_seed)
-        train = NoisyLabels(train, labels)
-        noise = {"fraction": float(label_noise_fraction), "kind": label_noise_kind, "seed": int(label_noise_seed),
-                 "n_changed": int(train.changed.sum())}
+    train, test, val, noise = apply_options(
+        train, test, num_classes, val_view=_with_transform(train, test_tf), train_subset=train_subset,
+        test_subset=test_subset, subset_seed=subset_seed, validation_size=validation_size,
+        validation_seed=validation_seed, label_noise_fraction=label_noise_fraction,
+        label_noise_kind=label_noise_kind, label_noise_seed=label_noise_seed)
     info: dict[str, Any] = {
         "dataset": name, "root": r, "format": fmt, "augmentation": augmentation,
         "n_train": len(train), "n_test": len(test),  # type: ignore[arg-type]
@@ -1032,6 +1023,46 @@ def build_datasets(name: str, *, root: str | os.PathLike | None = None, augmenta
     }
     info["num_classes"] = num_classes
     return DataBundle(train, test, num_classes, spec.in_channels, image_size, batch, info, val)
+
+
+def apply_options(train: Dataset, test: Dataset, num_classes: int, *, val_view: Dataset | None = None,
+                  train_subset: int | None = None, test_subset: int | None = None, subset_seed: int = 0,
+                  validation_size: int | None = None, validation_seed: int = 0,
+                  label_noise_fraction: float = 0.0, label_noise_kind: str = "symmetric",
+                  label_noise_seed: int = 0) -> tuple[Dataset, Dataset, Dataset | None, dict | None]:
+    """A study's data options on a training and a test set: the validation split, the class-balanced
+    subsets and the training-label noise (see :func:`build_datasets` for each option).
+
+    Args:
+        train, test: the full splits; their labels are read from a ``targets`` (or ``labels``) attribute.
+        num_classes: the label count (label noise draws wrong labels from it).
+        val_view: the training set with the test transforms, from which the validation split is served
+            (default ``train`` itself).
+        The other arguments: as :func:`build_datasets`.
+    Returns:
+        ``(train, test, val or None, label-noise facts or None)``.
+    Raises:
+        ValueError: a size out of range or bad label-noise values. TypeError: an option needs labels and a
+            data set has no ``targets``/``labels`` attribute.
+    """
+    val: Dataset | None = None
+    if validation_size is not None:
+        train_idx, val_idx = validation_split(_targets(train), validation_size, validation_seed,
+                                              train_subset, subset_seed)
+        val = Subset(train if val_view is None else val_view, val_idx)
+        train = Subset(train, train_idx)
+    elif train_subset is not None:
+        train = Subset(train, class_balanced_indices(_targets(train), train_subset, subset_seed))
+    if test_subset is not None:
+        test = Subset(test, class_balanced_indices(_targets(test), test_subset, subset_seed))
+    noise: dict[str, Any] | None = None
+    if label_noise_fraction or label_noise_kind not in LABEL_NOISE_KINDS:
+        labels = noisy_labels(_labels_of(train), label_noise_fraction, label_noise_kind, num_classes,
+                              label_noise_seed)
+        train = NoisyLabels(train, labels)
+        noise = {"fraction": float(label_noise_fraction), "kind": label_noise_kind, "seed": int(label_noise_seed),
+                 "n_changed": int(train.changed.sum())}
+    return train, test, val, noise
 
 
 def _base(ds: Dataset) -> Dataset:

@@ -149,16 +149,21 @@ def build_entrypoint(study_arg: str, *, output: str | None = None, python: str |
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def build_runtime_env(working_dir: str | os.PathLike, *, extra_pip: Sequence[str] | None = None) -> dict:
+def build_runtime_env(working_dir: str | os.PathLike, *, extra_pip: Sequence[str] | None = None,
+                      py_modules: Sequence[str] | None = None) -> dict:
     """The job's Ray runtime environment.
 
     Args:
         working_dir: local folder Ray zips and uploads (see :func:`staged_working_dir`).
         extra_pip: pip requirement strings installed for the job (e.g. a package the cluster lacks).
+        py_modules: folders of the user's packages that the study's import paths name
+            (:func:`study_packages`); Ray uploads each and puts it on the path of the job's driver and
+            of every worker.
 
     Returns:
-        ``{"working_dir", "excludes", "env_vars"[, "pip"]}``; ``env_vars`` carries ``PYTHONUNBUFFERED=1``
-        (logs stream as they are written) and ``RAY_AUTH_MODE`` when it is set here (never a token).
+        ``{"working_dir", "excludes", "env_vars"[, "pip"][, "py_modules"]}``; ``env_vars`` carries
+        ``PYTHONUNBUFFERED=1`` (logs stream as they are written) and ``RAY_AUTH_MODE`` when it is set here
+        (never a token).
     """
     env_vars = {"PYTHONUNBUFFERED": "1"}
     if os.environ.get("RAY_AUTH_MODE"):
@@ -166,7 +171,30 @@ def build_runtime_env(working_dir: str | os.PathLike, *, extra_pip: Sequence[str
     runtime_env: dict = {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env_vars}
     if extra_pip:
         runtime_env["pip"] = list(extra_pip)
+    if py_modules:
+        runtime_env["py_modules"] = list(py_modules)
     return runtime_env
+
+
+def study_packages(study_path: str | os.PathLike) -> list[str]:
+    """The folders of the user's packages a study's import paths name (model, data function), to ship.
+
+    Args:
+        study_path: the study file (its ``code_dir`` is relative to its folder).
+    Returns:
+        Absolute package folders (:func:`gnp_study.user_code.ship_dirs`); ``[]`` for a study of the
+        registry's models and data.
+    Raises:
+        JobError: the study is invalid, or its code does not import or is not a package.
+    """
+    from gnp_study.spec import SpecError, load_spec
+    from gnp_study.user_code import UserCodeError, ship_dirs
+
+    try:
+        spec = load_spec(_resolve_study(study_path), check_names=False)
+        return ship_dirs(spec.import_paths(), "model.name / data.dataset")
+    except (SpecError, UserCodeError) as e:
+        raise JobError(str(e)) from None
 
 
 def _client(address: str | None):
@@ -212,6 +240,7 @@ def submit_study(study_path: str | os.PathLike, address: str | None, *, output: 
     Raises:
         JobError: missing study file, unreachable job server, or the server refused the job.
     """
+    packages = study_packages(study_path)
     client = _client(address)
     with staged_working_dir(study_path) as (stage, study_arg):
         entrypoint = build_entrypoint(study_arg, output=output, python=python,
@@ -222,7 +251,7 @@ def submit_study(study_path: str | os.PathLike, address: str | None, *, output: 
                 return client.submit_job(
                     entrypoint=entrypoint,
                     submission_id=_job_name(Path(study_arg)),
-                    runtime_env=build_runtime_env(stage, extra_pip=extra_pip),
+                    runtime_env=build_runtime_env(stage, extra_pip=extra_pip, py_modules=packages),
                     metadata={"gnp_study": Path(study_arg).name, "output": str(output or "")},
                 )
             except Exception as e:

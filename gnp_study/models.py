@@ -644,28 +644,92 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, *, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
-    """Build a registered model with fresh random weights.
+#: Prefixes of model names taken from a library rather than the registry.
+LIBRARIES = ("torchvision", "timm")
+
+
+def model_kind(name: str) -> str:
+    """How a study's ``model.name`` is resolved: ``"registry"`` (a key of :data:`MODELS`), ``"torchvision"``
+    (``torchvision:<name>``), ``"timm"`` (``timm:<name>``) or ``"import"`` (``package.module:attribute``,
+    the user's class or function); ``"unknown"`` otherwise."""
+    from gnp_study.user_code import is_target
+
+    if name in MODELS:
+        return "registry"
+    lib = name.split(":", 1)[0] if ":" in name else ""
+    if lib in LIBRARIES and name.split(":", 1)[1]:
+        return lib
+    return "import" if is_target(name) else "unknown"
+
+
+def _library_model(lib: str, model: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    """``torchvision.models.get_model(model, weights=None, num_classes=...)`` or ``timm.create_model(model,
+    pretrained=False, num_classes=..., in_chans=...)``: random initial weights, nothing downloaded."""
+    if lib == "torchvision":
+        import torchvision.models as tvm
+
+        if model not in tvm.list_models():
+            raise ValueError(f"torchvision has no model {model!r} (torchvision.models.list_models())")
+        if in_channels != 3:
+            raise ValueError(f"torchvision:{model} takes 3-channel images; the data has {in_channels} channels")
+        return tvm.get_model(model, weights=None, **dict({"num_classes": num_classes}, **kwargs))
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("timm models need the optional extra: pip install 'gnp-study[timm]'") from None
+    if model not in timm.list_models():
+        raise ValueError(f"timm has no model {model!r} (timm.list_models())")
+    return timm.create_model(model, pretrained=False,
+                             **dict({"num_classes": num_classes, "in_chans": in_channels}, **kwargs))
+
+
+def build_model(name: str, num_classes: int, *, in_channels: int = 3, image_size: int = 32,
+                in_features: int | None = None, **kwargs) -> nn.Module:
+    """Build a model with fresh random weights.
 
     Args:
-        name: a key of :data:`MODELS` (e.g. ``"wrn28_10"``, ``"vit_ti16"``, ``"resnet50"``).
+        name: a key of :data:`MODELS` (e.g. ``"wrn28_10"``, ``"vit_ti16"``, ``"resnet50"``), a library name
+            ``torchvision:<name>`` (``torchvision.models.get_model``) or ``timm:<name>``
+            (``timm.create_model``; the ``timm`` extra), or an import path ``package.module:attribute`` to
+            the user's ``nn.Module`` class or a function returning one.
         num_classes: number of output logits.
         in_channels: input channels (1 for MNIST / digits, 3 for RGB).
         image_size: input height = width in pixels (32 CIFAR, 48 ViT heavy, 224 ImageNet, 8 digits);
             ViTs size their position embedding from it, convolutional nets pool adaptively and only
             check a minimum.
+        in_features: the length of a sample that is a vector (tabular data), None for images.
         **kwargs: model-specific options, e.g. ``depth``/``width``/``dropout`` for ``wrn``,
-            ``drop_path_rate`` for ViTs, ``p_drop_last`` for PyramidNet-SD.
+            ``drop_path_rate`` for ViTs, ``p_drop_last`` for PyramidNet-SD; for the user's callable, its
+            own keyword arguments. The user's callable also gets ``num_classes``, ``in_channels``,
+            ``image_size`` and ``in_features`` when its signature names them (or takes ``**kwargs``).
     Returns:
-        ``nn.Module`` mapping ``(B, in_channels, image_size, image_size)`` floats to ``(B, num_classes)``.
+        ``nn.Module`` mapping ``(B, in_channels, image_size, image_size)`` floats (or ``(B, in_features)``)
+        to ``(B, num_classes)``.
     Raises:
-        ValueError: unknown name (the message lists the accepted names), bad sizes, or a kwarg that a
-            fixed registry entry already sets. TypeError: a kwarg the model does not take.
+        ValueError: unknown name (the message lists the accepted forms), bad sizes, a kwarg that a fixed
+            registry entry already sets, a library model that does not exist, or the ``timm`` extra
+            missing. TypeError: a kwarg the model does not take.
+        gnp_study.user_code.UserCodeError: the user's module does not import, lacks the attribute, raises
+            when called, or returns something other than an ``nn.Module``.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; accepted names: {', '.join(sorted(MODELS))}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    return MODELS[name](num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    kind = model_kind(name)
+    if kind == "registry":
+        return MODELS[name](num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    if kind in LIBRARIES:
+        return _library_model(kind, name.split(":", 1)[1], num_classes, in_channels, kwargs)
+    if kind == "unknown":
+        raise ValueError(f"unknown model {name!r}; accepted: a registry name ({', '.join(sorted(MODELS))}), "
+                         f"torchvision:<name>, timm:<name>, or an import path package.module:attribute")
+    from gnp_study import user_code
+
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+               "in_features": in_features}
+    model = user_code.call(user_code.load(name, "model.name"), "model.name", kwargs, offered)
+    if not isinstance(model, nn.Module):
+        raise user_code.UserCodeError(f"model.name: {name} returned a {type(model).__name__}, not a "
+                                      f"torch.nn.Module")
+    return model

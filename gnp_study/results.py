@@ -101,9 +101,11 @@ def selection(spec: Any) -> Selection:
                          "(test set), optimistic by construction")
     size = val.get("size") if isinstance(val, dict) else getattr(val, "size", None)
     vseed = val.get("seed") if isinstance(val, dict) else getattr(val, "seed", None)
+    split = (f"split of {size} training images, seed {vseed}" if size is not None
+             else "the validation set of the study's data function")
     return Selection(VALIDATION_MODE, "best_val_error", "test_error_at_best_val",
-                     f"validation mode: stages decide on the best validation error (split of {size} training "
-                     f"images, seed {vseed}); reported: the test error at the epoch chosen on validation")
+                     f"validation mode: stages decide on the best validation error ({split}); reported: the "
+                     f"test error at the epoch chosen on validation")
 
 
 def _check_metric(trials: pd.DataFrame, metric: str) -> None:

@@ -217,7 +217,7 @@ def _probe(address: str, timeout_s: float = 10.0) -> None:
                          f"and RAY_ADDRESS for a local Ray") from None
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
+def connect(address: str | None = None, num_cpus: int | None = None, py_modules: list[str] | None = None) -> dict:
     """Connect to a Ray cluster, or start a new local Ray bound to 127.0.0.1.
 
     Args:
@@ -225,6 +225,10 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
             environment, else a new local Ray is started (``address="local"``: never a cluster that a
             ``ray start`` left on the machine, live or dead).
         num_cpus: CPUs of a local Ray (default: all).
+        py_modules: folders of the user's packages (:func:`gnp_study.user_code.ship_dirs`) that Ray ships to
+            the workers of a running cluster (``runtime_env["py_modules"]``); a local Ray's workers import
+            them from where the driver found them (the study's ``code_dir``), and a driver that is itself a
+            submitted job has them from the job's runtime environment already.
 
     Returns:
         ``ray.cluster_resources()`` (dict, e.g. ``{"CPU": 2.0, "GPU": 1.0, ...}``).
@@ -250,6 +254,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
         runtime_env = {"env_vars": env} if env else None
         if address and address != "local":
             _probe(address)
+            if py_modules and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+                runtime_env = dict(runtime_env or {}, py_modules=list(py_modules))
             ray.init(address=address, log_to_driver=False, logging_level="WARNING", runtime_env=runtime_env)
         else:
             _loopback_only()
@@ -690,6 +696,9 @@ def check_study_folder(spec: StudySpec, study_dir: Path) -> None:
         raise StudyError(f"{stored} is not readable YAML ({e}); use a new study folder (--output or --new)")
     new = spec.resolved()
     if isinstance(old, dict):
+        # Where the user's package lies changes no trial either (a project moved, or run on a cluster).
+        old.pop("code_dir", None)
+        new.pop("code_dir", None)
         # How often a trial reports to Tune changes no trial's numbers (every epoch reaches the tables from
         # the checkpoint's history): a folder resumes with another report_every.
         old = {k: v for k, v in old.items() if k != "report_every"}
@@ -752,7 +761,9 @@ def _run_pending_stages(spec: StudySpec, study_dir: Path, storage: str, uri: str
     trials_path, epochs_path = study_dir / TRIALS_PARQUET, study_dir / EPOCHS_PARQUET
     decisions_path, info_path = study_dir / DECISIONS_JSON, study_dir / RUN_INFO_JSON
     _check_tracking(spec)
-    resources = connect(address)
+    from gnp_study.user_code import ship_dirs
+
+    resources = connect(address, py_modules=ship_dirs(spec.import_paths(), "model.name / data.dataset"))
     check_resources(spec, resources)
     (study_dir / STUDY_YAML).write_text(yaml.safe_dump(spec.resolved(), sort_keys=False))
     info.update(versions=_versions(), hardware=_hardware(resources), finished=None,

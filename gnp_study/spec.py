@@ -128,7 +128,9 @@ class ValidationSpec(_Strict):
     (``gnp_study.data.validation_split``).
     """
 
-    size: int = Field(gt=0, description="validation images taken from the training data")
+    size: int | None = Field(None, gt=0, description=(
+        "validation images taken from the training data; None: the validation set your data function "
+        "returns (gnp_study.own_data)"))
     seed: int = Field(0, ge=0, lt=2**63, description="seed of the class-balanced validation draw")
 
     @field_validator("size", "seed", mode="before")
@@ -164,13 +166,22 @@ class LabelNoiseSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    """Data set and augmentation (``gnp_study.data`` registry names), with the optional validation split
-    (:class:`ValidationSpec`) and training-label noise (:class:`LabelNoiseSpec`)."""
+    """Data set and augmentation, with the optional validation split (:class:`ValidationSpec`) and
+    training-label noise (:class:`LabelNoiseSpec`).
 
-    dataset: str = Field(description="registry name, e.g. digits, cifar10, cifar100, imagenet")
+    ``dataset`` is a registry name (``gnp_study.data.DATASETS``), ``imagefolder`` (any
+    ``root/train/<class>``, ``root/test/<class>`` folder) or an import path ``package.module:function`` to
+    the user's function returning their ``torch.utils.data.Dataset``s (``gnp_study.own_data``).
+    """
+
+    dataset: str = Field(description="registry name (digits, cifar10, ...), imagefolder, or package.module:function")
     root: str | None = Field(None, description="local folder with the data set files (None for digits)")
     format: Literal["auto", "python", "imagefolder"] = "auto"
     augmentation: str = "none"
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of your data function")
+    image_size: int | None = Field(None, gt=0, description="imagefolder: side the images are resized to (32)")
+    num_classes: int | None = Field(None, gt=0, description="your data: the label count, when the data "
+                                                          "cannot tell it (classes or targets attribute)")
     train_subset: int | None = Field(None, gt=0, description="class-balanced subset of the training set")
     test_subset: int | None = Field(None, gt=0)
     subset_seed: int = Field(0, ge=0, lt=2**63)
@@ -181,11 +192,31 @@ class DataSpec(_Strict):
         None, description="validation split to decide on (None: the paper's protocol, best test error)")
     label_noise: LabelNoiseSpec | None = Field(None, description="training-label noise (None: clean labels)")
 
+    def is_registry(self) -> bool:
+        """Whether ``dataset`` is a registry name (not the user's image folder or function)."""
+        return self.dataset != "imagefolder" and ":" not in self.dataset
+
     @model_validator(mode="after")
     def _device_loader(self):
+        if self.loader == "device" and not self.is_registry():
+            raise ValueError("loader 'device' serves the registry's data sets only; use loader: torch")
         if self.loader == "device" and self.augmentation not in ("none", "basic", "cutout"):
             raise ValueError(f"loader 'device' augments batches with none, basic or cutout only, not "
                              f"{self.augmentation!r}; use loader: torch")
+        return self
+
+    @model_validator(mode="after")
+    def _own_options(self):
+        if self.kwargs and ":" not in self.dataset:
+            raise ValueError("kwargs are the keyword arguments of your data function (dataset: "
+                             "package.module:function), not of a registry data set")
+        if self.image_size is not None and self.dataset != "imagefolder":
+            raise ValueError("image_size resizes a generic image folder (dataset: imagefolder) only")
+        if self.num_classes is not None and self.is_registry():
+            raise ValueError(f"num_classes is fixed by the registry data set {self.dataset!r}")
+        if self.validation is not None and self.validation.size is None and self.dataset != "imagefolder" \
+                and ":" not in self.dataset:
+            raise ValueError("validation.size is needed: only your data function can return a validation set")
         return self
 
     @model_validator(mode="after")
@@ -199,9 +230,11 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    """Model by registry name (``gnp_study.models``) with extra constructor arguments."""
+    """The model: a registry name (``gnp_study.models.MODELS``), ``torchvision:<name>``, ``timm:<name>``, or an
+    import path ``package.module:attribute`` to your ``nn.Module`` class or a function returning one, with
+    extra constructor arguments (:func:`gnp_study.models.build_model`)."""
 
-    name: str
+    name: str = Field(description="registry name, torchvision:<name>, timm:<name>, or package.module:attribute")
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -478,6 +511,9 @@ class StudySpec(_Strict):
         "epochs between a trial's reports to Ray Tune; a trial also reports at every checkpoint and at its "
         "end, and every epoch still reaches the tables and TensorBoard (from the checkpoint's history)"))
     paper: PaperRef | None = None
+    code_dir: str | None = Field(None, description=(
+        "folder holding the package your import paths name (relative to the study file; default: the study "
+        "file's folder when the study names an import path); put on the driver's and the workers' path"))
 
     @field_validator("name")
     @classmethod
@@ -576,7 +612,18 @@ class StudySpec(_Strict):
             del d["training"]["reuse"]
         if d["report_every"] == 1:  # likewise the default reporting cadence
             del d["report_every"]
+        for key in ("kwargs", "image_size", "num_classes"):  # likewise the registry's data sets
+            if not d["data"][key]:
+                del d["data"][key]
+        if d["code_dir"] is None:  # likewise a study of the registry's models and data
+            del d["code_dir"]
         return d
+
+    def import_paths(self) -> list[str]:
+        """The import paths (``package.module:attribute``) the study names: its model and data function."""
+        from gnp_study.user_code import is_target
+
+        return [n for n in (self.model.name, self.data.dataset) if is_target(n)]
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -594,37 +641,98 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"invalid study {source}:\n  " + "\n  ".join(lines)
 
 
-def _check_registries(spec: StudySpec, source: str) -> None:
-    from gnp_study import data, models
+def _build_checked(spec: StudySpec, num_classes: int, in_channels: int, image_size: int,
+                   in_features: int | None):
+    """Build the study's model once, on the meta device (no weights allocated) or, where the user's code
+    cannot run there, on the CPU; returns the module."""
+    import torch
 
-    if spec.model.name not in models.MODELS:
-        raise SpecError(f"invalid study {source}: model.name: unknown model {spec.model.name!r}; "
-                        f"accepted: {', '.join(sorted(models.MODELS))}")
-    if spec.data.dataset not in data.DATASETS:
-        raise SpecError(f"invalid study {source}: data.dataset: unknown data set {spec.data.dataset!r}; "
-                        f"accepted: {', '.join(sorted(data.DATASETS))}")
-    facts = data.DATASETS[spec.data.dataset]
-    try:  # build the model on the meta device: checks model.kwargs without allocating any weights
-        import torch
+    from gnp_study import models
 
+    args = dict(in_channels=in_channels, image_size=image_size, **spec.model.kwargs)
+    if in_features is not None:
+        args["in_features"] = in_features
+    try:
         with torch.device("meta"):
-            models.build_model(spec.model.name, facts.num_classes, in_channels=facts.in_channels,
-                               image_size=facts.image_size, **spec.model.kwargs)
+            return models.build_model(spec.model.name, num_classes, **args)
+    except Exception:  # noqa: BLE001 - the user's code may not run on meta tensors: try once for real
+        if models.model_kind(spec.model.name) == "registry":
+            raise
+        return models.build_model(spec.model.name, num_classes, **args)
+
+
+def check_study_code(spec: StudySpec, source: str = "<dict>") -> dict:
+    """Check the study's model and data names and build both once, before any trial starts.
+
+    Registry data sets are only looked up (their files are checked when the data is read); the user's
+    image folder or data function is loaded (sizes, classes, one sample). The model is built with the
+    data's facts (see :func:`_build_checked`).
+
+    Args:
+        spec: the validated study.
+        source: a name for messages (usually the file path).
+    Returns:
+        Facts for ``plan``: ``model`` (its name), ``parameters`` (int), ``num_classes``; for the user's data
+        also ``n_train``, ``n_test``, ``n_val``, ``sample_shape``, ``sample_dtype``.
+    Raises:
+        SpecError: an unknown name, a model or data function that does not import, raises or returns the
+            wrong kind of object, model kwargs the model does not take, or an unknown augmentation; the
+            message names the key.
+    """
+    from gnp_study import data, models, own_data, user_code
+
+    kind = models.model_kind(spec.model.name)
+    if kind == "unknown":
+        raise SpecError(f"invalid study {source}: model.name: unknown model {spec.model.name!r}; accepted: a "
+                        f"registry name ({', '.join(sorted(models.MODELS))}), torchvision:<name>, timm:<name>, "
+                        f"or an import path package.module:attribute")
+    facts: dict[str, Any] = {"model": spec.model.name}
+    d = spec.data
+    if d.dataset in data.DATASETS:
+        reg = data.DATASETS[d.dataset]
+        shape = dict(num_classes=reg.num_classes, in_channels=reg.in_channels, image_size=reg.image_size,
+                     in_features=None)
+        if d.augmentation not in data.AUGMENTATIONS:
+            raise SpecError(f"invalid study {source}: data.augmentation: unknown augmentation "
+                            f"{d.augmentation!r}; accepted: {', '.join(data.AUGMENTATIONS)}")
+    elif own_data.is_own(d.dataset):
+        try:
+            bundle = own_data.build_for(d)
+        except (ValueError, TypeError) as e:  # UserCodeError and DataError are ValueErrors
+            raise SpecError(f"invalid study {source}: {e}") from None
+        shape = dict(num_classes=bundle.num_classes, in_channels=bundle.in_channels, image_size=bundle.image_size,
+                     in_features=bundle.in_features)
+        facts.update({k: bundle.info[k] for k in ("n_train", "n_test", "n_val", "sample_shape", "sample_dtype")})
+    else:
+        raise SpecError(f"invalid study {source}: data.dataset: unknown data set {d.dataset!r}; accepted: a "
+                        f"registry name ({', '.join(sorted(data.DATASETS))}), imagefolder, or an import path "
+                        f"package.module:function")
+    try:
+        model = _build_checked(spec, **shape)
+    except user_code.UserCodeError as e:
+        raise SpecError(f"invalid study {source}: {e}") from None
     except (TypeError, ValueError) as e:
         raise SpecError(f"invalid study {source}: model.kwargs {spec.model.kwargs} are not accepted by model "
                         f"{spec.model.name!r}: {e}") from None
-    if spec.data.augmentation not in data.AUGMENTATIONS:
-        raise SpecError(f"invalid study {source}: data.augmentation: unknown augmentation "
-                        f"{spec.data.augmentation!r}; accepted: {', '.join(data.AUGMENTATIONS)}")
+    facts.update(parameters=models.count_parameters(model), num_classes=shape["num_classes"])
+    return facts
 
 
-def parse_spec(raw: Any, source: str = "<dict>", *, check_names: bool = True) -> StudySpec:
+def _check_registries(spec: StudySpec, source: str) -> None:
+    check_study_code(spec, source)
+
+
+def parse_spec(raw: Any, source: str = "<dict>", *, check_names: bool = True,
+               base_dir: str | Path | None = None) -> StudySpec:
     """Validate already-parsed YAML data into a :class:`StudySpec`.
 
     Args:
         raw: the mapping read from a study file.
         source: a name for messages (usually the file path).
-        check_names: also check model, data set and augmentation names against the registries.
+        check_names: also check the model, data set and augmentation names and build the model and the
+            user's data once (:func:`check_study_code`).
+        base_dir: the folder a relative ``code_dir`` is relative to (default: the current directory;
+            :func:`load_spec` passes the study file's folder).
 
     Returns:
         The validated spec.
@@ -639,9 +747,39 @@ def parse_spec(raw: Any, source: str = "<dict>", *, check_names: bool = True) ->
         spec = StudySpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format_validation_error(err, source)) from None
+    _place_code(spec, source, base_dir, strict=check_names)
     if check_names:
         _check_registries(spec, source)
     return spec
+
+
+def _place_code(spec: StudySpec, source: str, base_dir: str | Path | None, strict: bool) -> None:
+    """Make the study's import paths importable: ``code_dir`` (relative to ``base_dir``, default the study
+    file's folder) goes first on ``sys.path`` and, made absolute, into the spec.
+
+    A folder that does not exist is an error only when ``strict`` and the import paths do not import
+    without it (on a cluster the code arrives through Ray's runtime environment, not the folder)."""
+    import importlib
+
+    from gnp_study.user_code import add_code_dir
+
+    if not spec.import_paths() and spec.code_dir is None:
+        return
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    folder = Path(spec.code_dir).expanduser() if spec.code_dir is not None else base
+    folder = folder if folder.is_absolute() else base / folder
+    if folder.is_dir():
+        add_code_dir(folder)
+        spec.code_dir = str(folder.resolve())
+        return
+    if not strict:
+        return
+    for target in spec.import_paths():
+        try:
+            importlib.import_module(target.split(":", 1)[0])
+        except Exception:  # noqa: BLE001 - reported below with the folder that is missing
+            raise SpecError(f"invalid study {source}: code_dir: folder {str(folder)!r} does not exist (it "
+                            f"should hold the package of {target})") from None
 
 
 def find_study(name_or_path: str | Path | None) -> Path:
@@ -696,4 +834,4 @@ def load_spec(path: str | Path | None, *, check_names: bool = True) -> StudySpec
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise SpecError(f"YAML syntax error in {p}{where}: {problem}") from None
-    return parse_spec(raw, str(p), check_names=check_names)
+    return parse_spec(raw, str(p), check_names=check_names, base_dir=p.resolve().parent)

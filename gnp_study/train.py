@@ -136,6 +136,7 @@ def _datasets(spec: StudySpec):
     on-device copies are made per trial), so every trial sees what a fresh build would give it. One entry
     is kept; another data spec replaces it.
     """
+    from gnp_study import own_data
     from gnp_study.data import build_datasets
 
     d = spec.data
@@ -144,6 +145,9 @@ def _datasets(spec: StudySpec):
         _DATA_CACHE.clear()
         on_device = d.loader == "device"  # augmentation then runs on the device, per batch
         noise = d.label_noise
+        if own_data.is_own(d.dataset):  # the user's image folder or data function
+            _DATA_CACHE[key] = own_data.build_for(d)
+            return _DATA_CACHE[key]
         _DATA_CACHE[key] = build_datasets(
             d.dataset, root=d.root, augmentation="none" if on_device else d.augmentation,
             train_subset=d.train_subset, test_subset=d.test_subset, subset_seed=d.subset_seed, format=d.format,
@@ -252,8 +256,9 @@ def _setup(spec: StudySpec, trial: dict, device: str | torch.device | None) -> _
     torch.manual_seed(trial["seed"])
 
     data = _datasets(spec)
+    shape = {"in_features": data.in_features} if data.in_features is not None else {}
     model = build_model(spec.model.name, data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size, **spec.model.kwargs).to(device)
+                        image_size=data.image_size, **shape, **spec.model.kwargs).to(device)
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     base = _BASE_OPTIMIZERS[t["base_optimizer"]]

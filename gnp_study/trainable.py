@@ -80,6 +80,8 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
 
         # Ray hands over read-only views of its object store; torch wants writable arrays to share.
         data.DIGITS_ARRAYS = tuple(np.array(a, copy=True) for a in digits)
+    # The user's package (an import path in the study): from the driver's code_dir on this machine, or
+    # shipped by Ray's runtime environment (py_modules) on a cluster (gnp_study.spec._place_code).
     spec = parse_spec(spec_dict, check_names=False)
     trial = trial_of(config, spec)
     state = None

@@ -18,7 +18,8 @@ PKG = Path(__file__).resolve().parent.parent / "gnp_study"
 # docs/architecture.md, "Layers": lowest first. A module may import modules of its own layer or below.
 LAYERS: list[tuple[str, set[str]]] = [
     ("optimizer", {"optim"}),
-    ("training parts", {"models", "data", "gpu_data"}),
+    ("user code", {"user_code"}),
+    ("training parts", {"models", "data", "gpu_data", "own_data"}),
     ("study description", {"spec", "study_folder"}),
     ("statistics", {"shrinkage", "stats"}),
     ("study logic", {"results", "racing", "protocol", "cost"}),
@@ -30,6 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
 LEVEL = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 # Third-party imports a layer must not make anywhere (module level or inside functions).
 FORBIDDEN = {
+    "user_code": {"torch", "numpy", "pandas", "ray", "torchvision", "yaml", "pydantic"},
     "optim": {"numpy", "pandas", "scipy", "ray", "torchvision", "yaml", "pydantic", "matplotlib"},
     "protocol": {"ray", "torch", "torchvision"},
     "racing": {"ray", "torch", "torchvision"},

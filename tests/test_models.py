@@ -145,7 +145,7 @@ def test_wrn26_10_is_wrn28_10_in_resnet_depth_counting():
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="accepted names: .*resnet8.*wrn28_10"):
+    with pytest.raises(ValueError, match="accepted: a registry name .*resnet8.*wrn28_10"):
         build_model("resnet9000", 10)
     with pytest.raises(ValueError, match="fixed by this registry entry"):
         build_model("wrn28_10", 10, depth=16)
