@@ -35,7 +35,8 @@ from gnp_study.spec import StudySpec
 from gnp_study.study_folder import (DECISIONS_JSON, EPOCH_COLUMNS, EPOCHS_PARQUET, LOCK_FILE, PAPER_REFERENCE_CSV,
                                     RAY_DIR, RUN_INFO_JSON, SEARCH_TRIALS_PARQUET, STUDY_YAML, TRIAL_COLUMNS,
                                     TRIALS_PARQUET, read_json, read_table, write_json, write_parquet)
-from gnp_study.tune_state import DAMAGED_STATE_DIR, repair_restore_point, set_aside_damaged_state  # noqa: F401
+from gnp_study.tune_state import (DAMAGED_STATE_DIR, repair_restore_point, search_generator_class,  # noqa: F401
+                                  set_aside_damaged_state)
 from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # noqa: F401  (trial workers import only that module)
 
 #: A trial's result without which a stage is unfinished: its last report says the trial ended.
@@ -329,6 +330,7 @@ def check_resources(spec: StudySpec, resources: dict) -> None:
 def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callbacks: list, search_alg=None,
            num_samples: int | None = None, resume_errored: bool = False):
     from ray import tune
+    from ray.tune.search import Searcher
 
     from gnp_study.race_search import (RaceSearcher, tensorboard_callbacks, tracking_callbacks, trial_dirname,
                                        trial_name)
@@ -364,10 +366,12 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
         if run_config is not None:
             run_config.callbacks = callbacks
         tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
-        if race and tune_config is not None:
+        if tune_config is not None and isinstance(tune_config.search_alg, Searcher):
             # This run's RaceSearcher: the stage callback rebuilds its table from the trials Tune restores
-            # (RaceSearcher.rebuild), whatever state file Tune found.
-            tune_config.search_alg = search_alg
+            # (RaceSearcher.rebuild), whatever state file Tune found. The pickled Optuna searcher is kept.
+            searcher = search_alg if race else tune_config.search_alg
+            # New trials start in this folder even if it was moved since it was written
+            tune_config.search_alg = search_generator_class()(searcher, storage, name)
         return tuner
     return tune.Tuner(
         wrapped,

@@ -202,3 +202,64 @@ def set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False,
              "no complete snapshot is left, so the stage's trials start again")
     return (f"Tune's saved state in {exp_dir} was incomplete (a driver stopped while Tune copied it to "
             f"storage): moved {names} to {dest}; {where}")
+
+
+# ------------------------------------------------------------------- a moved folder's search algorithm
+def _moved_storage(storage, storage_path: str, experiment_dir_name: str):
+    """A copy of a restored ``StorageContext`` pointed at this run's experiment folder, as Ray Tune does for
+    the trials it restores (``TuneController._restore_trials``): filesystem, path and experiment name."""
+    import copy
+
+    from ray.train._internal.storage import StorageContext
+
+    here = StorageContext(storage_path=storage_path, experiment_dir_name=experiment_dir_name)
+    moved = copy.copy(storage)
+    moved.storage_filesystem = here.storage_filesystem
+    moved.storage_fs_path = here.storage_fs_path
+    moved.experiment_dir_name = here.experiment_dir_name
+    return moved
+
+
+def search_generator_class():
+    """The ``ray.tune.search.SearchGenerator`` a restored stage with a searcher (a racing stage, the Optuna
+    search) runs with: built once, on first use, so that importing this module does not import Ray.
+
+    Tune's search-generator state (``search_gen_state-*.json``) holds the ``Experiment`` of the run that
+    wrote it, storage path included, and Tune creates every *new* trial of a restored stage from it (Ray
+    2.60, ``SearchGenerator.set_state``); Tune repoints only the trials it restores. A study folder that
+    was moved, copied down from a cluster or renamed would start its new trials at the old path, where
+    they fail ("Unable to set up cluster storage"). This generator points the restored experiment at the
+    folder being resumed.
+
+    The class is reachable as ``gnp_study.tune_state.ResumeSearchGenerator`` (module ``__getattr__``), so a
+    pickle that names it loads in a fresh process.
+    """
+    cls = globals().get("_ResumeSearchGenerator")
+    if cls is None:
+        from ray.tune.search import SearchGenerator
+
+        class ResumeSearchGenerator(SearchGenerator):
+            """Args: searcher (a ``ray.tune.search.Searcher``); storage_path and experiment_dir_name: the
+            ``RunConfig.storage_path`` and ``RunConfig.name`` of the stage being resumed."""
+
+            def __init__(self, searcher, storage_path: str, experiment_dir_name: str):
+                super().__init__(searcher)
+                self.storage_path, self.experiment_dir_name = storage_path, experiment_dir_name
+
+            def set_state(self, state: dict) -> None:
+                super().set_state(state)
+                exp = self._experiment
+                if exp is not None and getattr(exp, "storage", None) is not None:
+                    exp.storage = _moved_storage(exp.storage, self.storage_path, self.experiment_dir_name)
+                    exp.spec["storage"] = exp.storage
+
+        ResumeSearchGenerator.__module__ = __name__
+        ResumeSearchGenerator.__qualname__ = "ResumeSearchGenerator"
+        globals()["_ResumeSearchGenerator"] = cls = ResumeSearchGenerator
+    return cls
+
+
+def __getattr__(name: str):
+    if name == "ResumeSearchGenerator":
+        return search_generator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
