@@ -1,4 +1,4 @@
-"""The one-experiment prototype (benchmarks/bench_one_experiment.py, issue 10 item 2) runs the study's
+"""The one-experiment prototype (benchmarks/bench_one_experiment.py, benchmarks/README.md) runs the study's
 protocol, not something easier: its searcher suggests each stage's planned trials, waits for the stage's
 last trial, decides with the study's own rule, and plans the next stage from that decision."""
 

@@ -1,4 +1,4 @@
-"""The vectorised-seeds benchmark (benchmarks/bench_seeds_vmap.py, issue 10 item 3) compares like with like:
+"""The vectorised-seeds benchmark (benchmarks/bench_seeds_vmap.py, benchmarks/README.md) compares like with like:
 its batched trainer reproduces train_trial per seed to float tolerance (a bug in the per-seed GNP norm,
 the batch order or the batch-norm statistics would show here, not as a speed-up)."""
 

@@ -1,5 +1,5 @@
 """A study without --address starts its own Ray on loopback; a study given an address that does not answer
-stops at once (issue 11, items 7 and 8)."""
+stops at once, naming the address, instead of waiting on it (docs/cluster.md)."""
 
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def test_config_key_ignores_order_and_excludes_seed():
     assert TrialConfig.from_dict(t0.to_dict()) == t0
 
 
-# ---------------------------------------------------------------- how sure a decision is (issue 9)
+# ---------------------------------------------------------------- how sure a decision is (docs/statistics.md)
 
 from types import SimpleNamespace  # noqa: E402
 

@@ -326,8 +326,8 @@ def _snapshot_running_trials(exp_dir: Path) -> dict[str, str]:
 
 
 def test_trial_whose_snapshot_checkpoint_is_gone_resumes_from_storage(reference, tmp_path, ray_head):
-    """Issue 11 item 6: a SIGKILLed driver can leave Tune's snapshot naming a checkpoint that Tune already
-    deleted. Simulated exactly: the driver is killed while the snapshot holds running trials with a
+    """A restore point that names a deleted checkpoint (docs/recovery.md): a SIGKILLed driver can leave
+    Tune's snapshot naming a checkpoint that Tune already deleted. Simulated exactly: the driver is killed while the snapshot holds running trials with a
     checkpoint, then that checkpoint is removed (one trial keeps a newer one under another name, one
     keeps none). The rerun trains those trials from what is on storage (or from scratch) and the study
     ends exactly as the uninterrupted one, with no trial recorded as failed."""

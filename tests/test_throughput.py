@@ -1,5 +1,6 @@
-"""Throughput changes (issue 10) keep every result: the data set built once per worker process, and one
-checkpoint per trial (``checkpoint_every`` = epochs, as the digits study ships)."""
+"""Throughput changes (benchmarks/README.md, "Study throughput: the summary") keep every result: the data
+set built once per worker process, and one checkpoint per trial (``checkpoint_every`` = epochs, as the
+digits study ships)."""
 
 from __future__ import annotations
 
@@ -130,8 +131,9 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path, report_e
 
 
 def test_a_gpu_fraction_fits_one_gpu_and_still_needs_one():
-    """Item 4's code path on CPU: gpus_per_trial = 0.25 asks Ray for a quarter GPU per trial (four trials
-    share one GPU); the check before any trial accepts it on a one-GPU cluster and refuses it without GPUs."""
+    """GPU packing's code path on CPU (docs/cluster.md, "Several trials on one GPU"): gpus_per_trial = 0.25
+    asks Ray for a quarter GPU per trial (four trials share one GPU); the check before any trial accepts it
+    on a one-GPU cluster and refuses it without GPUs."""
     from gnp_study import runner
 
     s = spec(resources={"cpus_per_trial": 1, "gpus_per_trial": 0.25})

@@ -1,5 +1,5 @@
-"""Trials with a validation split and noisy labels, and the paired design of the study (issue 9, items 2
-and 6; issue 13): the same seed gives the same initial weights, the same batches and the same random
+"""Trials with a validation split and noisy labels, and the paired design of the study (docs/studies.md,
+docs/statistics.md): the same seed gives the same initial weights, the same batches and the same random
 stream in every configuration."""
 
 from __future__ import annotations
