@@ -1,5 +1,5 @@
 """Bad input: each case gives one clear message naming the field or file, exit status 2, no trial
-started, and no existing result file changed (issue: long studies must survive)."""
+started, and no existing result file changed (a long study must survive a bad edit)."""
 
 from __future__ import annotations
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_benchmark
 from ray.tune.search import Searcher
 
 from gnp_study import protocol
 from gnp_study.spec import parse_spec
+from helpers import load_benchmark
 
 
 

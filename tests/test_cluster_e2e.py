@@ -28,8 +28,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import free_port, ray_bin
 from gnp_study import jobs
+from helpers import free_port, ray_bin
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

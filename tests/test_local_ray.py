@@ -16,8 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import free_port
-from test_study_e2e import ROOT, write_study
+from helpers import ROOT, free_port, write_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -14,15 +14,16 @@ from gnp_study import train
 from gnp_study.protocol import TrialConfig
 from gnp_study.spec import parse_spec
 from gnp_study.train import train_trial
+from helpers import digits_trial_spec
 
 COLS = ["train_loss", "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr"]
 
 
-def spec(train_subset=300, **extra):
-    return parse_spec({"name": "t", "data": {"dataset": "digits", "train_subset": train_subset},
-                       "model": {"name": "small_cnn"},
-                       "training": {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9},
-                       "seeds": [0, 1], **extra})
+def spec(train_subset=300, training=None, **extra):
+    """``helpers.digits_trial_spec`` without weight decay (the spec's default 0.0), seeds 0 and 1,
+    ``training`` overrides and other top-level keys in ``extra``."""
+    return digits_trial_spec(data={"train_subset": train_subset},
+                             training={"weight_decay": 0.0, **(training or {})}, seeds=(0, 1), **extra)
 
 
 def metrics_of(s, trial: dict) -> list[dict]:
