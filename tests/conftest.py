@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import free_port, ray_bin
+from helpers import free_port, ray_bin, unmarked_ray_items
 
 # Every Ray process started by the tests (heads, drivers, workers) uses the same auth mode.
 os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -66,3 +66,10 @@ def ray_head():
         stop_process_group(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a collection in which a test uses the Ray head without the ``ray`` marker, so that
+    ``-m "not ray"`` never starts Ray."""
+    bad = unmarked_ray_items(items)
+    if bad:
+        raise pytest.UsageError("tests that use the ray_head fixture without the ray marker: " + ", ".join(bad))

@@ -49,6 +49,13 @@ def load_benchmark(name: str):
     return mod
 
 
+def unmarked_ray_items(items) -> list[str]:
+    """The node ids of the collected test ``items`` that use the ``ray_head`` fixture (directly or through
+    another fixture) but carry no ``ray`` marker. Returns [] when every such test is marked."""
+    return [item.nodeid for item in items
+            if "ray_head" in getattr(item, "fixturenames", ()) and item.get_closest_marker("ray") is None]
+
+
 # ------------------------------------------------------------------------------- study specs
 #: The training section of :func:`digits_trial_spec` before its ``training`` overrides.
 TRIAL_TRAINING = {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}

@@ -31,7 +31,7 @@ import yaml
 from gnp_study import jobs
 from helpers import free_port, ray_bin
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120

@@ -18,7 +18,7 @@ import pytest
 
 from helpers import ROOT, free_port, write_study
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 START_DEADLINE_S = 300
 

@@ -21,7 +21,7 @@ from gnp_study.protocol import plan
 from gnp_study.spec import load_spec
 from helpers import ROOT, RUN_TIMEOUT_S, TINY, cli, finish, write_study
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 
 def run_study(study: Path, out, address: str, env=None) -> str:

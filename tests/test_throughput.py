@@ -84,6 +84,7 @@ epochs.to_parquet(out + "/epochs.parquet")
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("report_every,reported", [(1, [1, 2, 3]), (2, [2, 3])])
 def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path, report_every, reported):
