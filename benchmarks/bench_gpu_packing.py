@@ -1,4 +1,4 @@
-"""GPU packing (issue 10, item 4): trials per hour with 1, 2, 4, 8 trials sharing one GPU.
+"""GPU packing: trials per hour with 1, 2, 4, 8 trials sharing one GPU.
 
 The same N trials (one GNP configuration, N seeds) of a CIFAR study with the on-device loader
 (``data.loader: device``: the data set lives on the GPU, crops and flips are drawn there) run as one Ray

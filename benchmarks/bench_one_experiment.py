@@ -1,4 +1,4 @@
-"""What one Tune experiment for the whole greedy protocol would save (issue 10, item 2): a measurement.
+"""What one Tune experiment for the whole greedy protocol would save: a measurement.
 
 A study runs its three stages as three Tune experiments (``runner.run_stage``), and each starts new trial
 worker processes, which import Ray Tune, torch and ``torch._dynamo`` again before the stage's first trials

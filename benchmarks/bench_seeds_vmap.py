@@ -1,4 +1,4 @@
-"""Vectorised seeds (issue 10, item 3): S seeds of one configuration trained as one batched model with
+"""Vectorised seeds: S seeds of one configuration trained as one batched model with
 ``torch.func`` (stacked parameters, ``vmap``, ``functional_call``) against the same S trials run one after
 the other with :func:`gnp_study.train.train_trial`, in one process, side by side.
 

@@ -1,4 +1,4 @@
-"""Study throughput benchmark (issue 10): how much of the machine a study spends on training.
+"""Study throughput benchmark: how much of the machine a study spends on training.
 
 Two measurements on one machine, repeated and interleaved so one noisy run cannot decide the result:
 

@@ -1,4 +1,4 @@
-"""What one ``tune.report`` costs a study (issue 10): trials that report E times and do (almost) no work.
+"""What one ``tune.report`` costs a study: trials that report E times and do (almost) no work.
 
 Each mode runs N trials x E reports through a fresh local Ray and Tune, the way the study's runner does
 (function trainable, ``reuse_actors=True``, ``num_to_keep=1``, 1 CPU per trial), in a child process:

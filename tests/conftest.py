@@ -7,12 +7,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port, ray_bin, unmarked_ray_items
 
 # Every Ray process started by the tests (heads, drivers, workers) uses the same auth mode.
 os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -24,16 +24,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ray_bin() -> str:
-    return str(Path(sys.executable).with_name("ray"))
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
@@ -77,12 +67,9 @@ def ray_head():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_benchmark(name: str):
-    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package), loaded from its file."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def pytest_collection_modifyitems(config, items):
+    """Refuse a collection in which a test uses the Ray head without the ``ray`` marker, so that
+    ``-m "not ray"`` never starts Ray."""
+    bad = unmarked_ray_items(items)
+    if bad:
+        raise pytest.UsageError("tests that use the ray_head fixture without the ray marker: " + ", ".join(bad))

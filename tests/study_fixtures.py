@@ -1,4 +1,4 @@
-"""Synthetic study folders in the real on-disk format (``notes/contracts.md``), for tests of
+"""Synthetic study folders in the real on-disk format (docs/study-folder.md), for tests of
 ``gnp_study.results`` and ``gnp_study.report``.
 
 The numbers are made up but shaped like a real greedy study: a 2-value lr grid for Standard, an r grid for

@@ -1,5 +1,5 @@
 """Bad input: each case gives one clear message naming the field or file, exit status 2, no trial
-started, and no existing result file changed (issue: long studies must survive)."""
+started, and no existing result file changed (a long study must survive a bad edit)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ SPEC_CASES = [
     ("model-kwargs-unknown", study_with(model__kwargs={"bogus": 1}), "model.kwargs"),
     ("data-folder-missing", study_with(data__dataset="cifar10", data__root="/nonexistent/cifar"),
      "/nonexistent/cifar"),
-    # the validation split (issue 9) and label noise (issue 13): digits trains on 300 of 1,437 images
+    # the validation split and label noise (docs/studies.md): digits trains on 300 of 1,437 images
     ("validation-too-large", study_with(data__validation={"size": 1138}), "data.validation.size"),
     ("validation-size-zero", study_with(data__validation={"size": 0}), "data.validation.size"),
     ("validation-size-bool", study_with(data__validation={"size": True}), "data.validation.size"),
@@ -101,9 +101,10 @@ SPEC_CASES = [
     ("label-noise-typo", study_with(data__label_noise={"fracton": 0.2}), "data.label_noise.fracton"),
 ]
 
-# Issue 11 item 4: inputs that used to pass validation and fail inside every trial (or be read as 1.0).
+# Inputs that used to pass validation and fail inside every trial (or be read as 1.0): a study must be
+# refused before any trial starts, naming the bad key.
 # digits has 1,437 training and 360 test images (scikit-learn's 1,797 split 80/20).
-ITEM4_CASES = [
+TRIAL_TIME_CASES = [
     ("train-subset-above-data", study_with(data__train_subset=1438), "data.train_subset"),
     ("test-subset-above-data", study_with(data__test_subset=361), "data.test_subset"),
     ("space-lr-true", study_with(stages__standard__space={"lr": [True]}), "stages.standard.space"),
@@ -124,7 +125,7 @@ ITEM4_CASES = [
                                    stages__standard__space={"lr": {"low": True, "high": 2.0}}),
      "stages.standard.space.lr"),
 ]
-SPEC_CASES += ITEM4_CASES
+SPEC_CASES += TRIAL_TIME_CASES
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -303,8 +304,9 @@ def test_corrupted_json_in_the_study_folder(tmp_path, capsys, name, content):
     assert not (out / "ray").exists()
 
 
-@pytest.mark.parametrize("case, content, must_contain", ITEM4_CASES, ids=[c[0] for c in ITEM4_CASES])
-def test_validate_rejects_item4_inputs_in_one_line(case, content, must_contain, tmp_path, capsys):
+@pytest.mark.parametrize("case, content, must_contain", TRIAL_TIME_CASES,
+                         ids=[c[0] for c in TRIAL_TIME_CASES])
+def test_validate_rejects_trial_time_failures_in_one_line(case, content, must_contain, tmp_path, capsys):
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(content))
     code, err = run_cli(["validate", str(study)], capsys)

@@ -1,4 +1,4 @@
-"""The one-experiment prototype (benchmarks/bench_one_experiment.py, issue 10 item 2) runs the study's
+"""The one-experiment prototype (benchmarks/bench_one_experiment.py, benchmarks/README.md) runs the study's
 protocol, not something easier: its searcher suggests each stage's planned trials, waits for the stage's
 last trial, decides with the study's own rule, and plans the next stage from that decision."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_benchmark
 from ray.tune.search import Searcher
 
 from gnp_study import protocol
 from gnp_study.spec import parse_spec
+from helpers import load_benchmark
 
 
 

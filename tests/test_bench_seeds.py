@@ -1,15 +1,13 @@
-"""The vectorised-seeds benchmark (benchmarks/bench_seeds_vmap.py, issue 10 item 3) compares like with like:
+"""The vectorised-seeds benchmark (benchmarks/bench_seeds_vmap.py, benchmarks/README.md) compares like with like:
 its batched trainer reproduces train_trial per seed to float tolerance (a bug in the per-seed GNP norm,
 the batch order or the batch-norm statistics would show here, not as a speed-up)."""
 
 from __future__ import annotations
 
-
 import pytest
-from conftest import load_benchmark
 
 from gnp_study import train
-from gnp_study.spec import parse_spec
+from helpers import digits_trial_spec, load_benchmark
 
 
 
@@ -19,11 +17,11 @@ def bench():
 
 
 def _spec(**training):
-    return parse_spec({"name": "t", "data": {"dataset": "digits", "train_subset": 200, "validation": {"size": 100}},
-                       "model": {"name": "small_cnn"},
-                       "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "momentum": 0.9,
-                                    "weight_decay": 5e-4, "lr_schedule": "cosine", **training},
-                       "seeds": [0, 1, 2]})
+    """``helpers.digits_trial_spec`` on 200 images with a 100-image validation split, 2 epochs at batch
+    size 32 with a cosine schedule, seeds 0-2, and ``training`` overrides."""
+    return digits_trial_spec(data={"train_subset": 200, "validation": {"size": 100}},
+                             training={"epochs": 2, "batch_size": 32, "lr_schedule": "cosine", **training},
+                             seeds=(0, 1, 2))
 
 
 @pytest.mark.parametrize("config", [{"alpha": 0.8, "r": 0.05}, {"alpha": 0.0, "r": 0.0}, {"alpha": 2.0, "r": 0.1}])

@@ -152,7 +152,8 @@ def test_plan_gives_the_race_bounds(tmp_path, capsys):
 @pytest.mark.parametrize("kind, how", [("symmetric", "one of the other classes"), ("pairflip", "c + 1")])
 def test_label_noise_is_stated_in_console_results_and_report(tmp_path, kind, how):
     """A study with noisy training labels says so (fraction, kind, seed, clean test labels) in the console
-    summary, results.md and report.html; a clean study says nothing of it (issue 13)."""
+    summary, results.md and report.html; a clean study says nothing of it (docs/studies.md, "The two data
+    options that change what a study measures")."""
     import sys
     from pathlib import Path
 

@@ -28,10 +28,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import free_port, ray_bin
 from gnp_study import jobs
+from helpers import free_port, ray_bin
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120

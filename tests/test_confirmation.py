@@ -11,21 +11,20 @@ import pytest
 
 from gnp_study.protocol import TrialConfig, confirm_configs, count_trials, plan, study_stages
 from gnp_study.results import CONFIRMATION, SELECTION, comparisons, results_table
-from gnp_study.spec import SpecError, parse_spec
+from gnp_study.spec import SpecError
+from helpers import protocol_spec
 
 GRIDS = {"standard": 3, "sam": 5, "gnp": 9}
 N_SEEDS, SEED_SD, NOISE_SD = 4, 2.0, 0.5
 
 
 def _spec(**confirm):
-    raw = {"name": "t", "data": {"dataset": "digits"}, "model": {"name": "small_cnn"},
-           "training": {"epochs": 2, "batch_size": 32, "lr": 0.1},
-           "stages": {"standard": {"space": {"lr": [0.05, 0.1]}}, "sam": {"r": [0.05, 0.1]},
-                      "gnp": {"alpha": [0.5, 1.0], "alpha_extra": [], "figure2_r": [0.1]}},
-           "seeds": [0, 1, 2]}
+    """``helpers.protocol_spec`` with 2-value grids, and a confirmation stage ``confirm`` when given."""
+    stages = {"standard": {"space": {"lr": [0.05, 0.1]}}, "sam": {"r": [0.05, 0.1]},
+              "gnp": {"alpha": [0.5, 1.0], "alpha_extra": [], "figure2_r": [0.1]}}
     if confirm:
-        raw["stages"]["confirm"] = confirm
-    return parse_spec(raw, check_names=False)
+        stages["confirm"] = confirm
+    return protocol_spec(stages)
 
 
 def _decisions(std_lr=0.1, r=0.1, alpha=0.5):

@@ -14,23 +14,23 @@ from scipy import stats as st
 from gnp_study import cost
 from gnp_study.protocol import COST, config_key, cost_record, count_trials, plan, study_stages
 from gnp_study.results import load_study
-from gnp_study.spec import SpecError, parse_spec
+from gnp_study.spec import SpecError
 from gnp_study.stats import ratio
+from helpers import protocol_spec
 from study_fixtures import SEEDS, make_study
 
 
 def _spec(confirm=None, every=(1, 2, 5), training_every=None):
-    raw = {"name": "t", "data": {"dataset": "digits"}, "model": {"name": "small_cnn"},
-           "training": {"epochs": 2, "batch_size": 32, "lr": 0.1},
-           "stages": {"standard": {"space": {"lr": [0.05, 0.1]}}, "sam": {"r": [0.05, 0.1]},
-                      "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [], "figure2_r": [0.1]},
-                      "cost": {"every": list(every)}},
-           "seeds": [0, 1, 2]}
+    """``helpers.protocol_spec`` with 2-value grids and a cost stage at ``every``; ``confirm`` (seeds)
+    adds a confirmation stage, ``training_every`` sets ``training.every``."""
+    stages = {"standard": {"space": {"lr": [0.05, 0.1]}}, "sam": {"r": [0.05, 0.1]},
+              "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [], "figure2_r": [0.1]},
+              "cost": {"every": list(every)}}
     if confirm:
-        raw["stages"]["confirm"] = {"seeds": confirm}
-    if training_every is not None:
-        raw["training"]["every"] = training_every
-    return parse_spec(raw, check_names=False)
+        stages["confirm"] = {"seeds": confirm}
+    if training_every is None:
+        return protocol_spec(stages)
+    return protocol_spec(stages, training={"epochs": 2, "batch_size": 32, "lr": 0.1, "every": training_every})
 
 
 def _decisions(r=0.1, alpha=0.8):

@@ -1,4 +1,5 @@
-"""The study's data options: the validation split (issue 9, item 6) and training-label noise (issue 13).
+"""The study's data options: the validation split and training-label noise
+(docs/studies.md, "The two data options that change what a study measures").
 
 Expected values are worked out here from the definitions (counts, set algebra, the normalisation
 formula, a chi-square test of uniformity from scipy), not read back from the code under test.

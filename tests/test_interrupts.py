@@ -1,5 +1,5 @@
 """Interruptions without Ray: the driver's Ctrl-C handler, and a stage's unfinished trials are never
-recorded (issue 11, item 1)."""
+recorded, so a resumed study trains them again (docs/recovery.md)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_uninstall_puts_back_the_previous_handler():
     assert signal.getsignal(signal.SIGINT) == before
 
 
-# ------------------------------------------------------------------ restore points (issue 11, item 6)
+# ------------------------------------------------------------------ restore points (docs/recovery.md)
 def _checkpoint(folder, epoch: int, complete: bool = True):
     import torch
 

@@ -9,21 +9,15 @@ from __future__ import annotations
 import argparse
 import io
 import shlex
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from gnp_study import jobs
+from helpers import free_port
 
 ROOT = Path(jobs.__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,7 +89,7 @@ def test_missing_study_is_a_job_error(tmp_path):
 
 
 def test_unreachable_address_is_one_line_error_exit_2(capsys, tmp_path):
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(jobs.JobError, match="cannot reach"):
         jobs.job_status("raysubmit_x", address)
     study = tmp_path / "s.yaml"

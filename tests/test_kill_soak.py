@@ -1,7 +1,7 @@
 """The kill soak (``tests/kill_soak.py``) at a size that fits the test suite: a small study interrupted at
-three randomised moments ends exactly as its uninterrupted run (issue 11); and at two moments with one
-checkpoint per trial and reports every second epoch (the digits study's cadence, issue 10) against a reference
-run that checkpoints and reports every epoch. Run it by hand with ``--points 30`` or more."""
+three randomised moments ends exactly as its uninterrupted run (docs/recovery.md); and at two moments
+with one checkpoint per trial and reports every second epoch (the digits study's cadence, docs/tracking.md)
+against a reference run that checkpoints and reports every epoch. Run it by hand with ``--points 30`` or more."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parent.parent
 SOAK_TIMEOUT_S = 2400

@@ -8,7 +8,6 @@ run as a control to show that this test detects drift.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import pytest
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gnp_study.optim import GNP
+from helpers import free_port
 
 STEPS, BATCH, ALPHA, R, LR, MOM = 3, 8, 0.5, 0.1, 0.2, 0.9
 JOIN_TIMEOUT_S = 120
@@ -74,18 +74,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_gloo_processes_keep_replicas_identical():
     world = 2
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as out_dir:
-        port = _free_port()
+        port = free_port()
         procs = [ctx.Process(target=_worker, args=(rank, world, port, out_dir)) for rank in range(world)]
         for p in procs:
             p.start()

@@ -9,24 +9,19 @@ import pandas as pd
 import pytest
 
 from gnp_study.protocol import ProtocolError, TrialConfig, config_key, count_trials, decide, plan
-from gnp_study.spec import B_A, B_B, BASIC_ALPHA, parse_spec
+from gnp_study.spec import B_A, B_B, BASIC_ALPHA
+from helpers import protocol_spec
 
 
 def make_spec(**over):
-    raw = {
-        "name": "t",
-        "data": {"dataset": "digits"},
-        "model": {"name": "small_cnn"},
-        "training": {"epochs": 2, "batch_size": 32, "lr": 0.1},
-        "stages": {
-            "standard": {"space": {"lr": [0.05, 0.1], "weight_decay": [0.0, 5e-4]}},
-            "sam": {"r": [0.01, 0.02, 0.05, 0.1, 0.2]},
-            "gnp": {"alpha": list(BASIC_ALPHA), "alpha_extra": list(B_A + B_B), "figure2_r": [0.05, 0.1]},
-        },
-        "seeds": [0, 1, 2],
+    """``helpers.protocol_spec`` with a 2x2 Standard grid, the paper's r grid, the basic alpha set plus
+    B_a and B_b at two Figure-2 radii, seeds 0-2; top-level keys in ``over`` replace these."""
+    stages = {
+        "standard": {"space": {"lr": [0.05, 0.1], "weight_decay": [0.0, 5e-4]}},
+        "sam": {"r": [0.01, 0.02, 0.05, 0.1, 0.2]},
+        "gnp": {"alpha": list(BASIC_ALPHA), "alpha_extra": list(B_A + B_B), "figure2_r": [0.05, 0.1]},
     }
-    raw.update(over)
-    return parse_spec(raw, check_names=False)
+    return protocol_spec(**{"stages": stages, **over})
 
 
 def rows(stage, entries):
@@ -153,7 +148,7 @@ def test_config_key_ignores_order_and_excludes_seed():
     assert TrialConfig.from_dict(t0.to_dict()) == t0
 
 
-# ---------------------------------------------------------------- how sure a decision is (issue 9)
+# ---------------------------------------------------------------- how sure a decision is (docs/statistics.md)
 
 from types import SimpleNamespace  # noqa: E402
 

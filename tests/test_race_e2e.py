@@ -19,9 +19,9 @@ import yaml
 from gnp_study import protocol, racing
 from gnp_study.results import CONFIRMATION, load_study, study_results_table
 from gnp_study.spec import load_spec
-from test_study_e2e import cli, finish
+from helpers import cli, finish
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 RUN_TIMEOUT_S = 800
 

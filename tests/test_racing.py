@@ -13,7 +13,8 @@ import pytest
 from gnp_study import protocol, racing
 from gnp_study.protocol import TrialConfig, count_trials, decide
 from gnp_study.racing import Race, RaceConfig, corrected_rejections, replay
-from gnp_study.spec import SpecError, parse_spec
+from gnp_study.spec import SpecError
+from helpers import protocol_spec
 
 
 def race(keys, seeds=(0, 1, 2, 3), selectable=None, max_trials=None, **cfg):
@@ -203,18 +204,15 @@ def test_lookahead_results_do_not_change_the_eliminations():
 
 # -------------------------------------------------------------------------------- the study
 def make_spec(race_cfg=None, gnp_race=None, seeds=(0, 1, 2, 3)):
-    raw = {
-        "name": "t", "data": {"dataset": "digits"}, "model": {"name": "small_cnn"},
-        "training": {"epochs": 2, "batch_size": 32, "lr": 0.1},
-        "stages": {"standard": {"space": {"lr": [0.1]}}, "sam": {"r": [0.01, 0.05, 0.1]},
-                   "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [1.5], "figure2_r": [0.05]}},
-        "seeds": list(seeds),
-    }
+    """``helpers.protocol_spec`` with one Standard lr, three r and two alphas plus one extra; ``race_cfg``
+    and ``gnp_race`` race the r and alpha stages."""
+    stages = {"standard": {"space": {"lr": [0.1]}}, "sam": {"r": [0.01, 0.05, 0.1]},
+              "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [1.5], "figure2_r": [0.05]}}
     if race_cfg is not None:
-        raw["stages"]["sam"]["race"] = race_cfg
+        stages["sam"]["race"] = race_cfg
     if gnp_race is not None:
-        raw["stages"]["gnp"]["race"] = gnp_race
-    return parse_spec(raw, check_names=False)
+        stages["gnp"]["race"] = gnp_race
+    return protocol_spec(stages, seeds=seeds)
 
 
 STD = {"standard": {"config": {"lr": 0.1, "alpha": 0.0, "r": 0.0}}}

@@ -123,21 +123,78 @@ def test_readme_keeps_the_ci_sentence_and_the_two_commands():
     assert "make demo" in text and "make test" in text
 
 
-#: Tracker references a reader of the repository cannot open (issue 10, item 3, notes/...).
+#: References a reader of the repository cannot open: an issue or item number of a tracker, or a path
+#: under notes/ (a folder the repository does not have). A notes/ path that exists is allowed.
 _TRACKER = re.compile(r"\b(issue|item)s?\s+#?\d+|\bnotes/[\w./-]+", re.IGNORECASE)
 
+#: Where such references must not stand: the pages, and every source, test, benchmark and study file.
+#: tests/data holds stored fixture data (not prose), so it is left out.
+_CHECKED_DIRS = ("docs", "gnp_study", "tests", "benchmarks", "cluster", "search_spaces", ".ci")
+_CHECKED_TOP = ("README.md", "Makefile", "pyproject.toml")
+_CHECKED_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".sbatch", ".toml", ".html", ".txt", ""}
+_UNCHECKED = (ROOT / "tests" / "data",)
 
-@pytest.mark.parametrize("path", [README, ROOT / "benchmarks" / "README.md", *DOCS],
-                         ids=lambda p: str(p.relative_to(ROOT)))
-def test_no_references_a_reader_cannot_open(path):
+
+def checked_files(root: Path = ROOT) -> list[Path]:
+    """The files :func:`tracker_references` is run on: ``_CHECKED_TOP`` and every text file (by suffix)
+    below ``_CHECKED_DIRS`` of ``root``, except tests/data and caches. Returns sorted paths."""
+    out = [root / name for name in _CHECKED_TOP if (root / name).is_file()]
+    unchecked = [root / u.relative_to(ROOT) for u in _UNCHECKED]
+    for d in _CHECKED_DIRS:
+        for path in (root / d).rglob("*"):
+            if (not path.is_file() or path.suffix not in _CHECKED_SUFFIXES or "__pycache__" in path.parts
+                    or any(path.is_relative_to(u) for u in unchecked)):
+                continue
+            out.append(path)
+    return sorted(out)
+
+
+def tracker_references(path: Path, root: Path = ROOT) -> list[str]:
+    """Every match of ``_TRACKER`` in the text file ``path``, as ``"relative/path:line: match"``; a
+    path under notes/ that exists below ``root`` (a sentence's full stop after it aside) is not reported.
+    Returns [] for a clean file."""
     found = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         for m in _TRACKER.finditer(line):
             ref = m.group(0)
-            if ref.lower().startswith("notes/") and (ROOT / ref).exists():
+            if ref.lower().startswith("notes/") and (root / ref.rstrip(".")).exists():
                 continue
-            found.append(f"{path.relative_to(ROOT)}:{i}: {ref}")
-    assert found == []
+            found.append(f"{path.relative_to(root)}:{i}: {ref}")
+    return found
+
+
+def test_the_reference_checker_finds_planted_references(tmp_path):
+    """Each kind of reference planted in a temp file is reported with its line; an existing notes/ path,
+    a bare word "issue" and a version number are not. The planted strings are built from pieces so that
+    this file itself stays clean."""
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "real.md").write_text("x", encoding="utf-8")
+    planted = tmp_path / "tests" / "test_x.py"
+    planted.parent.mkdir()
+    lines = ['"""Ok: an issue with the data, version 2, see ' + "notes" + '/real.md."""',
+             "# " + "Issue" + " 12: one",
+             "# the split (" + "items" + " 2 and 6)",
+             "x = 1  # " + "issue" + " #7",
+             "# see " + "notes" + "/contracts.md"]
+    planted.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    found = tracker_references(planted, root=tmp_path)
+    assert [f.split(": ", 1)[0] for f in found] == [f"tests/test_x.py:{i}" for i in (2, 3, 4, 5)], found
+    assert found[3].endswith("notes" + "/contracts.md")
+    (tmp_path / "tests" / "data").mkdir()
+    (tmp_path / "tests" / "data" / "stored.md").write_text("# " + "issue" + " 3\n", encoding="utf-8")
+    assert checked_files(tmp_path) == [planted]
+
+
+def test_the_checked_files_cover_code_tests_and_benchmarks():
+    files = {p.relative_to(ROOT).as_posix() for p in checked_files()}
+    assert {"README.md", "gnp_study/report.py", "tests/conftest.py", "tests/test_readme.py",
+            "benchmarks/README.md", "benchmarks/bench_study.py", "docs/statistics.md"} <= files
+    assert not any(f.startswith("tests/data/") for f in files)
+
+
+@pytest.mark.parametrize("path", checked_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_references_a_reader_cannot_open(path):
+    assert tracker_references(path) == []
 
 
 def _demo_table_module():

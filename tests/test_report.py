@@ -253,8 +253,7 @@ window.addEventListener('load', function () {
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="headless Chromium is not installed (/work/notes/ci_chromium.sh installs it: "
-                           "apt-get install -y chromium)")
+                    reason="headless Chromium is not installed (.ci/run installs it: apt-get install -y chromium)")
 def test_report_loads_in_headless_chromium(study_dir, tmp_path):
     report = render_report(study_dir.path, tmp_path / "report.html")
     probe = tmp_path / "probe.html"
@@ -276,7 +275,7 @@ def test_report_loads_in_headless_chromium(study_dir, tmp_path):
     assert result["tables"] >= 6
 
 
-# ---------------------------------------------------------------- uncertainty in the figures and the page (issue 9)
+# ------------------------------------------- uncertainty in the figures and the page (docs/statistics.md)
 
 import yaml  # noqa: E402
 from scipy import stats as sps  # noqa: E402

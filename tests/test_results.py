@@ -238,7 +238,7 @@ def test_load_study_not_a_study(tmp_path):
     assert issubclass(StudyFolderError, ValueError)
 
 
-# ---------------------------------------------------------------- verdicts in words (issue 9)
+# ---------------------------------------------------------------- verdicts in words (docs/statistics.md)
 
 from scipy import stats as sps  # noqa: E402
 

@@ -2,8 +2,8 @@
 and sets up its experiment as the paper says (grids, seeds, epochs, ViT patches and input sizes).
 
 The expected trial counts are written here from the paper (Zhao, Zhang & Hu 2022, Sections 4.1-4.2) and
-issue 4, not read from the files: stage 1 is one configuration of the literature's recipe unless noted,
-stage 2 is the r grid {0.01, 0.02, 0.05, 0.1, 0.2} with alpha = 1, stage 3 the alpha grid 0.1 .. 0.9 (plus
+the greedy protocol, not read from the files: stage 1 is one configuration of the literature's recipe unless
+noted, stage 2 is the r grid {0.01, 0.02, 0.05, 0.1, 0.2} with alpha = 1, stage 3 the alpha grid 0.1 .. 0.9 (plus
 B_a and B_b in the parameter study), every configuration over every seed. No data folder is needed.
 """
 

@@ -1,4 +1,4 @@
-"""Validation mode never lets the test set choose (issue 9, item 6).
+"""Validation mode never lets the test set choose (docs/studies.md, docs/statistics.md).
 
 The whole greedy protocol (plan -> train every trial -> decide, stage after stage) runs in-process twice on
 real digits trials: once with the true test labels and once with the test labels corrupted after the

@@ -15,57 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 
 from gnp_study.protocol import plan
 from gnp_study.spec import load_spec
+from helpers import ROOT, RUN_TIMEOUT_S, TINY, cli, finish, write_study
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parent.parent
-RUN_TIMEOUT_S = 600
-
-TINY = {
-    "name": "tiny",
-    "description": "tiny digits study for the end-to-end tests",
-    "data": {"dataset": "digits", "augmentation": "none"},
-    "model": {"name": "small_cnn"},
-    "training": {"epochs": 3, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-    "stages": {
-        # lr = 1e4 diverges in its first epoch: the diverged path through the real CLI
-        "standard": {"space": {"lr": [0.05, 0.1, 1.0e4]}},
-        "sam": {"r": [0.05, 0.1]},
-        "gnp": {"alpha": [0.5, 0.8], "alpha_extra": [-0.5, 1.5], "figure2_r": [0.05, 0.1]},
-    },
-    "seeds": [0, 1],
-    "resources": {"cpus_per_trial": 1},
-    "max_failures": 1,
-}
-
-
-def write_study(path: Path, **over) -> Path:
-    raw = json.loads(json.dumps(TINY))
-    raw.update(over)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def cli(args, env=None, **kw) -> subprocess.Popen:
-    e = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "gnp_study", *args], cwd=ROOT, env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kw)
-
-
-def finish(proc: subprocess.Popen, timeout=RUN_TIMEOUT_S) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"gnp-study did not finish within {timeout}s:\n{out[-3000:]}")
-    return out
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 
 def run_study(study: Path, out, address: str, env=None) -> str:
@@ -326,8 +282,8 @@ def _snapshot_running_trials(exp_dir: Path) -> dict[str, str]:
 
 
 def test_trial_whose_snapshot_checkpoint_is_gone_resumes_from_storage(reference, tmp_path, ray_head):
-    """Issue 11 item 6: a SIGKILLed driver can leave Tune's snapshot naming a checkpoint that Tune already
-    deleted. Simulated exactly: the driver is killed while the snapshot holds running trials with a
+    """A restore point that names a deleted checkpoint (docs/recovery.md): a SIGKILLed driver can leave
+    Tune's snapshot naming a checkpoint that Tune already deleted. Simulated exactly: the driver is killed while the snapshot holds running trials with a
     checkpoint, then that checkpoint is removed (one trial keeps a newer one under another name, one
     keeps none). The rerun trains those trials from what is on storage (or from scratch) and the study
     ends exactly as the uninterrupted one, with no trial recorded as failed."""

@@ -1,5 +1,6 @@
-"""Throughput changes (issue 10) keep every result: the data set built once per worker process, and one
-checkpoint per trial (``checkpoint_every`` = epochs, as the digits study ships)."""
+"""Throughput changes (benchmarks/README.md, "Study throughput: the summary") keep every result: the data
+set built once per worker process, and one checkpoint per trial (``checkpoint_every`` = epochs, as the
+digits study ships)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from gnp_study import train
 from gnp_study.protocol import TrialConfig
 from gnp_study.spec import parse_spec
 from gnp_study.train import train_trial
+from helpers import digits_trial_spec
 
 COLS = ["train_loss", "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr"]
 
 
-def spec(train_subset=300, **extra):
-    return parse_spec({"name": "t", "data": {"dataset": "digits", "train_subset": train_subset},
-                       "model": {"name": "small_cnn"},
-                       "training": {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9},
-                       "seeds": [0, 1], **extra})
+def spec(train_subset=300, training=None, **extra):
+    """``helpers.digits_trial_spec`` without weight decay (the spec's default 0.0), seeds 0 and 1,
+    ``training`` overrides and other top-level keys in ``extra``."""
+    return digits_trial_spec(data={"train_subset": train_subset},
+                             training={"weight_decay": 0.0, **(training or {})}, seeds=(0, 1), **extra)
 
 
 def metrics_of(s, trial: dict) -> list[dict]:
@@ -82,6 +84,7 @@ epochs.to_parquet(out + "/epochs.parquet")
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("report_every,reported", [(1, [1, 2, 3]), (2, [2, 3])])
 def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path, report_every, reported):
@@ -130,8 +133,9 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path, report_e
 
 
 def test_a_gpu_fraction_fits_one_gpu_and_still_needs_one():
-    """Item 4's code path on CPU: gpus_per_trial = 0.25 asks Ray for a quarter GPU per trial (four trials
-    share one GPU); the check before any trial accepts it on a one-GPU cluster and refuses it without GPUs."""
+    """GPU packing's code path on CPU (docs/cluster.md, "Several trials on one GPU"): gpus_per_trial = 0.25
+    asks Ray for a quarter GPU per trial (four trials share one GPU); the check before any trial accepts it
+    on a one-GPU cluster and refuses it without GPUs."""
     from gnp_study import runner
 
     s = spec(resources={"cpus_per_trial": 1, "gpus_per_trial": 0.25})

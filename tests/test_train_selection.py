@@ -1,5 +1,5 @@
-"""Trials with a validation split and noisy labels, and the paired design of the study (issue 9, items 2
-and 6; issue 13): the same seed gives the same initial weights, the same batches and the same random
+"""Trials with a validation split and noisy labels, and the paired design of the study (docs/studies.md,
+docs/statistics.md): the same seed gives the same initial weights, the same batches and the same random
 stream in every configuration."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import torch
 
 import gnp_study.data as data
 import gnp_study.models as models
-from gnp_study.spec import parse_spec
-from gnp_study.train import train_trial
+from helpers import digits_trial_spec, gnp_trial, run_trial
 
 BUILD_MODEL, BUILD_DATASETS = models.build_model, data.build_datasets  # before any monkeypatching
 
@@ -21,30 +20,16 @@ VAL_KEYS = ("val_loss", "val_error", "best_val_error", "test_error_at_best_val")
 
 
 def spec(epochs=3, **data):
-    d = {"dataset": "digits", "train_subset": 300}
-    d.update(data)
-    return parse_spec({"name": "t", "data": d, "model": {"name": "small_cnn"},
-                       "training": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
-                                    "weight_decay": 5e-4},
-                       "seeds": [0]})
-
-
-def trial(alpha=0.8, r=0.05, seed=0, **config):
-    return {"stage": "gnp", "config": dict(config, alpha=alpha, r=r), "seed": seed, "trial_id": "t",
-            "config_key": "k"}
-
-
-def run(s, t, resume=None):
-    reports = []
-    res = train_trial(s, t, lambda m, st: reports.append((m, st)), resume_state=resume)
-    return res, reports
+    """The one-seed digits trial study of ``helpers.digits_trial_spec`` with ``epochs`` and ``data``
+    overrides."""
+    return digits_trial_spec(data=data, training={"epochs": epochs})
 
 
 # ------------------------------------------------------------------------------------- validation mode
 
 
 def test_validation_metrics_follow_the_epoch_of_lowest_validation_error():
-    res, reports = run(spec(epochs=4, validation={"size": 400}), trial())
+    res, reports = run_trial(spec(epochs=4, validation={"size": 400}), gnp_trial())
     m = [r for r, _ in reports]
     val = [x["val_error"] for x in m]
     test = [x["test_error"] for x in m]
@@ -59,8 +44,8 @@ def test_validation_metrics_follow_the_epoch_of_lowest_validation_error():
 
 
 def test_paper_mode_has_nan_validation_metrics_and_trains_the_same_run():
-    _, paper = run(spec(), trial())
-    _, val = run(spec(validation={"size": 400}), trial())
+    _, paper = run_trial(spec(), gnp_trial())
+    _, val = run_trial(spec(validation={"size": 400}), gnp_trial())
     for (a, _), (b, _) in zip(paper, val):
         assert all(math.isnan(a[k]) for k in VAL_KEYS)
         # the validation loader draws nothing from the global generator: the training run is identical
@@ -70,16 +55,16 @@ def test_paper_mode_has_nan_validation_metrics_and_trains_the_same_run():
 
 def test_resume_keeps_the_validation_selection_bit_for_bit():
     s = spec(validation={"size": 400})
-    _, full = run(s, trial())
+    _, full = run_trial(s, gnp_trial())
     buf = io.BytesIO()
     torch.save(full[0][1], buf)
     buf.seek(0)
-    _, resumed = run(s, trial(), resume=torch.load(buf, weights_only=True))
+    _, resumed = run_trial(s, gnp_trial(), resume=torch.load(buf, weights_only=True))
     assert [m["epoch"] for m, _ in resumed] == [2, 3]
     for (a, _), (b, _) in zip(full[1:], resumed):
         for k in VAL_KEYS + ("test_error", "train_loss"):
             assert a[k] == b[k], k
-    res, again = run(s, trial(), resume=full[-1][1])  # finished: the last report again
+    res, again = run_trial(s, gnp_trial(), resume=full[-1][1])  # finished: the last report again
     assert all(again[0][0][k] == full[-1][0][k] for k in VAL_KEYS)
     assert res.test_error_at_best_val == full[-1][0]["test_error_at_best_val"]
 
@@ -119,13 +104,13 @@ def _observe(monkeypatch, s, t):
 
     monkeypatch.setattr(models, "build_model", model_with_dropout)
     monkeypatch.setattr(data, "build_datasets", recording_data)
-    _, reports = run(s, t)
+    _, reports = run_trial(s, t)
     return seen["init"], seen["order"], reports[0][1]["torch_rng"]
 
 
 def test_same_seed_same_weights_batches_and_random_stream_in_every_configuration(monkeypatch):
     s = spec(epochs=1, label_noise={"fraction": 0.4, "kind": "symmetric", "seed": 0})
-    configs = [trial(alpha=0.0, r=0.0), trial(alpha=0.8, r=0.1, lr=0.1), trial(alpha=1.0, r=0.05, lr=0.02)]
+    configs = [gnp_trial(alpha=0.0, r=0.0), gnp_trial(alpha=0.8, r=0.1, lr=0.1), gnp_trial(alpha=1.0, r=0.05, lr=0.02)]
     runs = [_observe(monkeypatch, s, c) for c in configs]
     init0, order0, rng0 = runs[0]
     assert len(order0) == 300 and sorted(i for i, _ in order0) == list(range(300))  # one pass, shuffled
@@ -135,7 +120,7 @@ def test_same_seed_same_weights_batches_and_random_stream_in_every_configuration
         assert order == order0  # same images, same order, same (noisy) labels
         # one forward pass per step (alpha = 0) or two: the global stream (dropout) ends in the same place
         assert torch.equal(rng, rng0)
-    init1, order1, rng1 = _observe(monkeypatch, s, trial(alpha=0.0, r=0.0, seed=1))
+    init1, order1, rng1 = _observe(monkeypatch, s, gnp_trial(alpha=0.0, r=0.0, seed=1))
     assert any(not torch.equal(init1[k], init0[k]) for k in init0)
     assert [i for i, _ in order1] != [i for i, _ in order0]
     # the noisy labels come from the noise seed, not the trial seed: image i has the same label
