@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from make_old_study_folder import FOLDER, KILL_STAGE, STUDY, TARBALL
-from test_study_e2e import cli, finish
+from helpers import cli, finish
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 RUN_TIMEOUT_S = 400
 #: Columns that hold timing or the node a trial ran on: the only ones allowed to differ.
