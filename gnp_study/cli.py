@@ -168,6 +168,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if "n_train" in facts:
         print(f"  data            : {facts['n_train']} training, {facts['n_test']} test, {facts['n_val']} validation "
               f"samples; one sample {tuple(facts['sample_shape'])} {facts['sample_dtype']}")
+    if "function" in facts:
+        print(f"  training        : your function {facts['function']} (it reports test_error each epoch)")
     if counts["standard_search"]:
         print(f"  stage 1 search : {counts['standard_search']:5d} trials (Optuna TPE on seed {spec.seeds[0]})")
     print(f"  stage 1 standard: {counts['standard']:5d} trials (alpha = 0)")

@@ -472,7 +472,9 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
         rows, keys = _epoch_rows(res)
         last = {k: rows[-1].get(k, math.nan) for k in keys} if rows else {}
         status = last.get("status")
-        error = ""
+        # a diverged trial of the user's own loop says why (gnp_study.own_loop)
+        reason = last.get("diverged_reason")
+        error = reason if status == "diverged" and isinstance(reason, str) else ""
         if res.error is not None:
             status, error = "failed", f"{type(res.error).__name__}: {res.error}"[-2000:]
         elif status not in _TERMINAL:  # pending, or running when the stage stopped

@@ -265,6 +265,9 @@ class TrainingSpec(_Strict):
     reuse: Literal["orthogonal", "difference"] = Field("orthogonal", description=(
         "what amortised GNP reuses between full steps (training.every > 1 and the cost stage): the part of "
         "g2 - g1 orthogonal to g1 (LookSAM) or g2 - g1 itself (gnp_study.optim.GNP reuse)"))
+    function: str | None = Field(None, description=(
+        "your own training function (import path package.module:function) instead of the package's loop: "
+        "called once per trial with a gnp_study.own_loop.TrialContext; it reports each epoch's metrics"))
 
     @field_validator("lr", "weight_decay", "grad_clip", "label_smoothing")
     @classmethod
@@ -610,6 +613,8 @@ class StudySpec(_Strict):
             del d["training"]["every"]
         if d["training"]["reuse"] == "orthogonal":  # likewise the default reuse of amortised GNP
             del d["training"]["reuse"]
+        if d["training"]["function"] is None:  # likewise the package's own training loop
+            del d["training"]["function"]
         if d["report_every"] == 1:  # likewise the default reporting cadence
             del d["report_every"]
         for key in ("kwargs", "image_size", "num_classes"):  # likewise the registry's data sets
@@ -620,10 +625,11 @@ class StudySpec(_Strict):
         return d
 
     def import_paths(self) -> list[str]:
-        """The import paths (``package.module:attribute``) the study names: its model and data function."""
+        """The import paths (``package.module:attribute``) the study names: its model, data function and
+        training function."""
         from gnp_study.user_code import is_target
 
-        return [n for n in (self.model.name, self.data.dataset) if is_target(n)]
+        return [n for n in (self.model.name, self.data.dataset, self.training.function or "") if is_target(n)]
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -715,6 +721,12 @@ def check_study_code(spec: StudySpec, source: str = "<dict>") -> dict:
         raise SpecError(f"invalid study {source}: model.kwargs {spec.model.kwargs} are not accepted by model "
                         f"{spec.model.name!r}: {e}") from None
     facts.update(parameters=models.count_parameters(model), num_classes=shape["num_classes"])
+    if spec.training.function is not None:
+        try:
+            user_code.load_function(spec.training.function)
+        except user_code.UserCodeError as e:
+            raise SpecError(f"invalid study {source}: {e}") from None
+        facts["function"] = spec.training.function
     return facts
 
 

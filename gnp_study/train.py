@@ -70,7 +70,7 @@ class TrialResult:
     test_error_at_best_val: float = math.nan
 
 
-def _effective(spec: StudySpec, config: dict) -> dict:
+def effective_recipe(spec: StudySpec, config: dict) -> dict:
     """The training recipe with the trial's overrides applied (plain dict)."""
     t = spec.training.model_dump()
     for k, v in config.items():
@@ -81,7 +81,34 @@ def _effective(spec: StudySpec, config: dict) -> dict:
     return t
 
 
-def _lr_lambda(t: dict, steps_per_epoch: int) -> Callable[[int], float]:
+def make_optimizer(model: torch.nn.Module, recipe: dict, alpha: float, r: float, params=None):
+    """The GNP optimizer of a trial, as the study configures it.
+
+    Args:
+        model: the trial's model (GNP reads its batch-norm layers: ``model=``).
+        recipe: the effective training recipe (``TrainingSpec`` fields with the trial's overrides):
+            ``base_optimizer``, ``lr``, ``weight_decay``, ``momentum``, ``nesterov``, ``normalize_g1``,
+            ``perturb_weight_decay``, ``grad_clip``, ``every``, ``reuse``.
+        alpha: the balance coefficient; r: the perturbation radius (Algorithm 1).
+        params: the parameters or ``param_groups`` to optimise (default ``model.parameters()``).
+
+    Returns:
+        A :class:`gnp_study.optim.GNP` stepping the base optimizer (SGD, AdamW or Adam).
+    """
+    from gnp_study.optim import GNP
+
+    t = recipe
+    base_kwargs = {"lr": t["lr"], "weight_decay": t["weight_decay"]}
+    if t["base_optimizer"] == "sgd":
+        base_kwargs.update(momentum=t["momentum"], nesterov=t["nesterov"] and t["momentum"] > 0)
+    amortised = {"every": t["every"], "reuse": t["reuse"]} if t["every"] != 1 else {}
+    return GNP(model.parameters() if params is None else params, _BASE_OPTIMIZERS[t["base_optimizer"]],
+               alpha=alpha, r=r, model=model, normalize_g1=t["normalize_g1"],
+               perturb_weight_decay=t["perturb_weight_decay"], max_grad_norm=t["grad_clip"], **amortised,
+               **base_kwargs)
+
+
+def lr_multiplier(t: dict, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplier of the base learning rate at optimizer step ``s`` (linear warm-up, then schedule)."""
     total = max(1, t["epochs"] * steps_per_epoch)
     warm = t["warmup_epochs"] * steps_per_epoch
@@ -127,7 +154,7 @@ CACHE_DATA = False
 _DATA_CACHE: dict = {}
 
 
-def _datasets(spec: StudySpec):
+def study_datasets(spec: StudySpec):
     """The study's data sets (:func:`gnp_study.data.build_datasets` with ``spec.data``); with
     :data:`CACHE_DATA` on, built once per process for one data spec.
 
@@ -244,10 +271,9 @@ def _setup(spec: StudySpec, trial: dict, device: str | torch.device | None) -> _
     """Seed torch with the trial's seed (the model's initialisation is the first draw), build the data,
     model, GNP optimizer with its base optimizer, learning-rate schedule and loaders of one trial."""
     from gnp_study.models import build_model
-    from gnp_study.optim import GNP
 
     cfg = trial["config"]
-    t = _effective(spec, cfg)
+    t = effective_recipe(spec, cfg)
     if device is None:
         device = "cuda" if (torch.cuda.is_available() and spec.resources.gpus_per_trial > 0) else "cpu"
     device = torch.device(device)
@@ -255,23 +281,16 @@ def _setup(spec: StudySpec, trial: dict, device: str | torch.device | None) -> _
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     torch.manual_seed(trial["seed"])
 
-    data = _datasets(spec)
+    data = study_datasets(spec)
     shape = {"in_features": data.in_features} if data.in_features is not None else {}
     model = build_model(spec.model.name, data.num_classes, in_channels=data.in_channels,
                         image_size=data.image_size, **shape, **spec.model.kwargs).to(device)
     if t["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    base = _BASE_OPTIMIZERS[t["base_optimizer"]]
-    base_kwargs = {"lr": t["lr"], "weight_decay": t["weight_decay"]}
-    if t["base_optimizer"] == "sgd":
-        base_kwargs.update(momentum=t["momentum"], nesterov=t["nesterov"] and t["momentum"] > 0)
-    opt = GNP(model.parameters(), base, alpha=cfg["alpha"], r=cfg["r"], model=model,
-              normalize_g1=t["normalize_g1"], perturb_weight_decay=t["perturb_weight_decay"],
-              max_grad_norm=t["grad_clip"], **({"every": t["every"], "reuse": t["reuse"]} if t["every"] != 1 else {}),
-              **base_kwargs)
+    opt = make_optimizer(model, t, cfg["alpha"], cfg["r"])
     gen = torch.Generator().manual_seed(trial["seed"])
     train_loader, test_loader, val_loader = _loaders(spec, t, data, gen, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t, len(train_loader)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(t, len(train_loader)))
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t["label_smoothing"])
     return _Run(t, device, data, model, opt, sched, gen, train_loader, test_loader, val_loader, criterion)
 

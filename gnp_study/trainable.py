@@ -108,7 +108,12 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
             (Path(tmp) / HISTORY_FILE).write_text(json.dumps(st.get("history", [])))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train_trial(spec, trial, report, state)
+    if spec.training.function is not None:  # the user's own training loop
+        from gnp_study import own_loop
+
+        own_loop.train_trial(spec, trial, report, state)
+    else:
+        train_trial(spec, trial, report, state)
 
 
 # Ray Tune stores a function trainable's ``__name__`` in every experiment's state and refuses to restore an

@@ -112,6 +112,32 @@ def call(fn: Callable, key: str, kwargs: dict[str, Any], offered: dict[str, Any]
                             f"{type(e).__name__}: {e}") from None
 
 
+def load_function(target: str, key: str = "training.function") -> Callable:
+    """The user's training function named by ``target``, checked to take one positional argument (the
+    trial's context, :class:`gnp_study.own_loop.TrialContext`); further parameters must have defaults.
+
+    Raises:
+        UserCodeError: the import fails (see :func:`load`), the object is not callable, or its signature
+            does not accept exactly one positional argument; the message names ``key``.
+    """
+    fn = load(target, key)
+    if not callable(fn):
+        raise UserCodeError(f"{key}: {target!r} is {type(fn).__name__}, not a function")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return fn  # a builtin or C callable without a readable signature: trusted
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    takes_one = (positional or any(p.kind is p.VAR_POSITIONAL for p in params)) and len(required) <= 1 and \
+        all(p in positional[:1] for p in required)
+    if not takes_one:
+        sig = f"{getattr(fn, '__qualname__', target)}{inspect.signature(fn)}"
+        raise UserCodeError(f"{key}: {sig} has the wrong signature: a training function takes one argument, "
+                            f"the trial's context (def train(ctx): ...)")
+    return fn
+
+
 def _installed(path: Path) -> bool:
     """Whether ``path`` lies in the interpreter's installed packages (site-packages, the standard library)."""
     roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("study description", {"spec", "study_folder"}),
     ("statistics", {"shrinkage", "stats"}),
     ("study logic", {"results", "racing", "protocol", "cost"}),
-    ("training loop", {"faults", "train"}),
+    ("training loop", {"faults", "train", "own_loop"}),
     ("outputs", {"cost_figure", "report", "paper"}),
     ("Ray adapter", {"trainable", "tune_state", "race_search", "runner", "jobs"}),
     ("interface", {"cli", "__main__", "__init__"}),

@@ -16,7 +16,7 @@ from helpers import unmarked_ray_items
 ROOT = Path(__file__).resolve().parent.parent
 #: Modules whose every test runs a study end to end (through Ray Tune, or the CLI in a subprocess).
 E2E_MODULES = ("test_study_e2e", "test_race_e2e", "test_cluster_e2e", "test_kill_soak", "test_local_ray",
-               "test_resume_old_folder")
+               "test_resume_old_folder", "test_examples_e2e")
 
 
 def _item(nodeid: str, fixtures: tuple[str, ...], markers: tuple[str, ...]):
