@@ -142,8 +142,8 @@ class TrialContext:
                 :attr:`state` when the trial restarts.
 
         Raises:
-            UserCodeError: the metric is missing or not a number, or more epochs were reported than
-                :attr:`epochs` (the trial fails with that message).
+            UserCodeError: the metric (or, with ``data.validation``, ``val_error``) is missing or not a
+                number, or more epochs were reported than :attr:`epochs` (the trial fails with that message).
         """
         m = dict(metrics or {}, **more)
         key = "training.function"
@@ -153,6 +153,9 @@ class TrialContext:
         if METRIC not in m:
             raise user_code.UserCodeError(f"{key}: the report of epoch {self._epoch + 1} has no {METRIC!r} "
                                           f"(the metric the study decides on); it has {sorted(m)}")
+        if self._spec.data.validation is not None and "val_error" not in m:
+            raise user_code.UserCodeError(f"{key}: the report of epoch {self._epoch + 1} has no 'val_error': the "
+                                          f"study sets data.validation, so its stages decide on it")
         values = {}
         for k, v in m.items():
             try:

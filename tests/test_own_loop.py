@@ -12,7 +12,7 @@ import yaml
 
 from gnp_study import own_loop
 from gnp_study.optim import GNP
-from gnp_study.spec import SpecError, load_spec
+from gnp_study.spec import SpecError, ValidationSpec, load_spec
 from gnp_study.user_code import UserCodeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,6 +191,13 @@ def test_a_non_finite_metric_ends_the_trial_as_diverged(tmp_path):
 def test_a_function_that_breaks_the_contract_is_refused_with_a_message_naming_it(tmp_path, target, error, message):
     with pytest.raises(error, match=message):
         _run(_spec(tmp_path, function=target if ":" in target else f"test_own_loop:{target}"))
+
+
+def test_validation_mode_needs_the_validation_error(tmp_path):
+    spec = _spec(tmp_path, function="test_own_loop:records_context", epochs=2)
+    spec.data.validation = ValidationSpec(size=100)
+    with pytest.raises(UserCodeError, match="has no 'val_error': the study sets data.validation"):
+        _run(spec)
 
 
 def test_a_function_that_raises_raises_its_error(tmp_path):
