@@ -69,14 +69,14 @@ def separate(spec, config: dict, seeds: list[int]) -> list[list[dict]]:
 def vectorised(spec, config: dict, seeds: list[int]) -> list[list[dict]]:
     """The S trials as one batched model (see the module docstring): per seed, every epoch's metrics
     (``train_loss``, ``test_error``, ``val_error``)."""
-    t = train._effective(spec, config)
+    t = train.effective_recipe(spec, config)
     assert t["base_optimizer"] == "sgd" and not t["normalize_g1"] and not t["perturb_weight_decay"]
     assert t["grad_clip"] in (None, 0) and t["label_smoothing"] == 0 and spec.data.augmentation == "none"
     alpha, r = float(config["alpha"]), float(config["r"])
     device = torch.device("cpu")
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
     torch.use_deterministic_algorithms(True, warn_only=True)
-    data = train._datasets(spec)
+    data = train.study_datasets(spec)
     models, loaders = [], []
     for s in seeds:
         torch.manual_seed(s)
@@ -89,7 +89,7 @@ def vectorised(spec, config: dict, seeds: list[int]) -> list[list[dict]]:
     base = copy.deepcopy(models[0]).to("meta")
     opt = torch.optim.SGD(plist, lr=t["lr"], momentum=t["momentum"], weight_decay=t["weight_decay"],
                           nesterov=t["nesterov"] and t["momentum"] > 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, train._lr_lambda(t, len(loaders[0][0])))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, train.lr_multiplier(t, len(loaders[0][0])))
 
     def one(p, b, x):
         return functional_call(base, (p, b), (x,))

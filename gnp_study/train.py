@@ -149,7 +149,7 @@ def _set_rng(device: torch.device, state) -> None:
 
 
 #: Keep the last data set built in this process for the next trial with the same data spec (see
-#: :func:`_datasets`). Off by default; the runner turns it on in its Ray workers.
+#: :func:`study_datasets`). Off by default; the runner turns it on in its Ray workers.
 CACHE_DATA = False
 _DATA_CACHE: dict = {}
 
