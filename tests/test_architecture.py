@@ -9,6 +9,7 @@ imported.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,16 @@ def test_study_logic_loads_without_torch_or_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=PKG.parent, check=True).stdout.split()
     assert out == ["[]", "gnp_study.optim"]
+
+
+def test_docs_layer_table_matches_the_enforced_layers():
+    """docs/architecture.md's "Layers" table names the same layers, in the same order, with the same
+    modules as :data:`LAYERS` (the table is the newcomer's map: it must not fall behind the code)."""
+    doc = (PKG.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = doc.split("## Layers", 1)[1]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[1].startswith("`"):
+            rows.append((cells[0], set(re.findall(r"`([A-Za-z_]+)`", cells[1]))))
+    assert rows == LAYERS
