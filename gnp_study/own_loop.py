@@ -41,7 +41,8 @@ import torch
 from gnp_study import faults, train, user_code
 from gnp_study.spec import StudySpec
 
-#: The metric a training function must report: what the protocol decides on (percent, lower is better).
+#: The metric a training function must report when the study names none (``StudySpec.metric``): what
+#: the protocol then decides on (test error, percent, lower is better).
 METRIC = "test_error"
 #: Numeric metrics a report may carry besides :data:`METRIC`, as in the package's own loop (the epochs
 #: table's columns); any other numeric key reaches Tune and TensorBoard only.
@@ -67,7 +68,8 @@ class TrialContext:
         start_epoch: the epochs already done (0, or the epoch of :attr:`state` on a resume).
         state: the ``state`` passed with the last saved report, or ``None`` on a fresh start.
         device: the trial's torch device (CUDA when the trial was given a GPU).
-        metric: the name of the metric to report (:data:`METRIC`).
+        metric: the name of the metric every report must carry: the study's ``metric.name``, else
+            :data:`METRIC` (``test_error``).
     """
 
     def __init__(self, spec: StudySpec, trial: dict, report: Callable[[dict, dict | None], None],
@@ -79,7 +81,7 @@ class TrialContext:
         self.seed, self.stage, self.trial_id = int(trial["seed"]), trial["stage"], trial["trial_id"]
         self.epochs = int(self.config["epochs"])
         self.device = device
-        self.metric = METRIC
+        self.metric = spec.metric.name if spec.metric is not None else METRIC
         saved = resume_state or {}
         self.state = saved.get("user")
         self.start_epoch = int(saved.get("epoch", 0))
@@ -134,7 +136,8 @@ class TrialContext:
         """Report one epoch: the next epoch after the last reported (``start_epoch + 1`` first).
 
         Args:
-            metrics: the epoch's metrics: :data:`METRIC` (``test_error``, percent) is required; the names
+            metrics: the epoch's metrics: :attr:`metric` is required (``test_error``, percent, unless the
+                study names its own ``metric``); ``test_error`` is optional beside a study's own metric; the names
                 in :data:`KNOWN` (``train_loss``, ``grad_norm``, ``val_error`` %, ...) fill the epochs
                 table; other numbers reach Tune and TensorBoard. Keyword arguments are added to it.
             state: what to save for a resume (anything ``torch.save`` writes: state dicts, tensors,
@@ -150,9 +153,10 @@ class TrialContext:
         if self.ended is not None:
             raise user_code.UserCodeError(f"{key}: reported epoch {self._epoch + 1} after the trial ended "
                                           f"(training.epochs = {self.epochs})")
-        if METRIC not in m:
-            raise user_code.UserCodeError(f"{key}: the report of epoch {self._epoch + 1} has no {METRIC!r} "
-                                          f"(the metric the study decides on); it has {sorted(m)}")
+        if self.metric not in m:
+            why = "the study's metric.name" if self._spec.metric is not None else "the metric the study decides on"
+            raise user_code.UserCodeError(f"{key}: the report of epoch {self._epoch + 1} has no {self.metric!r} "
+                                          f"({why}); it has {sorted(m)}")
         if self._spec.data.validation is not None and "val_error" not in m:
             raise user_code.UserCodeError(f"{key}: the report of epoch {self._epoch + 1} has no 'val_error': the "
                                           f"study sets data.validation, so its stages decide on it")
@@ -187,7 +191,7 @@ class TrialContext:
             return
         if not self.history:
             raise user_code.UserCodeError("training.function: returned without reporting any epoch "
-                                          "(call ctx.report({'test_error': ...}) once per epoch)")
+                                          f"(call ctx.report({{{self.metric!r}: ...}}) once per epoch)")
         out = dict(self.history[-1], status="completed")
         self.history[-1] = dict(out)
         self.ended = "completed"
@@ -197,7 +201,7 @@ class TrialContext:
         """Why the epoch's metrics say the trial diverged (None when they do not): a non-finite metric
         or training loss, a training loss or gradient norm past the study's ``divergence`` bounds."""
         div = self._spec.divergence
-        for k in (METRIC, "train_loss", "grad_norm"):
+        for k in dict.fromkeys((self.metric, METRIC, "train_loss", "grad_norm")):
             if k in v and not math.isfinite(v[k]):
                 return f"diverged: {k} = {v[k]} at epoch {self._epoch}"
         if v.get("train_loss", 0.0) > div.max_loss:
@@ -209,7 +213,7 @@ class TrialContext:
 
     def _row(self, v: dict, reason: str | None) -> dict:
         """The epoch's report in the package loop's format (:func:`gnp_study.train.train_trial`)."""
-        test = v[METRIC]
+        test = v.get(METRIC, math.nan)
         if reason is None:
             self._best = min(self._best, test)
             if math.isfinite(v.get("val_error", math.nan)) and v["val_error"] < self._best_val:
@@ -219,6 +223,7 @@ class TrialContext:
         row.update(v)
         row.update({
             "epoch": self._epoch, "test_error": test if reason is None else math.nan,
+            self.metric: v[self.metric] if reason is None else math.nan,
             "best_test_error": self._best if math.isfinite(self._best) else math.nan,
             "best_val_error": self._best_val if math.isfinite(self._best_val) else math.nan,
             "test_error_at_best_val": self._test_at_best_val, "epoch_time_s": now - self._t0,

@@ -49,7 +49,8 @@ class RaceSearcher(Searcher):
         stage: ``"sam"`` or ``"gnp"``.
         races: the stage's races (:func:`gnp_study.protocol.stage_races`), deciding race first.
         configs: config_key -> configuration dict (every candidate of every race).
-        metric: the decision column a trial reports (``best_test_error`` or ``best_val_error``).
+        metric: the decision column a trial reports (``best_test_error``, ``best_val_error``, a study's
+            ``best_<name>``), with a leading ``-`` when higher is better (:func:`gnp_study.racing.oriented`).
     """
 
     def __init__(self, stage: str, races: list, configs: dict, metric: str, retries: int = 2):
@@ -122,10 +123,11 @@ class RaceSearcher(Searcher):
             # stopped before its end (Ctrl-C): Tune restores and resumes it; it stays in flight
             return
         self.live.pop(trial_id, None)
-        value = (result or {}).get(self.metric_column, math.nan) if status == "completed" else math.nan
+        value = ((result or {}).get(self.metric_column.lstrip("-"), math.nan) if status == "completed"
+                 else math.nan)
+        value = math.nan if value is None else racing.oriented(self.metric_column, float(value))
         self.rows = [r for r in self.rows if (r["config_key"], r["seed"]) != t]
-        self.rows.append({"config_key": t[0], "seed": int(t[1]), "status": status,
-                          "value": float(value) if value is not None else math.nan})
+        self.rows.append({"config_key": t[0], "seed": int(t[1]), "status": status, "value": value})
 
     def rebuild(self, trials: list) -> None:
         """Rebuild the table of ended trials and the trials in flight from the trials Tune restored.

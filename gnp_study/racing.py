@@ -301,14 +301,22 @@ def block_test(race: Race, alive: list, seeds: list, results: pd.DataFrame, bloc
 
 
 # --------------------------------------------------------------------------------------- the race
+def oriented(metric: str, value):
+    """A race's value of ``value`` (a number or a column): races are lower-is-better, so a metric written
+    ``"-best_accuracy"`` (higher is better, :attr:`gnp_study.results.Selection.race_metric`) is negated."""
+    return -value if metric.startswith("-") else value
+
+
 def results_frame(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The columns a race reads from a trials table (``trials.parquet`` schema): config_key, seed, status,
-    and ``value`` = the decision metric (``best_test_error`` or ``best_val_error``)."""
+    and ``value`` = the decision metric (``best_test_error``, ``best_val_error``, a study's ``best_<name>``;
+    negated when ``metric`` is written with a leading ``-``, see :func:`oriented`)."""
     if trials is None or not len(trials):
         return pd.DataFrame(columns=["config_key", "seed", "status", "value"])
     out = trials[["config_key", "seed", "status"]].copy()
     out["seed"] = out["seed"].astype(int)
-    out["value"] = trials[metric].astype(float) if metric in trials.columns else np.nan
+    col = metric.lstrip("-")
+    out["value"] = oriented(metric, trials[col].astype(float)) if col in trials.columns else np.nan
     return out.reset_index(drop=True)
 
 

@@ -55,8 +55,8 @@ EPOCHS_REQUIRED = ["trial_id", "stage", "alpha", "r", "seed", "epoch", "test_err
 _SCHEME_KEYS = ("alpha", "r", "seed")
 
 
-#: The two selection modes of a study (``data.validation`` absent or null: paper mode).
-PAPER_MODE, VALIDATION_MODE = "paper", "validation"
+#: The selection modes of a study (``data.validation`` absent or null and no ``metric``: paper mode).
+PAPER_MODE, VALIDATION_MODE, METRIC_MODE = "paper", "validation", "metric"
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,42 @@ class Selection:
             construction) or ``"validation"`` (``data.validation`` set: stages decide on
             ``best_val_error``, and the test error of the epoch chosen on validation,
             ``test_error_at_best_val``, is reported).
+            ``"metric"`` (the study's ``metric``: stages decide on ``best_<name>``, the best value of the
+            metric over a trial's epochs in its direction, and the same number is reported).
         decide_column: the ``trials.parquet`` column the stages decide on.
         report_column: the column the results table and the comparisons report.
         label: a short phrase for pages and the console.
+        direction: ``"min"`` (lower is better: errors, losses) or ``"max"`` (higher is better).
+        quantity: what the reported number is, for table headers and figure axes, with its unit
+            (``"best test error (%)"``, ``"best accuracy"``).
+        unit: ``"%"`` for the errors, else ``""``; improvements are in points of the metric.
     """
 
     mode: str
     decide_column: str
     report_column: str
     label: str
+    direction: str = "min"
+    quantity: str = "best test error (%)"
+    unit: str = "%"
+
+    @property
+    def sign(self) -> float:
+        """+1 for ``min``, -1 for ``max``: ``sign * value`` is lower-is-better (the choice rule, the races
+        and the improvements use it, so one code path serves both directions)."""
+        return 1.0 if self.direction == "min" else -1.0
+
+    @property
+    def race_metric(self) -> str:
+        """The decision column as the races take it: with a leading ``-`` when higher is better
+        (:func:`gnp_study.racing.oriented`)."""
+        return ("-" if self.direction == "max" else "") + self.decide_column
+
+    @property
+    def name(self) -> str:
+        """The metric's name without ``best``/unit, for sentences (``"test error"``, ``"accuracy"``)."""
+        q = self.quantity.removeprefix("best ")
+        return q.removesuffix(" (%)")
 
 
 def selection(spec: Any) -> Selection:
@@ -93,8 +120,19 @@ def selection(spec: Any) -> Selection:
     """
     if isinstance(spec, dict):
         val = (spec.get("data") or {}).get("validation")
+        metric = spec.get("metric")
     else:
         val = getattr(getattr(spec, "data", None), "validation", None)
+        metric = getattr(spec, "metric", None)
+    if metric is not None:
+        name = metric["name"] if isinstance(metric, dict) else metric.name
+        mode = metric["mode"] if isinstance(metric, dict) else metric.mode
+        col = f"best_{name}"
+        pct = name in ("test_error", "val_error", "train_error")
+        better = "lower" if mode == "min" else "higher"
+        return Selection(METRIC_MODE, col, col, f"the study's metric: the best {name} of each trial over its "
+                         f"epochs ({mode}: {better} is better); chooses and scores on the same number",
+                         mode, f"best {name}" + (" (%)" if pct else ""), "%" if pct else "")
     if val is None:
         return Selection(PAPER_MODE, "best_test_error", "best_test_error",
                          "paper mode: best test error during training; chooses and scores on the same data "
@@ -105,7 +143,7 @@ def selection(spec: Any) -> Selection:
              else "the validation set of the study's data function")
     return Selection(VALIDATION_MODE, "best_val_error", "test_error_at_best_val",
                      f"validation mode: stages decide on the best validation error ({split}); reported: the "
-                     f"test error at the epoch chosen on validation")
+                     f"test error at the epoch chosen on validation", "min", "test error at the best validation epoch (%)")
 
 
 def _check_metric(trials: pd.DataFrame, metric: str) -> None:

@@ -31,10 +31,11 @@ import yaml
 
 from gnp_study import protocol, racing
 from gnp_study.protocol import CONFIRM, COST, POST_STAGES, STAGES, TrialConfig, study_stages
+from gnp_study.results import selection
 from gnp_study.spec import StudySpec
-from gnp_study.study_folder import (DECISIONS_JSON, EPOCH_COLUMNS, EPOCHS_PARQUET, LOCK_FILE, PAPER_REFERENCE_CSV,
-                                    RAY_DIR, RUN_INFO_JSON, SEARCH_TRIALS_PARQUET, STUDY_YAML, TRIAL_COLUMNS,
-                                    TRIALS_PARQUET, read_json, read_table, write_json, write_parquet)
+from gnp_study.study_folder import (DECISIONS_JSON, EPOCHS_PARQUET, LOCK_FILE, PAPER_REFERENCE_CSV, RAY_DIR,
+                                    RUN_INFO_JSON, SEARCH_TRIALS_PARQUET, STUDY_YAML, TRIAL_COLUMNS, TRIALS_PARQUET,
+                                    metric_columns, read_json, read_table, write_json, write_parquet)
 from gnp_study.tune_state import (DAMAGED_STATE_DIR, repair_restore_point, search_generator_class,  # noqa: F401
                                   set_aside_damaged_state)
 from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # noqa: F401  (trial workers import only that module)
@@ -159,9 +160,13 @@ def _stage_callback_class():
 class _Progress:
     """Builds the Tune callback that prints: stage, trials done / total, diverged, best so far."""
 
-    def __init__(self, stage: str, total: int, stream=sys.stderr):
+    def __init__(self, stage: str, total: int, stream=sys.stderr, spec: StudySpec | None = None):
         self.callback = _stage_callback_class()(self)
         self.stage, self.total, self.stream = stage, total, stream
+        sel = selection(spec) if spec is not None else None
+        # (column, words, sign, unit) of the best-so-far: the study's decision metric
+        self.metric = ((sel.decide_column, sel.name, sel.sign, sel.unit) if sel is not None
+                       else ("best_test_error", "test error", 1.0, "%"))
         self.searcher = None  # a racing stage's RaceSearcher (rebuilt at the first step)
         self.done = self.diverged = self.failed = 0
         self.best = math.inf
@@ -172,15 +177,17 @@ class _Progress:
         self.done += 1
         self.failed += int(failed)
         self.diverged += int(result.get("status") == "diverged")
-        b = result.get("best_test_error", math.nan)
+        col, _, sign, _ = getattr(self, "metric", ("best_test_error", "", 1.0, "%"))
+        b = result.get(col, math.nan)
         if not failed and result.get("status") == "completed" and b == b:
-            self.best = min(self.best, b)
+            self.best = b if not math.isfinite(self.best) or sign * b < sign * self.best else self.best
         self._print()
 
     def _print(self) -> None:
-        best = f"{self.best:.2f}%" if math.isfinite(self.best) else "-"
+        _, words, _, unit = getattr(self, "metric", ("best_test_error", "test error", 1.0, "%"))
+        best = ("-" if not math.isfinite(self.best) else f"{self.best:.2f}%" if unit else f"{self.best:.4g}")
         line = (f"[gnp-study] stage {self.stage}: {self.done}/{self.total} trials done, "
-                f"{self.diverged} diverged, {self.failed} failed, best test error {best}, "
+                f"{self.diverged} diverged, {self.failed} failed, best {words} {best}, "
                 f"{time.time() - self.t0:.0f}s")
         end = "\r" if self.stream.isatty() and self.done < self.total else "\n"
         print(line, end=end, file=self.stream, flush=True)
@@ -384,8 +391,8 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
             # A trial's worker process is kept for the next trial: torch and the data load once per
             # worker, not once per trial (seconds per trial for small models).
             reuse_actors=True,
-            metric="best_test_error" if optuna else None,
-            mode="min" if optuna else None,
+            metric=selection(spec).decide_column if optuna else None,
+            mode=selection(spec).direction if optuna else None,
             # readable TensorBoard runs: <stage>_alpha=<a>_r=<r>_seed=<s>_<tune id> (gnp_study.race_search)
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
@@ -458,7 +465,9 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
     """
     # Plain Python per trial and one DataFrame per table at the end: per-trial pandas frames cost about
     # 12 ms a trial, which the driver spent at a stage's end with every trial worker idle.
-    trial_rows, cols = [], {c: [] for c in EPOCH_COLUMNS}
+    name = spec.metric.name if spec.metric is not None else None
+    trial_columns, epoch_columns = metric_columns(name)
+    trial_rows, cols = [], {c: [] for c in epoch_columns}
     unfinished = lost = 0
     for res in results:
         cfg = res.config
@@ -482,12 +491,12 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
             continue
         n = len(rows)
         metric = {c: np.array([_float(r.get(c)) for r in rows], dtype=float) if c in keys else
-                  np.full(n, math.nan) for c in EPOCH_COLUMNS[6:]}
+                  np.full(n, math.nan) for c in epoch_columns[6:]}
         alpha, r, seed = float(trial["config"]["alpha"]), float(trial["config"]["r"]), int(trial["seed"])
         for c, v in (("trial_id", trial["trial_id"]), ("stage", stage), ("config_key", trial["config_key"]),
                      ("alpha", alpha), ("r", r), ("seed", seed)):
             cols[c].extend([v] * n)
-        for c in EPOCH_COLUMNS[6:]:
+        for c in epoch_columns[6:]:
             cols[c].extend(metric[c].tolist() if c != "epoch" else metric[c].astype(int).tolist())
         bte, te, ve = metric["best_test_error"], metric["test_error"], metric["val_error"]
         best = float(np.nanmin(bte)) if n and not np.isnan(bte).all() else math.nan
@@ -506,7 +515,10 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
             "best_val_error": float(ve[at]) if at is not None else math.nan,
             "test_error_at_best_val": float(te[at]) if at is not None else math.nan,
         })
-    trials = pd.DataFrame(trial_rows, columns=TRIAL_COLUMNS)
+        if name is not None and f"best_{name}" not in TRIAL_COLUMNS:
+            trial_rows[-1][f"best_{name}"] = best_value(metric[name][:n - 1] if status == "diverged"
+                                                        else metric[name], spec.metric.mode)
+    trials = pd.DataFrame(trial_rows, columns=trial_columns)
     if trial_rows:
         text = ("trial_id", "stage", "config_key")
         epochs = pd.DataFrame({c: np.array(v, dtype=object if c in text else np.int64 if c in ("seed", "epoch")
@@ -514,8 +526,16 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
         # pandas' text dtype also when every recorded trial has no epoch (inferred from values otherwise)
         epochs = epochs.astype({c: pd.Series(["x"]).dtype for c in text})
     else:
-        epochs = pd.DataFrame(columns=EPOCH_COLUMNS)
+        epochs = pd.DataFrame(columns=epoch_columns)
     return trials, epochs, unfinished, lost
+
+
+def best_value(values, mode: str) -> float:
+    """The best of a trial's per-epoch values of the study's metric: the lowest (``mode`` ``"min"``) or the
+    highest (``"max"``) finite one; NaN when none is finite."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return math.nan if not len(v) else float(v.min() if mode == "min" else v.max())
 
 
 def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
@@ -542,7 +562,7 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
 
     if races:
         return _run_race_stage(stage, trial_configs, spec, storage, name, races)
-    progress = _Progress(stage, len(trial_configs))
+    progress = _Progress(stage, len(trial_configs), spec=spec)
     space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
     _INTERRUPT.check(f"before stage {stage!r} started")
     results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
@@ -575,10 +595,9 @@ def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpe
                     name: str | None, races: list) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`run_stage` for a racing stage: one Tune experiment whose trials a RaceSearcher suggests."""
     from gnp_study import race_search
-    from gnp_study.results import selection
 
-    metric = selection(spec).decide_column
-    progress = _Progress(stage + " (race)", sum(r.bounds()[1] for r in races))
+    metric = selection(spec).race_metric
+    progress = _Progress(stage + " (race)", sum(r.bounds()[1] for r in races), spec=spec)
     searcher = race_search.race_searcher(stage, races, trial_configs, metric, spec.max_failures)
     progress.searcher = searcher  # rebuilt from Tune's restored trials at the stage's first step
     _INTERRUPT.check(f"before stage {stage!r} started")
@@ -627,8 +646,9 @@ def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.Dat
             space[key] = (tune.lograndint if rng.log else tune.randint)(int(rng.low), int(rng.high) + 1)
         else:
             space[key] = (tune.loguniform if rng.log else tune.uniform)(rng.low, rng.high)
-    progress = _Progress("standard (Optuna search, seed %d)" % spec.seeds[0], st.num_samples)
-    searcher = OptunaSearch(metric="best_test_error", mode="min", seed=spec.seeds[0])
+    progress = _Progress("standard (Optuna search, seed %d)" % spec.seeds[0], st.num_samples, spec=spec)
+    sel = selection(spec)  # the study's decision metric: never the test set in validation mode
+    searcher = OptunaSearch(metric=sel.decide_column, mode=sel.direction, seed=spec.seeds[0])
     _INTERRUPT.check("before the Optuna search of stage 1 started")
     results = _tuner("standard_search", space, spec, storage, [progress.callback], search_alg=searcher).fit()
     trials, _, unfinished, _ = collect_trials(results, "standard_search", spec)
@@ -636,7 +656,8 @@ def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.Dat
         raise StudyInterrupted(f"the Optuna search of stage 1 was interrupted with "
                                f"{st.num_samples - len(trials)} of {st.num_samples} samples unfinished; run the "
                                f"same command again to resume it")
-    ok = trials[trials["status"] == "completed"].sort_values("best_test_error", kind="stable")
+    ok = trials[trials["status"] == "completed"].sort_values(sel.decide_column, kind="stable",
+                                                             ascending=sel.direction == "min")
     if ok.empty:
         raise StudyError("every sample of the Optuna search of stage 1 diverged or failed; narrow "
                          "stages.standard.space")
@@ -861,8 +882,9 @@ def run_greedy(spec: StudySpec, study_dir: str | Path, *, address: str | None = 
     _INTERRUPT.install()
     try:
         check_study_folder(spec, study_dir)
-        trials = read_table(study_dir / TRIALS_PARQUET, TRIAL_COLUMNS)
-        epochs = read_table(study_dir / EPOCHS_PARQUET, EPOCH_COLUMNS)
+        trial_columns, epoch_columns = metric_columns(spec.metric.name if spec.metric is not None else None)
+        trials = read_table(study_dir / TRIALS_PARQUET, trial_columns)
+        epochs = read_table(study_dir / EPOCHS_PARQUET, epoch_columns)
         decisions_path = study_dir / DECISIONS_JSON
         decisions = read_json(decisions_path, {})
         bad = [k for k, v in decisions.items() if k not in STAGES + POST_STAGES or not isinstance(v, dict)]

@@ -275,6 +275,39 @@ class TrainingSpec(_Strict):
         return v if v is None else _finite(v, info.field_name)
 
 
+#: The per-epoch metrics the package's own training loop reports (``gnp_study.train.train_trial``): the
+#: names a study's ``metric`` may take without a ``training.function``.
+PACKAGE_METRICS = ("train_loss", "train_error", "test_loss", "test_error", "val_loss", "val_error")
+#: Report keys that are bookkeeping, never a metric to decide on.
+RESERVED_METRICS = ("epoch", "status", "node", "diverged_epoch", "diverged_reason", "epoch_time_s", "lr",
+                    "passes_per_step", "grad_norm", "gnp_trial_id")
+
+
+class MetricSpec(_Strict):
+    """The metric the stages decide on and every output reports, when it is not the paper's (best test
+    error during training, percent, lower is better; or the validation error with ``data.validation``).
+
+    A trial's score is the best value of ``name`` over its epochs: the lowest for ``mode: min``, the
+    highest for ``mode: max`` (the paper's "best test error during training", Section 4.1, for any
+    metric). ``mode`` follows Ray Tune's ``metric`` / ``mode`` convention (``tune.TuneConfig``).
+    """
+
+    name: str = Field(description="a metric every epoch's report carries: one of the package loop's "
+                      "(test_loss, val_error, ...) or one your training.function reports")
+    mode: Literal["min", "max"] = Field(description="min: lower is better (a loss, an error); max: higher is "
+                                        "better (accuracy, BLEU)")
+
+    @field_validator("name")
+    @classmethod
+    def _metric_name(cls, v):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError(f"must be a Python identifier (letters, digits, '_'), got {v!r}")
+        if v in RESERVED_METRICS or v.startswith("best_"):
+            raise ValueError(f"{v!r} is a bookkeeping name, not a metric to decide on; name the metric "
+                             f"itself (the study keeps its best value as best_<name>)")
+        return v
+
+
 class DivergenceSpec(_Strict):
     """When a trial counts as diverged (checked after every epoch)."""
 
@@ -514,6 +547,9 @@ class StudySpec(_Strict):
         "epochs between a trial's reports to Ray Tune; a trial also reports at every checkpoint and at its "
         "end, and every epoch still reaches the tables and TensorBoard (from the checkpoint's history)"))
     paper: PaperRef | None = None
+    metric: MetricSpec | None = Field(None, description=(
+        "the metric the stages decide on and the outputs report, with its direction (None: the paper's "
+        "best test error, or the validation error with data.validation)"))
     code_dir: str | None = Field(None, description=(
         "folder holding the package your import paths name (relative to the study file; default: the study "
         "file's folder when the study names an import path); put on the driver's and the workers' path"))
@@ -576,6 +612,17 @@ class StudySpec(_Strict):
             raise ValueError(f"stages.cost compares amortised GNP with full GNP, but training.every is "
                              f"{self.training.every}: the study's GNP is already amortised; set training.every "
                              f"to 1 or remove stages.cost")
+        if (self.metric is not None and self.training.function is None
+                and self.metric.name not in PACKAGE_METRICS):
+            raise ValueError(f"metric.name {self.metric.name!r} is not reported by the package's training "
+                             f"loop (it reports {', '.join(PACKAGE_METRICS)}); name one of those, or report "
+                             f"it from your own training.function")
+        if self.metric is not None and self.stages.cost is not None:
+            raise ValueError(f"stages.cost compares test errors and is not available with a study metric "
+                             f"(metric.name {self.metric.name!r}); remove stages.cost or the metric")
+        if (self.metric is not None and self.metric.name.startswith("val_") and self.training.function is None
+                and self.data.validation is None):
+            raise ValueError(f"metric.name {self.metric.name!r} needs a validation set: set data.validation")
         missing = [r for r in self.stages.gnp.figure2_r if r not in self.stages.sam.r]
         if missing:
             raise ValueError(f"stages.gnp.figure2_r {missing} must be values of stages.sam.r "
@@ -622,6 +669,8 @@ class StudySpec(_Strict):
                 del d["data"][key]
         if d["code_dir"] is None:  # likewise a study of the registry's models and data
             del d["code_dir"]
+        if d["metric"] is None:  # likewise the paper's metric (test or validation error)
+            del d["metric"]
         return d
 
     def import_paths(self) -> list[str]:

@@ -375,7 +375,7 @@ def _bad_mask(values: pd.DataFrame, bad: pd.DataFrame | None) -> np.ndarray:
     return np.zeros_like(v, dtype=bool) if bad is None else bad.reindex_like(values).fillna(False).to_numpy(bool)
 
 
-def choice_order(n_bad, means) -> np.ndarray:
+def choice_order(n_bad, means, sign: float = 1.0) -> np.ndarray:
     """The choice rule of every stage, in one place: candidates ordered by fewest diverged or failed seeds,
     then lowest mean of the completed seeds (a candidate without one last), then the given (grid) order.
     The stage's choice is the first candidate with a completed seed; :func:`gnp_study.protocol.decide`,
@@ -384,12 +384,14 @@ def choice_order(n_bad, means) -> np.ndarray:
     Args:
         n_bad: per candidate, the count of diverged or failed seeds (length k).
         means: per candidate, the mean metric over its completed seeds, NaN when it has none (length k).
+        sign: +1 when lower is better (errors, losses: the paper), -1 when higher is better (a study's
+            ``metric`` with ``mode: max``); "lowest mean" is then the lowest ``sign * mean``.
 
     Returns:
         The candidates' positions (int array of length k), best first.
     """
     bad = np.asarray(n_bad, dtype=float)
-    m = np.asarray(means, dtype=float)
+    m = float(sign) * np.asarray(means, dtype=float)
     m = np.where(np.isnan(m), np.inf, m)
     return np.lexsort((np.arange(len(m)), m, bad))
 
@@ -402,8 +404,9 @@ def choice_eligible(n_bad, has_value) -> np.ndarray:
     return has & (bad == (bad[has].min() if has.any() else 0))
 
 
-def prob_best(values: pd.DataFrame, bad: pd.DataFrame | None = None) -> pd.Series:
-    """Each candidate's posterior probability of having the lowest true mean error.
+def prob_best(values: pd.DataFrame, bad: pd.DataFrame | None = None, sign: float = 1.0) -> pd.Series:
+    """Each candidate's posterior probability of having the lowest true mean error (the highest true mean
+    with ``sign = -1``: the model is symmetric, so it is run on ``sign * values``).
 
     The model and its calibration are in :mod:`gnp_study.shrinkage` (a hierarchical model of the candidates
     with the seed as a shared effect, skeptical prior: all equal with probability 0.8, else horseshoe
@@ -414,6 +417,7 @@ def prob_best(values: pd.DataFrame, bad: pd.DataFrame | None = None) -> pd.Serie
         values: one row per seed, one column per candidate; the metric of completed trials (percent error),
             NaN where the seed did not complete (or has no trial).
         bad: same shape, True where the seed's trial diverged or failed (None: no such trial).
+        sign: +1 (lower is better) or -1 (higher is better), as for :func:`choice_order`.
 
     Returns:
         Series indexed like ``values.columns``: summing to 1 over the competing candidates; all 0 when no
@@ -425,7 +429,7 @@ def prob_best(values: pd.DataFrame, bad: pd.DataFrame | None = None) -> pd.Serie
     cols = list(values.columns)
     if values.empty or not cols:
         return pd.Series(0.0, index=cols, dtype=float)
-    v = values.to_numpy(dtype=float)
+    v = float(sign) * values.to_numpy(dtype=float)
     eligible = choice_eligible(_bad_mask(values, bad).sum(axis=0), np.isfinite(v).any(axis=0))
     return pd.Series(shrinkage.prob_best(v, eligible), index=cols, dtype=float)
 
@@ -509,7 +513,7 @@ def _p_text(p: Paired) -> str:
     return text
 
 
-def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2) -> str:
+def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2, better: str = "lower error") -> str:
     """One verdict in words, e.g. ``"GNP − SAM = −0.14 points, 95% CI −0.90 to +0.62, paired over 4 seeds:
     not resolved (paired t-test p = 0.55); about 37 seeds would resolve a difference this size (80%
     power)"``.
@@ -517,6 +521,9 @@ def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2) -> str:
     Args:
         name_a, name_b: display names; p: the :func:`paired` result of a - b.
         decimals: digits of the numbers.
+        better: what the better of the two has, in words: ``"lower error"`` (the paper's metric) or, for a
+            study's own metric, e.g. ``"higher accuracy"``; a difference resolved below 0 makes ``name_a``
+            the better one when it starts with "lower", ``name_b`` otherwise.
 
     Returns:
         The sentence (no final period). "Resolved" means the 95% CI of the paired difference excludes 0.
@@ -534,8 +541,9 @@ def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2) -> str:
             f"{fmt_signed(p.ci_high, decimals)}, {pair_note}: ")
     tests = _p_text(p)
     if p.resolved:
-        better = name_a if p.diff < 0 else name_b
-        return text + f"resolved ({better} has the lower error; {tests})"
+        lower = name_a if p.diff < 0 else name_b
+        higher = name_b if p.diff < 0 else name_a
+        return text + f"resolved ({lower if better.startswith('lower') else higher} has the {better}; {tests})"
     text += f"not resolved ({tests})"
     if p.seeds_needed is not None:
         text += f"; about {p.seeds_needed} seeds would resolve a difference this size (80% power)"

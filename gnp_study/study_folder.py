@@ -40,6 +40,26 @@ EPOCH_COLUMNS = ["trial_id", "stage", "config_key", "alpha", "r", "seed", "epoch
                  "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr",
                  "epoch_time_s", "val_loss", "val_error", "passes_per_step"]
 
+
+
+def metric_columns(metric_name: str | None) -> tuple[list[str], list[str]]:
+    """The columns of ``trials.parquet`` and ``epochs.parquet`` for a study that decides on its own metric
+    (``StudySpec.metric``): :data:`TRIAL_COLUMNS` plus ``best_<name>`` and :data:`EPOCH_COLUMNS` plus
+    ``<name>``, each added only where the fixed columns lack it (``test_error`` and ``val_error`` are there
+    already; the paper's studies, ``metric_name`` None, get the fixed columns).
+
+    Returns:
+        ``(trial_columns, epoch_columns)``: new lists.
+    """
+    trial, epoch = list(TRIAL_COLUMNS), list(EPOCH_COLUMNS)
+    if metric_name is not None:
+        if f"best_{metric_name}" not in trial:
+            trial.append(f"best_{metric_name}")
+        if metric_name not in epoch:
+            epoch.append(metric_name)
+    return trial, epoch
+
+
 _ABSENT = object()
 
 

@@ -9,6 +9,7 @@ make is paid again per stage, with the trials waiting.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -90,8 +91,10 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=True)
     node = ray.get_runtime_context().get_node_id()
+    best = RunningBest(spec, (state or {}).get("history", []))
 
     def report(metrics: dict, st: dict | None) -> None:
+        metrics = best.add(metrics)
         if st is None and metrics.get("status") == "running" and metrics["epoch"] % spec.report_every:
             # Not a report epoch (report_every > 1): this epoch reaches Tune with the next checkpoint's
             # history (HISTORY_FILE), from which the runner's collect_trials and EpochTensorBoardLogger take
@@ -114,6 +117,44 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
         own_loop.train_trial(spec, trial, report, state)
     else:
         train_trial(spec, trial, report, state)
+
+
+class RunningBest:
+    """The best value so far of a study's own metric (``StudySpec.metric``), added to every report as
+    ``best_<name>`` when the loop does not report it itself (the package's loop reports
+    ``best_test_error`` and ``best_val_error``): the race's searcher reads it from a trial's last result.
+
+    Args:
+        spec: the study; without ``metric`` (or with one the loop already reports) :meth:`add` changes
+            nothing.
+        history: the epochs reported before a resume (the checkpoint's history), whose values count.
+    """
+
+    def __init__(self, spec: StudySpec, history: list[dict]):
+        m = spec.metric
+        self.name = m.name if m is not None else None
+        self.key = f"best_{self.name}" if m is not None else None
+        self.sign = 1.0 if m is None or m.mode == "min" else -1.0
+        self.best = math.nan
+        for row in history:
+            self._see(row)
+
+    def _see(self, row: dict) -> None:
+        v = row.get(self.name, math.nan) if self.name else math.nan
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return
+        if row.get("status") != "diverged" and math.isfinite(v) and not (self.sign * v >= self.sign * self.best):
+            self.best = v
+
+    def add(self, metrics: dict) -> dict:
+        """``metrics`` with ``best_<name>`` (the best finite value of a non-diverged epoch so far, NaN
+        before the first) unless the loop reports that key itself."""
+        if self.key is None or self.key in metrics:
+            return metrics
+        self._see(metrics)
+        return dict(metrics, **{self.key: self.best})
 
 
 # Ray Tune stores a function trainable's ``__name__`` in every experiment's state and refuses to restore an

@@ -138,7 +138,8 @@ def test_tables_carry_the_validation_columns():
     import pandas as pd
 
     from gnp_study.protocol import TrialConfig
-    from gnp_study.runner import EPOCH_COLUMNS, TRIAL_COLUMNS, collect_trials
+    from gnp_study.runner import collect_trials
+    from gnp_study.study_folder import EPOCH_COLUMNS, TRIAL_COLUMNS
 
     def result(seed, val, test):
         t = TrialConfig("sam", {"alpha": 1.0, "r": 0.1}, seed).to_dict()

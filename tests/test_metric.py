@@ -1,0 +1,197 @@
+"""A study's own metric and direction (``metric: {name, mode}``): the spec's checks, the selection it
+gives, the best value a trial keeps, the choice rule, the races and the calibrated probability in both
+directions, and the user's loop reporting it. No Ray; the example's run through the CLI is in
+tests/test_examples_e2e.py."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from gnp_study import own_loop, racing, stats
+from gnp_study.results import METRIC_MODE, PAPER_MODE, selection
+from gnp_study.spec import SpecError, load_spec, parse_spec
+from gnp_study.trainable import RunningBest
+from gnp_study.user_code import UserCodeError
+from helpers import digits_trial_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+OWN_LOOP = ROOT / "examples" / "own_loop" / "study.yaml"
+
+
+def _own_loop_spec(tmp_path: Path, metric=None, **training):
+    """The own-loop example's study with ``metric`` (None: no metric key) and ``training`` overrides."""
+    raw = yaml.safe_load(OWN_LOOP.read_text())
+    raw["training"].update(training)
+    raw.pop("metric", None)
+    if metric is not None:
+        raw["metric"] = metric
+    raw["code_dir"] = str(OWN_LOOP.parent)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_spec(path)
+
+
+# ------------------------------------------------------------------------------------------ the spec
+def test_paper_studies_carry_no_metric_key():
+    spec = digits_trial_spec()
+    assert spec.metric is None and "metric" not in spec.resolved()
+    assert selection(spec).mode == PAPER_MODE and selection(spec).direction == "min"
+
+
+def test_a_package_loop_metric_is_kept_and_selects_on_its_best():
+    spec = digits_trial_spec(metric={"name": "test_loss", "mode": "min"})
+    assert spec.resolved()["metric"] == {"name": "test_loss", "mode": "min"}
+    sel = selection(spec)
+    assert (sel.mode, sel.decide_column, sel.report_column, sel.direction) == (
+        METRIC_MODE, "best_test_loss", "best_test_loss", "min")
+    assert sel.sign == 1.0 and sel.race_metric == "best_test_loss" and sel.unit == ""
+    assert selection(spec.resolved()) == sel  # the study folder's resolved spec gives the same selection
+
+
+@pytest.mark.parametrize("metric, words", [
+    ({"name": "loss", "mode": "median"}, "metric.mode"),
+    ({"name": "bleu", "mode": "max"}, "not reported by the package's training loop"),
+    ({"name": "epoch", "mode": "max"}, "bookkeeping"),
+    ({"name": "best_test_error", "mode": "min"}, "bookkeeping"),
+    ({"name": "val loss", "mode": "min"}, "identifier"),
+    ({"name": "val_loss", "mode": "min"}, "needs a validation set"),
+    ({"mode": "min"}, "metric.name"),
+])
+def test_a_bad_metric_is_refused_naming_the_key(metric, words):
+    with pytest.raises(SpecError) as err:
+        digits_trial_spec(metric=metric)
+    assert words in str(err.value)
+
+
+def test_the_cost_stage_refuses_a_study_metric():
+    with pytest.raises(SpecError, match="stages.cost"):
+        digits_trial_spec(metric={"name": "test_loss", "mode": "min"},
+                          stages={"cost": {"seeds": [5, 6], "every": [1, 2]}})
+
+
+def test_a_max_metric_of_the_users_loop(tmp_path):
+    spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"})
+    sel = selection(spec)
+    assert (sel.decide_column, sel.direction, sel.sign, sel.race_metric) == (
+        "best_accuracy", "max", -1.0, "-best_accuracy")
+    assert "higher is better" in sel.label and sel.quantity == "best accuracy"
+
+
+# --------------------------------------------------------------------------- the best value of a trial
+def test_running_best_follows_the_direction_and_skips_diverged_epochs(tmp_path):
+    spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"})
+    best = RunningBest(spec, [{"accuracy": 70.0, "status": "running"}, {"accuracy": 80.0, "status": "running"}])
+    assert best.add({"accuracy": 75.0})["best_accuracy"] == 80.0
+    assert best.add({"accuracy": 90.0})["best_accuracy"] == 90.0
+    assert best.add({"accuracy": 99.0, "status": "diverged"})["best_accuracy"] == 90.0
+    assert best.add({"accuracy": float("nan")})["best_accuracy"] == 90.0
+    low = RunningBest(digits_trial_spec(metric={"name": "test_loss", "mode": "min"}), [])
+    assert math.isnan(low.add({"epoch": 1})["best_test_loss"])  # before any value
+    assert [low.add({"test_loss": v})["best_test_loss"] for v in (0.5, 0.7, 0.3)] == [0.5, 0.5, 0.3]
+    # a loop that reports the key itself, and a study without a metric, are left alone
+    assert RunningBest(digits_trial_spec(), []).add({"test_error": 3.0}) == {"test_error": 3.0}
+
+
+def test_collected_trials_keep_the_best_of_the_metric(tmp_path):
+    from gnp_study.protocol import TrialConfig
+    from gnp_study.runner import collect_trials
+
+    spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"})
+
+    def result(seed, acc, status):
+        t = TrialConfig("sam", {"alpha": 1.0, "r": 0.1}, seed).to_dict()
+        n = len(acc)
+        df = pd.DataFrame({"epoch": range(1, n + 1), "train_loss": 1.0, "test_error": 100.0 - np.array(acc),
+                           "best_test_error": np.nan, "grad_norm": 1.0, "lr": 0.1, "epoch_time_s": 1.0,
+                           "accuracy": acc, "status": ["running"] * (n - 1) + [status], "node": "n"})
+        return SimpleNamespace(config={"trial": t}, metrics_dataframe=df, error=None, checkpoint=None)
+
+    trials, epochs, _, _ = collect_trials([result(0, [60.0, 80.0, 70.0], "completed"),
+                                          result(1, [50.0, 65.0, 99.0], "diverged")], "sam", spec)
+    row = trials.set_index("seed")
+    assert row.loc[0, "best_accuracy"] == 80.0  # the highest, not the last
+    assert row.loc[1, "best_accuracy"] == 65.0  # the diverged epoch does not count
+    assert list(trials.columns)[-1] == "best_accuracy" and "accuracy" in epochs.columns
+    assert epochs[epochs.seed == 0]["accuracy"].tolist() == [60.0, 80.0, 70.0]
+
+
+# ------------------------------------------------------------- choice, races, probability: both directions
+def test_choice_rule_takes_the_highest_mean_for_max():
+    assert stats.choice_order([0, 0, 0], [3.0, 1.0, 2.0]).tolist() == [1, 2, 0]
+    assert stats.choice_order([0, 0, 0], [3.0, 1.0, 2.0], sign=-1.0).tolist() == [0, 2, 1]
+    # fewest diverged first in both directions; NaN (no completed seed) last
+    assert stats.choice_order([1, 0, 0], [9.0, 1.0, math.nan], sign=-1.0).tolist() == [1, 2, 0]
+
+
+def test_prob_best_for_max_is_prob_best_of_the_negated_values():
+    rng = np.random.default_rng(3)
+    values = pd.DataFrame(rng.normal(size=(5, 4)) + [0.0, 0.0, 2.5, 0.0], columns=list("abcd"))
+    high = stats.prob_best(values, sign=-1.0)
+    assert np.allclose(high.to_numpy(), stats.prob_best(-values).to_numpy())
+    assert high.idxmax() == "c" and stats.prob_best(values).idxmax() != "c"
+
+
+def test_races_read_a_max_metric_negated():
+    trials = pd.DataFrame({"config_key": ["a", "b"], "seed": [0, 0], "status": ["completed"] * 2,
+                           "best_accuracy": [80.0, 90.0]})
+    assert racing.results_frame(trials, "-best_accuracy")["value"].tolist() == [-80.0, -90.0]
+    assert racing.results_frame(trials, "best_accuracy")["value"].tolist() == [80.0, 90.0]
+
+
+def test_verdict_words_follow_the_direction():
+    p = stats.paired({0: 90.0, 1: 91.0, 2: 92.0}, {0: 80.0, 1: 80.5, 2: 81.5})
+    assert "resolved (GNP has the lower error" in stats.paired_text("GNP", "SAM", stats.paired(
+        {0: 1.0, 1: 1.1, 2: 1.3}, {0: 2.0, 1: 2.2, 2: 2.1}))
+    assert "resolved (GNP has the higher accuracy" in stats.paired_text("GNP", "SAM", p, better="higher accuracy")
+    assert "resolved (SAM has the lower loss" in stats.paired_text("GNP", "SAM", p, better="lower loss")
+
+
+# ------------------------------------------------------------------------------------ the user's loop
+def reports_accuracy(ctx):
+    for e in range(ctx.start_epoch + 1, ctx.epochs + 1):
+        ctx.report({"accuracy": 50.0 + e})  # no test_error: the study's metric is enough
+
+
+def reports_test_error_only(ctx):
+    ctx.report({"test_error": 5.0})
+
+
+def nan_accuracy(ctx):
+    ctx.report({"accuracy": float("nan")})
+
+
+TRIAL = {"stage": "gnp", "config": {"alpha": 0.5, "r": 0.05, "lr": 0.1}, "seed": 1, "trial_id": "t1",
+         "config_key": "k"}
+
+
+def _run(spec):
+    reports = []
+    status = own_loop.train_trial(spec, TRIAL, lambda m, st: reports.append(dict(m)), None)
+    return reports, status
+
+
+def test_the_loop_reports_the_study_metric(tmp_path):
+    spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"},
+                          function="test_metric:reports_accuracy", epochs=3)
+    reports, status = _run(spec)
+    assert status == "completed" and [r["accuracy"] for r in reports] == [51.0, 52.0, 53.0]
+    assert all(math.isnan(r["test_error"]) for r in reports)
+
+
+def test_a_report_without_the_study_metric_fails_naming_it(tmp_path):
+    spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"}, function="test_metric:reports_test_error_only")
+    with pytest.raises(UserCodeError, match=r"no 'accuracy' \(the study's metric.name\)"):
+        _run(spec)
+
+
+def test_a_non_finite_study_metric_diverges(tmp_path):
+    spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"}, function="test_metric:nan_accuracy")
+    reports, status = _run(spec)
+    assert status == "diverged" and "accuracy = nan" in reports[-1]["diverged_reason"]
