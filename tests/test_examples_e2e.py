@@ -13,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from gnp_study.study_folder import EPOCH_COLUMNS, TRIAL_COLUMNS
 from helpers import cli, finish
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parent.parent
-#: example folder -> (trials of its study, epochs per trial)
-EXAMPLES = {"tabular": (27, 10), "own_loop": (24, 6)}
+#: example folder -> (trials of its study, epochs per trial, the metric its outputs name)
+EXAMPLES = {"tabular": (27, 10, "test error"), "own_loop": (24, 6, "accuracy")}
 RUN_TIMEOUT_S = 400
 
 
@@ -43,7 +44,7 @@ def _finished_sam_trials(out: Path) -> set[str]:
 @pytest.mark.timeout(3 * RUN_TIMEOUT_S)
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
 def test_example_runs_and_resumes_after_sigkill(example, ray_head, tmp_path):
-    n_trials, n_epochs = EXAMPLES[example]
+    n_trials, n_epochs, metric = EXAMPLES[example]
     ref = tmp_path / "reference"
     text = _run(example, ref, ray_head)
     assert "GNP − Standard" in text and "Traceback" not in text, text[-3000:]
@@ -52,6 +53,8 @@ def test_example_runs_and_resumes_after_sigkill(example, ray_head, tmp_path):
     assert len(pd.read_parquet(ref / "epochs.parquet")) == n_trials * n_epochs
     for name in ("results.md", "figure2.png", "figure3.png", "report.html"):
         assert (ref / name).stat().st_size > 0, name
+    for name in ("results.md", "report.html"):  # the example's metric is what its pages name
+        assert metric in (ref / name).read_text().lower(), name
 
     # the same study, its driver SIGKILLed inside stage 2 once a trial of it has ended, run again
     out = tmp_path / "killed"
@@ -71,9 +74,10 @@ def test_example_runs_and_resumes_after_sigkill(example, ray_head, tmp_path):
     got = pd.read_parquet(out / "trials.parquet").sort_values(key).reset_index(drop=True)
     want = trials.sort_values(key).reset_index(drop=True)
     cols = ["trial_id", "status", "best_test_error", "final_test_error", "epochs_run", "best_val_error",
-            "test_error_at_best_val"]
+            "test_error_at_best_val"] + [c for c in want.columns if c not in TRIAL_COLUMNS]  # best_<metric>
     pd.testing.assert_frame_equal(got[cols], want[cols], check_exact=True)
-    ecols = ["trial_id", "epoch", "train_loss", "test_error", "grad_norm"]
+    ecols = ["trial_id", "epoch", "train_loss", "test_error", "grad_norm"] + [
+        c for c in pd.read_parquet(ref / "epochs.parquet").columns if c not in EPOCH_COLUMNS]  # the metric
     by = ["trial_id", "epoch"]
     got_e = pd.read_parquet(out / "epochs.parquet").sort_values(by).reset_index(drop=True)[ecols]
     want_e = pd.read_parquet(ref / "epochs.parquet").sort_values(by).reset_index(drop=True)[ecols]

@@ -1,7 +1,8 @@
 """The training loop: the function the study names as ``training.function: digits_loop.loop:train``.
 
 gnp-study calls it once per trial with a context (``gnp_study.own_loop.TrialContext``) and decides on the
-``test_error`` it reports each epoch; everything else here is the user's choice.
+metric the study names (``metric: {name: accuracy, mode: max}``), which it reports each epoch; everything
+else here is the user's choice.
 """
 
 import torch
@@ -9,21 +10,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 
-def _error(model, loader, device) -> float:
-    """Percent of misclassified samples of ``loader``."""
+def _accuracy(model, loader, device) -> float:
+    """Percent of correctly classified samples of ``loader``."""
     model.eval()
-    wrong = n = 0
+    right = n = 0
     with torch.no_grad():
         for x, y in loader:
             pred = model(x.to(device)).argmax(1)
-            wrong += int((pred != y.to(device)).sum())
+            right += int((pred == y.to(device)).sum())
             n += len(y)
-    return 100.0 * wrong / max(1, n)
+    return 100.0 * right / max(1, n)
 
 
 def train(ctx) -> None:
     """Train the study's model for ``ctx.epochs`` epochs with the trial's GNP optimizer; report each
-    epoch's ``test_error`` (%), ``train_loss`` and ``grad_norm``; save what an exact resume needs."""
+    epoch's ``accuracy`` (% of test samples right: the study's metric), ``train_loss`` and ``grad_norm``;
+    save what an exact resume needs."""
     model = ctx.build_model()  # first: the same initial weights for every configuration of a seed
     data = ctx.datasets()
     gen = torch.Generator().manual_seed(ctx.seed)  # the batch order: same for every configuration of a seed
@@ -52,7 +54,7 @@ def train(ctx) -> None:
             sched.step()
             loss_sum += float(loss.detach()) * len(y)
             norm_sum += float(opt.last_grad_norm)
-        ctx.report({"test_error": _error(model, test_loader, ctx.device),
+        ctx.report({"accuracy": _accuracy(model, test_loader, ctx.device),
                     "train_loss": loss_sum / len(data.train), "grad_norm": norm_sum / len(train_loader),
                     "lr": opt.param_groups[0]["lr"]},
                    state={"model": model.state_dict(), "optimizer": opt.state_dict(),
