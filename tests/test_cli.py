@@ -7,7 +7,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from gnp_study.cli import _load_checked, build_parser, main
+from gnp_study.api import load_study
+from gnp_study.cli import build_parser, main
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -28,7 +29,7 @@ def test_relative_data_root_is_made_absolute_where_the_command_runs(tmp_path, mo
         "name": "s", "data": {"dataset": "cifar10", "root": "data/c10", "format": "imagefolder"},
         "model": {"name": "resnet8"}, "training": {"epochs": 1, "batch_size": 8, "lr": 0.1}, "seeds": [0]}))
     monkeypatch.chdir(tmp_path)
-    spec = _load_checked(str(study))
+    spec = load_study(str(study))
     assert spec.data.root == str(tmp_path / "data" / "c10")
     assert spec.resolved()["data"]["root"] == str(tmp_path / "data" / "c10")
 
