@@ -17,7 +17,7 @@ import copy
 import datetime as _dt
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from gnp_study.spec import StudySpec
@@ -83,10 +83,15 @@ def load_study(study: Study, facts: dict | None = None, *, check_data: bool = Tr
             names the file (or ``<dict>`` / ``<StudySpec>``) and the key.
         DataError: the data folder lacks the files, or a subset is larger than its split.
     """
+    spec, source = _parse(study)
+    return _checked(spec, source, facts, check_data)
+
+
+def _checked(spec: StudySpec, source: str, facts: dict | None = None, check_data: bool = True) -> StudySpec:
+    """:func:`load_study` after the schema: the user's code, the data root made absolute, the data folder."""
     from gnp_study.data import check_data as _check_data
     from gnp_study.spec import check_study_code
 
-    spec, source = _parse(study)
     found = check_study_code(spec, source)
     if facts is not None:
         facts.update(found)
@@ -173,3 +178,114 @@ def run_study(study: Study, output: str | Path | None = None, *, address: str | 
         return _mirror_dir(out)
     return Path(out)
 
+
+
+# ------------------------------------------------------------------------------------ gnp-study init
+#: The template :func:`new_study_text` renders (shipped as package data, like report.html).
+STUDY_TEMPLATE = "study.yaml.j2"
+
+
+def _yaml_scalar(value: Any) -> str:
+    """``value`` as a one-line YAML value (quoted only where YAML needs it)."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-3].strip() if text.endswith("\n...") else text
+
+
+def _default_name(out: Path) -> str:
+    """A valid study name from the file name: characters a name may not hold become ``_``."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", out.stem) or "study"
+    return name if re.match(r"[A-Za-z0-9]", name) else f"study{name}"
+
+
+def new_study_text(out: str | Path, model: str, data: str, *, root: str | None = None,
+                   code_dir: str | Path | None = None, name: str | None = None) -> str:
+    """The text of a starting study file for ``model`` and ``data``, rendered from
+    ``gnp_study/templates/study.yaml.j2``: every key with a comment, the greedy stages explained, the
+    paper's grids. Nothing is checked here (:func:`init_study` checks and writes it).
+
+    Args:
+        out: where the file is meant to go (its name gives the default study name; a relative
+            ``code_dir`` is written relative to its folder).
+        model: ``model.name``: a registry name, ``torchvision:<name>``, ``timm:<name>`` or an import path.
+        data: ``data.dataset``: a registry name, ``imagefolder`` or an import path.
+        root: ``data.root`` as given (a relative root is read relative to where gnp-study runs).
+        code_dir: the folder holding the user's package, relative to the current directory.
+        name: the study's name (default: from the file name).
+    """
+    import os
+    import shlex
+    import textwrap
+
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    from gnp_study import __version__
+    from gnp_study.data import DATASETS
+    from gnp_study.models import MODELS, model_kind
+
+    out = Path(out)
+    if data in DATASETS:
+        data_kind = "registry"
+        augs = DATASETS[data].augmentations
+        augmentation = next((a for a in ("basic", "imagenet") if a in augs), "none")
+    else:
+        data_kind, augs, augmentation = ("imagefolder" if data == "imagefolder" else "function"), (), "none"
+    if code_dir is not None:
+        # Stored relative to the file's folder when both lie in one tree (the project moves as a whole),
+        # else absolute.
+        folder, here = Path(code_dir).expanduser().resolve(), out.expanduser().absolute().parent.resolve()
+        shared = Path(os.path.commonpath([folder, here]))
+        code_dir = os.path.relpath(folder, here) if shared != Path(shared.anchor) else str(folder)
+    env = Environment(loader=FileSystemLoader(str(Path(__file__).parent / "templates")), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.filters["yaml"] = _yaml_scalar
+    env.filters["shell"] = shlex.quote
+    env.filters["comment"] = lambda text: textwrap.fill(text, width=100, initial_indent="  # ",
+                                                        subsequent_indent="  #   ", break_on_hyphens=False)
+    name = name if name is not None else _default_name(out)
+    return env.get_template(STUDY_TEMPLATE).render(
+        version=__version__, path=str(out), name=name, description=f"GNP study of {model} on {data}",
+        data=data, data_kind=data_kind, root=root, augmentation=augmentation, augmentations=", ".join(augs),
+        registry_datasets=", ".join(sorted(DATASETS)), model=model, model_kind=model_kind(model),
+        registry_models=", ".join(sorted(MODELS)), code_dir=code_dir)
+
+
+def init_study(out: str | Path, model: str, data: str, *, root: str | None = None,
+               code_dir: str | Path | None = None, name: str | None = None, force: bool = False) -> Path:
+    """Write a starting study file (:func:`new_study_text`) to ``out``, after checking it as ``gnp-study
+    validate`` checks a file there: nothing is written unless it is valid.
+
+    Returns:
+        ``out`` as a Path.
+
+    Raises:
+        SpecError: ``out`` exists (and ``force`` is not set) or is a folder, or the study is invalid (an
+            unknown model or data set, user code that does not import, a name a study may not have).
+        DataError: the data folder lacks the data set's files.
+    """
+    import os
+
+    import yaml
+
+    from gnp_study.spec import SpecError, parse_spec
+
+    out = Path(out)
+    if out.is_dir():
+        raise SpecError(f"{out} is a folder; give the study file's path (e.g. {out / 'study.yaml'})")
+    if out.exists() and not force:
+        raise SpecError(f"{out} exists; refusing to overwrite it (--force replaces it)")
+    text = new_study_text(out, model, data, root=root, code_dir=code_dir, name=name)
+    # Checked as load_spec reads the file where it will lie: messages name it, code_dir is relative to its
+    # folder (which may not exist yet: the path is made absolute here, without resolving through it).
+    raw = yaml.safe_load(text)
+    here = out.absolute().parent
+    if raw.get("code_dir") is not None:
+        raw["code_dir"] = os.path.normpath(here / raw["code_dir"])
+    spec = parse_spec(raw, str(out), check_names=False, base_dir=here)
+    _checked(spec, str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out

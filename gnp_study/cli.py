@@ -1,8 +1,8 @@
 """The ``gnp-study`` command line.
 
 Verbs: ``run greedy`` (run or resume a study), ``plan`` (count trials and estimate cost without
-training), ``report`` (rebuild tables, figures and report.html from a study folder), ``validate``
-(check a study file), and the cluster verbs ``submit``, ``status``, ``logs``, ``stop``.
+training), ``report`` (rebuild tables, figures and report.html from a study folder), ``init`` (write a
+starting study file for a model and data), ``validate`` (check a study file), and the cluster verbs ``submit``, ``status``, ``logs``, ``stop``.
 Bad input (a study file, a data folder, a study folder) prints one message and exits with status 2.
 """
 
@@ -79,6 +79,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_study(args.study)
     print(f"{args.study or 'digits'}: valid study {spec.name!r}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from gnp_study.api import init_study
+
+    out = init_study(args.out, args.model, args.data, root=args.root, code_dir=args.code_dir, name=args.name,
+                     force=args.force)
+    print(f"{out}: a valid starting study; edit it, then: gnp-study plan {out} --measure, "
+          f"gnp-study run greedy {out}")
     return 0
 
 
@@ -259,6 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="price the study with N seeds instead of the study file's (e.g. the seeds a verdict "
                          "says would resolve a comparison)")
     pl.set_defaults(func=cmd_plan)
+
+    ini = sub.add_parser(
+        "init", help="write a starting study file for your model and data",
+        description=("Write a starting study file for a model and a data set, every key commented and the greedy "
+                     "stages explained, after checking it as 'validate' does (the model is built, the data read "
+                     "once): an invalid study is not written. Edit it, then run 'plan' and 'run greedy' on it."))
+    ini.add_argument("out", metavar="OUT.yaml", help="the study file to write")
+    ini.add_argument("--model", required=True, metavar="M",
+                     help="model.name: a registry name (e.g. small_cnn, resnet20, wrn28_10), torchvision:<name>, "
+                          "timm:<name>, or an import path package.module:attribute to your nn.Module class or "
+                          "factory")
+    ini.add_argument("--data", required=True, metavar="D",
+                     help="data.dataset: a registry name (e.g. digits, cifar10), imagefolder, or an import path "
+                          "package.module:function returning your (train, test) Datasets")
+    ini.add_argument("--root", default=None, metavar="PATH",
+                     help="data.root: the data set's folder (written as given; a relative one is read from where "
+                          "gnp-study runs)")
+    ini.add_argument("--code-dir", default=None, metavar="DIR",
+                     help="the folder holding your package (relative to here; written relative to OUT's folder); "
+                          "default: OUT's folder")
+    ini.add_argument("--name", default=None, help="the study's name (default: from OUT's file name)")
+    ini.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    ini.set_defaults(func=cmd_init)
 
     v = sub.add_parser("validate", help="validate a study file and its data folder",
                        description="Validate a study file (keys, types, ranges, names) and check its data "
