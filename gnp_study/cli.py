@@ -1,15 +1,14 @@
 """The ``gnp-study`` command line.
 
 Verbs: ``run greedy`` (run or resume a study), ``plan`` (count trials and estimate cost without
-training), ``report`` (rebuild tables, figures and report.html from a study folder), ``validate``
-(check a study file), and the cluster verbs ``submit``, ``status``, ``logs``, ``stop``.
+training), ``report`` (rebuild tables, figures and report.html from a study folder), ``init`` (write a
+starting study file for a model and data), ``validate`` (check a study file), and the cluster verbs ``submit``, ``status``, ``logs``, ``stop``.
 Bad input (a study file, a data folder, a study folder) prints one message and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import math
 import sys
@@ -18,58 +17,11 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from gnp_study.data import DataError
-    from gnp_study.protocol import ProtocolError
-    from gnp_study.runner import StudyError
-    from gnp_study.spec import SpecError
-
-    errs: list[type[BaseException]] = [SpecError, StudyError, DataError, ProtocolError]
-    from gnp_study.study_folder import StudyFolderError
-
-    return tuple(errs + [StudyFolderError])
-
-
-def _load_checked(study: str | None, facts: dict | None = None):
-    """Load a study file and check its data folder: everything that can be checked before Ray starts.
-
-    ``facts``, when given, receives what :func:`gnp_study.spec.check_study_code` found (parameter count,
-    the user's data sizes)."""
-    from gnp_study.data import check_data
-    from gnp_study.spec import check_study_code, find_study, load_spec
-
-    spec = load_spec(study, check_names=False)
-    found = check_study_code(spec, str(find_study(study)))
-    if facts is not None:
-        facts.update(found)
-    if not spec.data.is_registry():
-        return spec  # the user's image folder or data function: read and checked by check_study_code
-    if spec.data.root and "://" not in spec.data.root and not Path(spec.data.root).is_absolute():
-        # Trials run in their own working directories (Ray Tune's trial folders): a root relative to
-        # where the user ran the command is made absolute here, before it is stored and validated.
-        spec.data.root = str(Path(spec.data.root).resolve())
-    check_data(spec.data.dataset, spec.data.root, spec.data.format,
-               train_subset=spec.data.train_subset, test_subset=spec.data.test_subset)
-    return spec
-
-
-def _output_dir(spec, output: str | None, new: bool) -> Path | str:
-    """The study folder: a path, or a storage URI (``s3://``, ``gs://``, ``file://``) kept as a string."""
-    stamp = f"-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}" if new else ""
-    if output and "://" in output:
-        return output.rstrip("/") + stamp
-    out = Path(output) if output else Path("reports") / spec.name
-    return out.with_name(out.name + stamp) if new else out
-
-
 def cmd_run_greedy(args: argparse.Namespace) -> int:
-    from gnp_study.runner import run_greedy
+    from gnp_study.api import run_greedy_study
     from gnp_study.study_folder import FIGURE2_PNG, FIGURE3_PNG, REPORT_HTML, RESULTS_MD
 
-    spec = _load_checked(args.study)
-    out = _output_dir(spec, args.output, args.new)
-    print(f"[gnp-study] study {spec.name!r} -> {out}", file=sys.stderr)
-    run_greedy(spec, out, address=args.address, build_report=True)
+    _, out = run_greedy_study(args.study, args.output, address=args.address, new=args.new, build_report=True)
     print_summary(out)
     for name in (RESULTS_MD, FIGURE2_PNG, FIGURE3_PNG, REPORT_HTML):
         print(f"  {out}/{name}")
@@ -123,8 +75,20 @@ def print_summary(study_dir: str | Path) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    spec = _load_checked(args.study)
+    from gnp_study.api import load_study
+
+    spec = load_study(args.study)
     print(f"{args.study or 'digits'}: valid study {spec.name!r}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from gnp_study.api import init_study
+
+    out = init_study(args.out, args.model, args.data, root=args.root, code_dir=args.code_dir, name=args.name,
+                     force=args.force)
+    print(f"{out}: a valid starting study; edit it, then: gnp-study plan {out} --measure, "
+          f"gnp-study run greedy {out}")
     return 0
 
 
@@ -147,16 +111,11 @@ def _measure_epoch(spec) -> float:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from gnp_study.api import load_study
     from gnp_study.protocol import count_trials
 
-    from gnp_study.spec import check_study_code, find_study, load_spec
-
     facts: dict = {}
-    if args.check_data:
-        spec = _load_checked(args.study, facts)
-    else:
-        spec = load_spec(args.study, check_names=False)
-        facts = check_study_code(spec, str(find_study(args.study)))
+    spec = load_study(args.study, facts, check_data=args.check_data)
     n_seeds = len(spec.seeds) if args.seeds is None else args.seeds
     counts = count_trials(spec, n_seeds)
     ep = spec.training.epochs
@@ -168,8 +127,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if "n_train" in facts:
         print(f"  data            : {facts['n_train']} training, {facts['n_test']} test, {facts['n_val']} validation "
               f"samples; one sample {tuple(facts['sample_shape'])} {facts['sample_dtype']}")
+    reported = spec.metric.name if spec.metric is not None else "test_error"
     if "function" in facts:
-        print(f"  training        : your function {facts['function']} (it reports test_error each epoch)")
+        print(f"  training        : your function {facts['function']} (it reports {reported} each epoch)")
+    if spec.metric is not None:
+        better = "higher" if spec.metric.mode == "max" else "lower"
+        print(f"  decides on      : each trial's best {reported} over its epochs ({spec.metric.mode}: {better} "
+              f"is better)")
     if counts["standard_search"]:
         print(f"  stage 1 search : {counts['standard_search']:5d} trials (Optuna TPE on seed {spec.seeds[0]})")
     print(f"  stage 1 standard: {counts['standard']:5d} trials (alpha = 0)")
@@ -311,6 +275,29 @@ def build_parser() -> argparse.ArgumentParser:
                          "says would resolve a comparison)")
     pl.set_defaults(func=cmd_plan)
 
+    ini = sub.add_parser(
+        "init", help="write a starting study file for your model and data",
+        description=("Write a starting study file for a model and a data set, every key commented and the greedy "
+                     "stages explained, after checking it as 'validate' does (the model is built, the data read "
+                     "once): an invalid study is not written. Edit it, then run 'plan' and 'run greedy' on it."))
+    ini.add_argument("out", metavar="OUT.yaml", help="the study file to write")
+    ini.add_argument("--model", required=True, metavar="M",
+                     help="model.name: a registry name (e.g. small_cnn, resnet20, wrn28_10), torchvision:<name>, "
+                          "timm:<name>, or an import path package.module:attribute to your nn.Module class or "
+                          "factory")
+    ini.add_argument("--data", required=True, metavar="D",
+                     help="data.dataset: a registry name (e.g. digits, cifar10), imagefolder, or an import path "
+                          "package.module:function returning your (train, test) Datasets")
+    ini.add_argument("--root", default=None, metavar="PATH",
+                     help="data.root: the data set's folder (written as given; a relative one is read from where "
+                          "gnp-study runs)")
+    ini.add_argument("--code-dir", default=None, metavar="DIR",
+                     help="the folder holding your package (relative to here; written relative to OUT's folder); "
+                          "default: OUT's folder")
+    ini.add_argument("--name", default=None, help="the study's name (default: from OUT's file name)")
+    ini.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    ini.set_defaults(func=cmd_init)
+
     v = sub.add_parser("validate", help="validate a study file and its data folder",
                        description="Validate a study file (keys, types, ranges, names) and check its data "
                                    "folder. Writes nothing.")
@@ -338,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gnp-study`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    from gnp_study.api import user_errors
     from gnp_study.runner import StudyInterrupted
 
     try:
@@ -345,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     except StudyInterrupted as e:
         print(f"gnp-study: interrupted: {e}", file=sys.stderr)
         return 130
-    except _user_errors() as e:
+    except user_errors() as e:
         print(f"gnp-study: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

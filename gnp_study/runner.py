@@ -158,11 +158,17 @@ def _stage_callback_class():
 
 
 class _Progress:
-    """Builds the Tune callback that prints: stage, trials done / total, diverged, best so far."""
+    """Builds the Tune callback that prints: stage, trials done / total, diverged, best so far.
 
-    def __init__(self, stage: str, total: int, stream=sys.stderr, spec: StudySpec | None = None):
+    Tune pickles the callback, and with it this object, into the stage's experiment state: it holds no
+    stream. The line goes to whatever ``sys.stderr`` is when it is printed (:attr:`stream`), so a stream
+    that cannot be pickled (pytest's capture, a notebook's) is never captured, and a run in a notebook
+    prints where the notebook shows stderr. ``spec``: the study, whose decision metric the line names.
+    """
+
+    def __init__(self, stage: str, total: int, spec: StudySpec | None = None):
         self.callback = _stage_callback_class()(self)
-        self.stage, self.total, self.stream = stage, total, stream
+        self.stage, self.total = stage, total
         sel = selection(spec) if spec is not None else None
         # (column, words, sign, unit) of the best-so-far: the study's decision metric
         self.metric = ((sel.decide_column, sel.name, sel.sign, sel.unit) if sel is not None
@@ -172,6 +178,11 @@ class _Progress:
         self.best = math.inf
         self.t0 = time.time()
         self._print()
+
+    @property
+    def stream(self):
+        """``sys.stderr`` now (looked up at each print, never stored)."""
+        return sys.stderr
 
     def finished(self, result: dict, failed: bool) -> None:
         self.done += 1
@@ -189,8 +200,10 @@ class _Progress:
         line = (f"[gnp-study] stage {self.stage}: {self.done}/{self.total} trials done, "
                 f"{self.diverged} diverged, {self.failed} failed, best {words} {best}, "
                 f"{time.time() - self.t0:.0f}s")
-        end = "\r" if self.stream.isatty() and self.done < self.total else "\n"
-        print(line, end=end, file=self.stream, flush=True)
+        stream = self.stream
+        tty = getattr(stream, "isatty", None)
+        end = "\r" if tty is not None and tty() and self.done < self.total else "\n"
+        print(line, end=end, file=stream, flush=True)
 
 
 # ------------------------------------------------------------------------------------------ Ray set-up

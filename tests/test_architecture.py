@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("training loop", {"faults", "train", "own_loop"}),
     ("outputs", {"cost_figure", "report", "paper"}),
     ("Ray adapter", {"trainable", "tune_state", "race_search", "runner", "jobs"}),
-    ("interface", {"cli", "__main__", "__init__"}),
+    ("interface", {"api", "cli", "__main__", "__init__"}),
 ]
 LEVEL = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 # Third-party imports a layer must not make anywhere (module level or inside functions).

@@ -7,7 +7,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from gnp_study.cli import _load_checked, build_parser, main
+from gnp_study.api import load_study
+from gnp_study.cli import build_parser, main
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -28,12 +29,12 @@ def test_relative_data_root_is_made_absolute_where_the_command_runs(tmp_path, mo
         "name": "s", "data": {"dataset": "cifar10", "root": "data/c10", "format": "imagefolder"},
         "model": {"name": "resnet8"}, "training": {"epochs": 1, "batch_size": 8, "lr": 0.1}, "seeds": [0]}))
     monkeypatch.chdir(tmp_path)
-    spec = _load_checked(str(study))
+    spec = load_study(str(study))
     assert spec.data.root == str(tmp_path / "data" / "c10")
     assert spec.resolved()["data"]["root"] == str(tmp_path / "data" / "c10")
 
 
-@pytest.mark.parametrize("argv", [["run", "greedy", "--help"], ["plan", "--help"], ["report", "--help"],
+@pytest.mark.parametrize("argv", [["run", "greedy", "--help"], ["plan", "--help"], ["report", "--help"], ["init", "--help"],
                                   ["validate", "--help"], ["submit", "--help"], ["status", "--help"],
                                   ["logs", "--help"], ["stop", "--help"]])
 def test_every_verb_has_help(argv, capsys):
@@ -200,3 +201,107 @@ def test_entry_exits_with_mains_status_after_freezing_the_collector(monkeypatch)
         assert e.value.code == 2 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+# ------------------------------------------------------------------------------- gnp-study init
+def one_error_line(capsys) -> str:
+    """The one line ``gnp-study`` printed on stderr after ``gnp-study: error: ``."""
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gnp-study: error: "), err
+    return err.strip()
+
+
+@pytest.mark.parametrize("model, data", [("small_cnn", "digits"), ("torchvision:resnet18", "cifar10")])
+def test_init_writes_a_commented_study_that_validates(model, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root = []
+    if data == "cifar10":
+        write_imagefolder(tmp_path / "c10")
+        root = ["--root", "c10"]
+    out = tmp_path / "studies" / "first.yaml"
+    assert main(["init", str(out), "--model", model, "--data", data, *root]) == 0
+    assert "valid starting study" in capsys.readouterr().out
+    text = out.read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
+    assert raw["name"] == "first" and raw["model"]["name"] == model and raw["data"]["dataset"] == data
+    assert raw["data"].get("root") == ("c10" if root else None)
+    for words in ("stage 1", "alpha = 1 (SAM)", "the best r", "figure2_r"):  # the greedy stages explained
+        assert words in text
+    assert sum(line.lstrip().startswith("#") for line in text.splitlines()) > 20
+    assert main(["validate", str(out)]) == 0
+    assert "valid study 'first'" in capsys.readouterr().out
+
+
+def test_init_with_an_import_path_and_code_dir(tmp_path, monkeypatch, capsys):
+    """The user's package in --code-dir (relative to where the command runs) is written relative to the
+    study file's folder, and the file validates from another folder in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pkg = tmp_path / "project" / "code" / "initpkg_gnp_test"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(
+        "from torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, num_classes, in_channels, image_size, width=16):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, width), nn.ReLU(),\n"
+        "                                  nn.Linear(width, num_classes))\n\n"
+        "    def forward(self, x):\n"
+        "        return self.body(x)\n")
+    monkeypatch.chdir(tmp_path / "project")
+    out = Path("studies") / "mine.yaml"
+    assert main(["init", str(out), "--model", "initpkg_gnp_test.nets:Net", "--data", "digits",
+                 "--code-dir", "code", "--name", "my-net"]) == 0
+    raw = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert raw["code_dir"] == "../code" and raw["name"] == "my-net"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "gnp_study", "validate", str(out.resolve())], cwd=elsewhere,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "valid study 'my-net'" in proc.stdout
+
+
+def test_init_refuses_to_overwrite_a_file_and_force_overwrites_it(tmp_path, capsys):
+    out = tmp_path / "s.yaml"
+    out.write_text("keep me\n")
+    assert main(["init", str(out), "--model", "small_cnn", "--data", "digits"]) == 2
+    line = one_error_line(capsys)
+    assert f"{out} exists" in line and "--force" in line
+    assert out.read_text() == "keep me\n"
+    assert main(["init", str(out), "--model", "small_cnn", "--data", "digits", "--force"]) == 0
+    assert yaml.safe_load(out.read_text())["model"]["name"] == "small_cnn"
+    assert main(["validate", str(out)]) == 0
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--model", "resnet9000", "--data", "digits"], "model.name: unknown model 'resnet9000'; accepted: a registry name"),
+    (["--model", "small_cnn", "--data", "cifar11"], "data.dataset: unknown data set 'cifar11'"),
+    (["--model", "small_cnn", "--data", "cifar10", "--root", "nowhere"], "data folder"),
+    (["--model", "small_cnn", "--data", "digits", "--name", "no spaces"], "name must be letters"),
+])
+def test_init_refuses_an_invalid_study_in_one_line_and_writes_nothing(argv, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "new" / "s.yaml"
+    assert main(["init", str(out), *argv]) == 2
+    line = one_error_line(capsys)
+    assert says in line, line
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_study_template_is_shipped_as_package_data():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gnp_study"]
+    template = root / "gnp_study" / "templates" / "study.yaml.j2"
+    assert template.is_file()
+    assert any(fnmatch.fnmatch("templates/study.yaml.j2", p) for p in patterns), patterns
