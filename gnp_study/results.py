@@ -451,39 +451,74 @@ def results_table(
     """
     agg = aggregate_seeds(trials, metric)
     source = scored_on(decisions, seeds)
+    df = _scheme_rows(agg, decisions, source, decimals)
+    comps = comparisons(trials, decisions, metric, source)
+    pct = _add_improvements(df, comps)
+    _set_comparison_attrs(df, comps, pct, source)
+    if paper is not None:
+        _add_paper_columns(df, paper, decimals)
+    return df
+
+
+def _no_stats() -> dict[str, Any]:
+    """The statistics of a scheme with nothing to aggregate: NaN mean, std and CI, zero counts."""
+    return {"mean": float("nan"), "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+            "n": 0, "n_seeds": 0, "n_diverged": 0, "n_failed": 0}
+
+
+def _scheme_stats(agg: pd.DataFrame, decision: dict[str, Any], t_stage: str, key: str | None,
+                  source: str) -> dict[str, Any]:
+    """The statistics of one scheme's row of :func:`results_table`.
+
+    Takes the :func:`aggregate_seeds` table, the stage's decision ({} when not decided), the stage and
+    config_key of the trials that score it (:func:`_scheme_trials`) and the seeds they come from
+    (:func:`scored_on`). Returns a dict with ``mean``, ``std``, ``ci_low``, ``ci_high`` (floats) and
+    ``n``, ``n_seeds``, ``n_diverged``, ``n_failed`` (ints): from ``agg`` when it holds the configuration;
+    else, on the selection seeds, the decision's own numbers (no CI; diverged and failed counts from its
+    candidate entry); else :func:`_no_stats`.
+    """
+    sel = agg[(agg["stage"] == t_stage) & (agg["config_key"] == key)] if key is not None else agg.iloc[0:0]
+    if len(sel) > 0:
+        a = sel.iloc[0]
+        return {
+            "mean": float(a["mean"]),
+            "std": float(a["std"]),
+            "ci_low": float(a["ci_low"]),
+            "ci_high": float(a["ci_high"]),
+            "n": int(a["n"]),
+            "n_seeds": int(a["n_seeds"]),
+            "n_diverged": int(a["n_diverged"]),
+            "n_failed": int(a["n_failed"]),
+        }
+    if decision and source == SELECTION:
+        cands = [c for c in decision.get("candidates", []) if c.get("config_key") == key]
+        cand = cands[0] if cands else {}
+        return {
+            "mean": _float(decision.get("mean")),
+            "std": _float(decision.get("std")),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "n": int(decision.get("n", 0)),
+            "n_seeds": int(decision.get("n_seeds", 0)),
+            "n_diverged": int(cand.get("n_diverged", 0)),
+            "n_failed": int(cand.get("n_failed", 0)),
+        }
+    return _no_stats()
+
+
+def _scheme_rows(agg: pd.DataFrame, decisions: dict[str, Any], source: str, decimals: int) -> pd.DataFrame:
+    """The per-scheme part of :func:`results_table`.
+
+    Takes the :func:`aggregate_seeds` table, ``decisions.json``, the seeds that score the schemes
+    (:func:`scored_on`) and the digits of the text columns. Returns a DataFrame of 3 rows (Standard, SAM,
+    GNP) with the columns ``scheme``, ``stage``, ``configuration``, ``config_key``, the statistics of
+    :func:`_scheme_stats`, ``test_error`` and ``ci95`` (text).
+    """
     rows = []
     for stage, name in SCHEMES:
         decision = decisions.get(stage) or {}
         t_stage, key = _scheme_trials(decisions, stage, source)
-        sel = agg[(agg["stage"] == t_stage) & (agg["config_key"] == key)] if key is not None else agg.iloc[0:0]
-        if len(sel) > 0:
-            a = sel.iloc[0]
-            stats = {
-                "mean": float(a["mean"]),
-                "std": float(a["std"]),
-                "ci_low": float(a["ci_low"]),
-                "ci_high": float(a["ci_high"]),
-                "n": int(a["n"]),
-                "n_seeds": int(a["n_seeds"]),
-                "n_diverged": int(a["n_diverged"]),
-                "n_failed": int(a["n_failed"]),
-            }
-        elif decision and source == SELECTION:
-            cands = [c for c in decision.get("candidates", []) if c.get("config_key") == key]
-            cand = cands[0] if cands else {}
-            stats = {
-                "mean": _float(decision.get("mean")),
-                "std": _float(decision.get("std")),
-                "ci_low": float("nan"),
-                "ci_high": float("nan"),
-                "n": int(decision.get("n", 0)),
-                "n_seeds": int(decision.get("n_seeds", 0)),
-                "n_diverged": int(cand.get("n_diverged", 0)),
-                "n_failed": int(cand.get("n_failed", 0)),
-            }
-        else:
-            stats = {"mean": float("nan"), "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
-                     "n": 0, "n_seeds": 0, "n_diverged": 0, "n_failed": 0}
+        stats = _scheme_stats(agg, decision, t_stage, key, source)
         rows.append(
             {
                 "scheme": name,
@@ -496,8 +531,18 @@ def results_table(
                 "ci95": _ci_text(stats["ci_low"], stats["ci_high"], stats["n"], decimals),
             }
         )
-    df = pd.DataFrame(rows)
-    comps = comparisons(trials, decisions, metric, source)
+    return pd.DataFrame(rows)
+
+
+def _add_improvements(df: pd.DataFrame, comps: dict[tuple[str, str], Paired | None]) -> float:
+    """Add the improvement columns of :func:`results_table` to its per-scheme rows, in place.
+
+    Takes the rows of :func:`_scheme_rows` and the paired comparisons of :func:`comparisons`. Adds
+    ``improvement_resolved``, ``improvement`` (Standard's mean minus the row's; NaN on the Standard row),
+    ``improvement_ci_low`` / ``improvement_ci_high`` / ``improvement_n_pairs`` (the paired 95% CI of
+    Standard minus the scheme, and its pairs) and ``gnp_vs_sam_pct`` (on the GNP row only). Returns that
+    percentage (:func:`gnp_vs_sam_percent`, NaN when undefined).
+    """
     # improvement resolved: the paired 95% CI of (scheme - Standard) lies below 0
     df["improvement_resolved"] = [False] + [
         bool(p is not None and p.resolved and p.diff < 0) for p in (comps[("SAM", "Standard")], comps[("GNP", "Standard")])]
@@ -511,25 +556,42 @@ def results_table(
     df["improvement_n_pairs"] = [0 if p is None else int(p.n) for p in paired_rows]
     pct = gnp_vs_sam_percent(*df["mean"].tolist())
     df["gnp_vs_sam_pct"] = [float("nan"), float("nan"), pct]
+    return pct
+
+
+def _set_comparison_attrs(df: pd.DataFrame, comps: dict[tuple[str, str], Paired | None], pct: float,
+                          source: str) -> None:
+    """Set the attrs of :func:`results_table` on ``df`` (the rows with their improvement columns), in place:
+    ``gnp_vs_sam_stated`` (both improvements resolved), ``gnp_minus_sam_resolved`` (from ``comps``, the
+    :func:`comparisons`), ``gnp_vs_sam_pct`` (``pct``) and ``seeds`` (``source``, :func:`scored_on`).
+    Returns None."""
     df.attrs["gnp_vs_sam_stated"] = bool(df["improvement_resolved"].iloc[1:].all())
     gs = comps[("GNP", "SAM")]
     df.attrs["gnp_minus_sam_resolved"] = bool(gs is not None and gs.resolved)
     df.attrs["gnp_vs_sam_pct"] = pct
     df.attrs["seeds"] = source
-    if paper is not None:
-        ref = _paper_rows(paper)
-        df["paper_mean"] = [ref.get(s, (float("nan"),) * 2)[0] for s, _ in SCHEMES]
-        df["paper_std"] = [ref.get(s, (float("nan"),) * 2)[1] for s, _ in SCHEMES]
-        df["paper_test_error"] = [
-            f"{m:.{decimals}f} ± {s:.{decimals}f}" if math.isfinite(m) else "" for m, s in
-            zip(df["paper_mean"], df["paper_std"])
-        ]
-        df["paper_improvement"] = df.loc[0, "paper_mean"] - df["paper_mean"]
-        df.loc[0, "paper_improvement"] = float("nan")
-        ppct = gnp_vs_sam_percent(*df["paper_mean"].tolist())
-        df["paper_gnp_vs_sam_pct"] = [float("nan"), float("nan"), ppct]
-        df.attrs["paper_gnp_vs_sam_pct"] = ppct
-    return df
+
+
+def _add_paper_columns(df: pd.DataFrame, paper: pd.DataFrame, decimals: int) -> None:
+    """Add the paper reference columns of :func:`results_table` to ``df``, in place.
+
+    Takes the table's rows, the reference rows (``scheme``, ``mean``, ``std``; :func:`_paper_rows`) and the
+    digits of the text column. Adds ``paper_mean``, ``paper_std``, ``paper_test_error``,
+    ``paper_improvement`` and ``paper_gnp_vs_sam_pct`` and the attr ``paper_gnp_vs_sam_pct``. Returns None;
+    raises what :func:`_paper_rows` raises.
+    """
+    ref = _paper_rows(paper)
+    df["paper_mean"] = [ref.get(s, (float("nan"),) * 2)[0] for s, _ in SCHEMES]
+    df["paper_std"] = [ref.get(s, (float("nan"),) * 2)[1] for s, _ in SCHEMES]
+    df["paper_test_error"] = [
+        f"{m:.{decimals}f} ± {s:.{decimals}f}" if math.isfinite(m) else "" for m, s in
+        zip(df["paper_mean"], df["paper_std"])
+    ]
+    df["paper_improvement"] = df.loc[0, "paper_mean"] - df["paper_mean"]
+    df.loc[0, "paper_improvement"] = float("nan")
+    ppct = gnp_vs_sam_percent(*df["paper_mean"].tolist())
+    df["paper_gnp_vs_sam_pct"] = [float("nan"), float("nan"), ppct]
+    df.attrs["paper_gnp_vs_sam_pct"] = ppct
 
 
 def derived_figure_text(table: pd.DataFrame, prefix: str = "") -> str:
