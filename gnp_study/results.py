@@ -102,6 +102,15 @@ class Selection:
         return ("-" if self.direction == "max" else "") + self.decide_column
 
     @property
+    def better(self) -> str:
+        """What the better of two configurations has, in words (:func:`gnp_study.stats.paired_text`):
+        ``"lower error"`` for the paper's metric, ``"higher accuracy"`` / ``"lower val_loss"`` for a
+        study's own."""
+        if self.mode != METRIC_MODE:
+            return "lower error"
+        return f"{'lower' if self.direction == 'min' else 'higher'} {self.name}"
+
+    @property
     def name(self) -> str:
         """The metric's name without ``best``/unit, for sentences (``"test error"``, ``"accuracy"``)."""
         q = self.quantity.removeprefix("best ")
@@ -410,6 +419,7 @@ def results_table(
     decimals: int = 2,
     metric: str = "best_test_error",
     seeds: str = "auto",
+    sign: float = 1.0,
 ) -> pd.DataFrame:
     """The paper's results table (Table 1): one row each for Standard, SAM and GNP.
 
@@ -429,6 +439,9 @@ def results_table(
         seeds: which trials score each scheme's chosen configuration: ``"auto"`` (the confirmation stage's
             fresh seeds when the study has them, else the selection stages' own), ``"confirmation"`` or
             ``"selection"`` (:func:`scored_on`); ``df.attrs["seeds"]`` says which.
+        sign: +1 when lower is better (the paper's errors), -1 when higher is better (a study's ``metric``
+            with ``mode: max``, :attr:`Selection.sign`): improvements are then this row's mean minus
+            Standard's, resolved when the paired CI lies above 0; ``df.attrs["sign"]`` keeps a -1.
 
     Returns:
         DataFrame with exactly 3 rows (Standard, SAM, GNP) and the columns ``scheme``, ``stage``,
@@ -453,6 +466,8 @@ def results_table(
     source = scored_on(decisions, seeds)
     df = _scheme_rows(agg, decisions, source, decimals)
     comps = comparisons(trials, decisions, metric, source)
+    if sign != 1.0:  # higher is better (the paper's tables carry no sign: lower is better)
+        df.attrs["sign"] = float(sign)
     pct = _add_improvements(df, comps)
     _set_comparison_attrs(df, comps, pct, source)
     if paper is not None:
@@ -543,18 +558,23 @@ def _add_improvements(df: pd.DataFrame, comps: dict[tuple[str, str], Paired | No
     Standard minus the scheme, and its pairs) and ``gnp_vs_sam_pct`` (on the GNP row only). Returns that
     percentage (:func:`gnp_vs_sam_percent`, NaN when undefined).
     """
-    # improvement resolved: the paired 95% CI of (scheme - Standard) lies below 0
+    sign = df.attrs.get("sign", 1.0)  # +1: lower is better; -1: higher is better (results_table)
+    # improvement resolved: the paired 95% CI of (scheme - Standard) lies below 0 (above 0 for sign -1)
     df["improvement_resolved"] = [False] + [
-        bool(p is not None and p.resolved and p.diff < 0) for p in (comps[("SAM", "Standard")], comps[("GNP", "Standard")])]
+        bool(p is not None and p.resolved and sign * p.diff < 0)
+        for p in (comps[("SAM", "Standard")], comps[("GNP", "Standard")])]
     std_mean = df.loc[0, "mean"]
-    df["improvement"] = std_mean - df["mean"]
+    df["improvement"] = sign * (std_mean - df["mean"])
     df.loc[0, "improvement"] = float("nan")
-    # The improvement's uncertainty: the paired 95% CI of Standard - scheme (the negated CI of scheme - Standard).
+    # The improvement's uncertainty: the paired 95% CI of sign * (Standard - scheme) (for sign +1 the negated
+    # CI of scheme - Standard, for sign -1 that CI itself).
     paired_rows = [None, comps[("SAM", "Standard")], comps[("GNP", "Standard")]]
-    df["improvement_ci_low"] = [float("nan") if p is None else -p.ci_high for p in paired_rows]
-    df["improvement_ci_high"] = [float("nan") if p is None else -p.ci_low for p in paired_rows]
+    df["improvement_ci_low"] = [float("nan") if p is None else (-p.ci_high if sign > 0 else p.ci_low)
+                                for p in paired_rows]
+    df["improvement_ci_high"] = [float("nan") if p is None else (-p.ci_low if sign > 0 else p.ci_high)
+                                 for p in paired_rows]
     df["improvement_n_pairs"] = [0 if p is None else int(p.n) for p in paired_rows]
-    pct = gnp_vs_sam_percent(*df["mean"].tolist())
+    pct = gnp_vs_sam_percent(*(sign * df["mean"]).tolist())
     df["gnp_vs_sam_pct"] = [float("nan"), float("nan"), pct]
     return pct
 
@@ -587,7 +607,7 @@ def _add_paper_columns(df: pd.DataFrame, paper: pd.DataFrame, decimals: int) -> 
         f"{m:.{decimals}f} ± {s:.{decimals}f}" if math.isfinite(m) else "" for m, s in
         zip(df["paper_mean"], df["paper_std"])
     ]
-    df["paper_improvement"] = df.loc[0, "paper_mean"] - df["paper_mean"]
+    df["paper_improvement"] = df.loc[0, "paper_mean"] - df["paper_mean"]  # the paper's errors: lower is better
     df.loc[0, "paper_improvement"] = float("nan")
     ppct = gnp_vs_sam_percent(*df["paper_mean"].tolist())
     df["paper_gnp_vs_sam_pct"] = [float("nan"), float("nan"), ppct]
@@ -606,7 +626,8 @@ def derived_figure_text(table: pd.DataFrame, prefix: str = "") -> str:
         the figure is undefined (a scheme missing, or SAM not better than Standard).
     """
     mean_col = f"{prefix}mean"
-    means = table[mean_col].tolist()
+    sign = 1.0 if prefix else table.attrs.get("sign", 1.0)  # the paper's numbers are errors
+    means = (sign * table[mean_col].astype(float)).tolist()  # lower is better
     names = table["scheme"].tolist()
     missing = [n for n, m in zip(names, means) if not math.isfinite(float(m))]
     if missing:
@@ -646,8 +667,9 @@ def improvement_text(table: pd.DataFrame, comps: dict[tuple[str, str], Paired | 
             problems.append(f"{a} − Standard is not resolved (95% CI {fmt_signed(p.ci_low)} to "
                             f"{fmt_signed(p.ci_high)} includes 0)" if p.n >= 2 else
                             f"{a} − Standard is not resolved (fewer than 2 paired seeds)")
-        elif p.diff >= 0:
-            problems.append(f"{a} − Standard is resolved but {a} has the higher error")
+        elif table.attrs.get("sign", 1.0) * p.diff >= 0:
+            worse = "higher error" if table.attrs.get("sign", 1.0) > 0 else "lower value"
+            problems.append(f"{a} − Standard is resolved but {a} has the {worse}")
     if problems:
         return ("The paper's figure \"GNP's improvement over Standard is X% larger than SAM's\" is not "
                 "stated: " + "; ".join(problems) + ".")
@@ -786,7 +808,7 @@ def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: boo
                      f"choice of each scheme's configuration.")
     for (a, b), p in comps.items():
         lines.append(f"{a} − {b}: not available yet (stage not decided)." if p is None else
-                     paired_text(a, b, p) + ".")
+                     paired_text(a, b, p, better=sel.better) + ".")
     lines.append(improvement_text(table, comps))
     if source == CONFIRMATION:
         lines.extend(selection_seed_lines(study))
@@ -806,7 +828,7 @@ def selection_seed_lines(study: "Study") -> list[str]:
     sel = selection(study.spec)
     comps = comparisons(study.trials, study.decisions, sel.report_column, SELECTION)
     return ["Selection seeds (biased by the choice): " + (f"{a} − {b}: not available." if p is None else
-                                                           paired_text(a, b, p) + ".")
+                                                           paired_text(a, b, p, better=sel.better) + ".")
             for (a, b), p in comps.items()]
 
 
@@ -829,7 +851,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         {
             "Scheme": table["scheme"],
             "Configuration": table["configuration"],
-            "Test error % (mean ± std)": table["test_error"],
+            (f"{table.attrs['quantity'][0].upper()}{table.attrs['quantity'][1:]} (mean ± std)"
+             if "quantity" in table.attrs else "Test error % (mean ± std)"): table["test_error"],
             "95% CI of the mean": table["ci95"] if "ci95" in table.columns else "",
             "Seeds done": [f"{int(a)}/{int(b)}" for a, b in zip(table["n"], table["n_seeds"])],
             "Diverged": table["n_diverged"].astype(int),
@@ -1139,8 +1162,12 @@ def study_results_table(study: Study, seeds: str = "auto") -> pd.DataFrame:
     """:func:`results_table` of a loaded :class:`Study` (with its paper reference when present), on the
     study's report column (:func:`selection`), scored on the confirmation seeds when the study has them
     (``seeds``: see :func:`scored_on`)."""
-    return results_table(study.trials, study.decisions, study.paper, metric=selection(study.spec).report_column,
-                         seeds=seeds)
+    sel = selection(study.spec)
+    table = results_table(study.trials, study.decisions, study.paper, metric=sel.report_column, sign=sel.sign,
+                          seeds=seeds)
+    if sel.mode == METRIC_MODE:  # the study's own metric names the table's columns (display_table)
+        table.attrs["quantity"] = sel.quantity
+    return table
 
 
 def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: list[str] | None = None) -> str:
@@ -1160,14 +1187,18 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: 
     model = (study.spec.get("model") or {}).get("name", "?")
     sel = selection(study.spec)
     verdicts = verdict_lines(study, table)
-    metric = ("best test error during training" if sel.mode == PAPER_MODE else
-              "test error at the epoch of the best validation error")
+    metric = ("best test error during training (percent)" if sel.mode == PAPER_MODE else
+              "test error at the epoch of the best validation error (percent)" if sel.mode == VALIDATION_MODE else
+              f"{sel.quantity} over a trial's epochs ({sel.direction}: {sel.better.split()[0]} is better)")
+    points = "percentage points of test error" if sel.mode != METRIC_MODE else f"points of {sel.name}"
+    first = ("negative means the first has the lower error" if sel.mode != METRIC_MODE else
+             f"negative means the first has the lower {sel.name}")
     lines = [
         f"# Results: {study.name}",
         "",
         f"**{sel.label[0].upper() + sel.label[1:]}.**",
         "",
-        f"Data set: {data.get('dataset', '?')} · model: {model} · metric: {metric} (percent), mean ± std over "
+        f"Data set: {data.get('dataset', '?')} · model: {model} · metric: {metric}, mean ± std over "
         f"seeds (ddof=1; n/a with one seed) and the 95% Student-t CI of the mean, completed seeds only.",
         "",
         *([f"**{label_noise_text(study.spec)}**", ""] if label_noise_text(study.spec) else []),
@@ -1179,10 +1210,10 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: 
         "",
         "## Verdicts",
         "",
-        "Differences are in percentage points of test error, paired seed by seed (the same seed gives the "
-        "same initial weights and data order in every configuration); negative means the first has the lower "
-        "error. Resolved: the 95% CI of the paired difference excludes 0. The stage lines compare the error "
-        "each stage decides on (the validation error in validation mode, as they say).",
+        f"Differences are in {points}, paired seed by seed (the same seed gives the "
+        f"same initial weights and data order in every configuration); {first}. "
+        "Resolved: the 95% CI of the paired difference excludes 0. The stage lines compare the "
+        "metric each stage decides on (the validation error in validation mode, as they say).",
         "",
     ]
     lines += [f"- {v}" for v in verdicts[1:]]
