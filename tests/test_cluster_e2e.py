@@ -268,6 +268,14 @@ def tabular_copy(dest: Path, import_log: Path) -> Path:
     return study
 
 
+def forget_package() -> None:
+    """Drop the copied package from this process's modules (``check_outputs`` loads the study here, which
+    imports it from the test's temporary copy; a later test's copy would otherwise find it in
+    ``sys.modules``)."""
+    for mod in [m for m in sys.modules if m == TABULAR_PKG or m.startswith(TABULAR_PKG + ".")]:
+        del sys.modules[mod]
+
+
 def imports_by_pid(import_log: Path, skip: set[int]) -> dict[int, set[str]]:
     """``{pid: {package __init__.py paths}}`` from :func:`tabular_copy`'s log, without the pids in ``skip``."""
     out: dict[int, set[str]] = {}
@@ -341,7 +349,42 @@ def test_submit_ships_the_users_own_package(cluster, tmp_path):
     assert jobs.job_status(job_id, cluster.job_address) == "SUCCEEDED"
     imports = imports_by_pid(log, skip={pid, os.getpid()})  # the submitter imports it from the copy
     assert_shipped(imports, cluster, copy, at_least=2)  # the job's driver and at least one trial worker
-    trials = check_outputs(study, out)
-    assert len(trials) == 3 and set(trials["stage"]) == {"standard", "sam", "gnp"}
-    assert (out / "results.md").read_text().strip()
+    try:
+        trials = check_outputs(study, out)
+        assert len(trials) == 3 and set(trials["stage"]) == {"standard", "sam", "gnp"}
+        assert (out / "results.md").read_text().strip()
+    finally:
+        forget_package()
     print(f"submit --follow of the shrunk tabular example: {took:.0f} s")
+
+
+def test_run_against_the_cluster_ships_the_users_own_package(cluster, tmp_path):
+    """`gnp-study run greedy --address <head>` from a driver outside the cluster's nodes' folders: the
+    driver imports the package from the study's folder, and the trial workers import the copy Ray ships
+    (``connect(address, py_modules=ship_dirs(...))``), not the driver's folder."""
+    copy, log = tmp_path / "user" / "tabular", tmp_path / "imports.log"
+    study = tabular_copy(copy, log)
+    assert_not_importable_on_nodes(cluster, copy)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "gnp_study", "run", "greedy", str(study), "--output", str(out),
+                             "--address", cluster.gcs_address], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        text, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate(timeout=30)
+        pytest.fail(f"gnp-study run did not end within {JOB_TIMEOUT_S}s:\n{text[-3000:]}")
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, text[-4000:] + cluster.logs()
+    imports = imports_by_pid(log, skip={os.getpid()})
+    driver = imports.pop(proc.pid, set())
+    assert driver == {str(copy / TABULAR_PKG / "__init__.py")}, (driver, imports)
+    print(f"run greedy --address of the shrunk tabular example: {took:.0f} s, {len(imports)} trial workers")
+    assert_shipped(imports, cluster, copy, at_least=1)
+    try:
+        trials = check_outputs(study, out)
+        assert len(trials) == 3 and set(trials["stage"]) == {"standard", "sam", "gnp"}
+    finally:
+        forget_package()
