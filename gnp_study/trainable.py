@@ -45,6 +45,34 @@ def trial_of(config: dict, spec: StudySpec) -> dict:
     return TrialConfig("standard_search", dict(overrides, alpha=0.0, r=0.0), spec.seeds[0]).to_dict()
 
 
+def trial_spec(spec_dict: dict, shipped: bool) -> StudySpec:
+    """The study of a trial worker, with the user's package (the study's import paths) importable.
+
+    On a cluster the driver ships the package through the runtime environment (``py_modules``: the job's
+    of ``gnp-study submit``, or ``connect(address, py_modules=...)`` of ``run --address``), and Ray puts
+    the unpacked copy on the worker's path. The study's ``code_dir``, an absolute folder of the driver's
+    machine, then stays off the path: where that folder exists on the worker's node too (the head node
+    of a driver that runs there, a shared home), it would come first on ``sys.path`` and the worker would
+    import the driver's live folder (or another checkout at the same path) instead of the copy every
+    other node imports.
+
+    Args:
+        spec_dict: the study, as ``StudySpec.resolved()``.
+        shipped: whether the worker's runtime environment has ``py_modules``.
+    Returns:
+        The study. ``code_dir`` goes first on ``sys.path`` (as on the driver, ``gnp_study.spec._place_code``)
+        unless ``shipped`` and every import path's top-level package is importable without it.
+    """
+    if shipped:
+        import importlib.util
+
+        spec = StudySpec.model_validate(spec_dict)
+        tops = {t.split(":", 1)[0].split(".")[0] for t in spec.import_paths()}
+        if all(importlib.util.find_spec(top) is not None for top in tops):
+            return spec
+    return parse_spec(spec_dict, check_names=False)
+
+
 def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> None:
     """Tune function trainable: one trial (``config["trial"]``) or one Optuna search sample.
 
@@ -81,9 +109,9 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
 
         # Ray hands over read-only views of its object store; torch wants writable arrays to share.
         data.DIGITS_ARRAYS = tuple(np.array(a, copy=True) for a in digits)
-    # The user's package (an import path in the study): from the driver's code_dir on this machine, or
-    # shipped by Ray's runtime environment (py_modules) on a cluster (gnp_study.spec._place_code).
-    spec = parse_spec(spec_dict, check_names=False)
+    # The user's package (an import path in the study): shipped by Ray's runtime environment (py_modules)
+    # on a cluster, else from the driver's code_dir on this machine (see trial_spec).
+    spec = trial_spec(spec_dict, shipped=bool((ray.get_runtime_context().runtime_env or {}).get("py_modules")))
     trial = trial_of(config, spec)
     state = None
     ckpt = tune.get_checkpoint()

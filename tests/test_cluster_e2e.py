@@ -66,6 +66,9 @@ class Cluster:
         self.temp_dirs = [self.temp_dir]
         self.log_dir = Path(tempfile.mkdtemp(prefix="gnpray-logs"))
         self.procs: list[subprocess.Popen] = []
+        # The nodes' working directory: none of the repository's folders (the examples' packages must
+        # reach the trials through a job's runtime environment, not from a node's cwd).
+        self.cwd = tempfile.mkdtemp(prefix="gnpray-cwd")
         self.job_address = f"http://127.0.0.1:{self.dashboard_port}"
         # Multi-node needs Ray's cluster mode, in which Ray rewrites 127.0.0.1 (and only that loopback
         # address) to the machine's address; the nodes therefore bind 127.0.0.2, 127.0.0.3, ...: other
@@ -80,7 +83,8 @@ class Cluster:
 
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")
-        proc = subprocess.Popen(cmd, env=env or ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env or ENV, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         log.close()
         self.procs.append(proc)
         return proc
@@ -104,6 +108,7 @@ class Cluster:
         for d in self.temp_dirs:
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(self.log_dir, ignore_errors=True)
+        shutil.rmtree(self.cwd, ignore_errors=True)
 
 
 @pytest.fixture
@@ -235,3 +240,151 @@ def test_trials_run_on_both_nodes(cluster, tmp_path):
     assert set(trials["node"]) == nodes, (set(trials["node"]), nodes)
     info = json.loads((out / "run_info.json").read_text())
     assert info["hardware"]["ray_nodes"] == 2
+
+
+# ------------------------------------------------------------------ the user's own package, shipped
+#: The package of examples/tabular (its model and data), imported by the study's import paths.
+TABULAR_PKG = "tabular_gnp"
+
+
+def tabular_copy(dest: Path, import_log: Path) -> Path:
+    """examples/tabular (study.yaml and its package) copied into ``dest``, shrunk to the least that runs
+    every stage: 1 epoch, 1 seed, one value per stage (3 trials). The copied package's ``__init__.py``
+    also appends ``<pid> <its own __file__>`` to ``import_log`` at each import, so the test sees where
+    every process took the package from. Returns the copied study file."""
+    shutil.copytree(ROOT / "examples" / "tabular", dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    study = dest / "study.yaml"
+    raw = yaml.safe_load(study.read_text())
+    raw["training"]["epochs"] = 1
+    raw["stages"] = {"standard": {"space": {"lr": [0.05]}}, "sam": {"r": [0.05]},
+                     "gnp": {"alpha": [0.5], "figure3_alpha": [0.5]}}
+    raw["seeds"] = [0]
+    raw["checkpoint_every"] = raw["report_every"] = 1
+    raw["max_failures"] = 0
+    study.write_text(yaml.safe_dump(raw, sort_keys=False))
+    init = dest / TABULAR_PKG / "__init__.py"
+    init.write_text(init.read_text() + "\nimport os as _os\n\nwith open(" + repr(str(import_log)) + ", 'a') as _f:\n"
+                    "    _f.write(f'{_os.getpid()} {__file__}\\n')\n")
+    return study
+
+
+def forget_package() -> None:
+    """Drop the copied package from this process's modules (``check_outputs`` loads the study here, which
+    imports it from the test's temporary copy; a later test's copy would otherwise find it in
+    ``sys.modules``)."""
+    for mod in [m for m in sys.modules if m == TABULAR_PKG or m.startswith(TABULAR_PKG + ".")]:
+        del sys.modules[mod]
+
+
+def imports_by_pid(import_log: Path, skip: set[int]) -> dict[int, set[str]]:
+    """``{pid: {package __init__.py paths}}`` from :func:`tabular_copy`'s log, without the pids in ``skip``."""
+    out: dict[int, set[str]] = {}
+    for line in import_log.read_text().splitlines() if import_log.is_file() else []:
+        pid, path = line.split(" ", 1)
+        if int(pid) not in skip:
+            out.setdefault(int(pid), set()).add(path)
+    return out
+
+
+def assert_not_importable_on_nodes(cluster: Cluster, copy: Path) -> None:
+    """The package is importable neither from the nodes' cwd, nor PYTHONPATH, nor site-packages: the
+    nodes' own environment (cwd and env) does not find it."""
+    pythonpath = [p for p in ENV.get("PYTHONPATH", "").split(os.pathsep) if p]
+    assert not any(Path(p).resolve().is_relative_to(ROOT / "examples") for p in pythonpath), pythonpath
+    assert not Path(cluster.cwd).resolve().is_relative_to(ROOT), cluster.cwd
+    probe = subprocess.run([sys.executable, "-c", f"import importlib.util; print(importlib.util.find_spec({TABULAR_PKG!r}))"],
+                           cwd=cluster.cwd, env=ENV, capture_output=True, text=True, timeout=60)
+    assert (probe.returncode, probe.stdout.strip()) == (0, "None"), probe.stdout + probe.stderr
+    assert not Path(copy).resolve().is_relative_to(ROOT)
+
+
+def assert_shipped(imports: dict[int, set[str]], cluster: Cluster, copy: Path, at_least: int) -> None:
+    """Every process in ``imports`` took the package from what Ray unpacked from a runtime environment's
+    ``py_modules`` under the cluster's temp dir, none from the copied folder."""
+    assert len(imports) >= at_least, imports
+    for pid, paths in imports.items():
+        for p in paths:
+            assert not Path(p).resolve().is_relative_to(copy.resolve()), (pid, p)
+            assert Path(p).resolve().is_relative_to(Path(cluster.temp_dir).resolve()) and "py_modules" in p, (pid, p)
+
+
+def submit_and_follow(args: list[str], cwd: Path, timeout_s: float = JOB_TIMEOUT_S) -> tuple[int, str, str, int]:
+    """``python -m gnp_study submit ARGS --follow`` in ``cwd``, waited for at most ``timeout_s`` (then the
+    job is stopped, the process group killed and the test fails). Returns (exit status, job id, its stdout
+    and stderr, the process id)."""
+    out, err = cwd / "submit.out", cwd / "submit.err"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "gnp_study", "submit", *args, "--follow"], cwd=cwd, env=ENV,
+                                stdout=o, stderr=e, start_new_session=True)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        lines = out.read_text().splitlines()
+        address = args[args.index("--address") + 1]
+        if lines:
+            jobs.stop_job(lines[0].strip(), address)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        pytest.fail(f"gnp-study submit --follow did not end within {timeout_s}s:\n{out.read_text()[-3000:]}"
+                    f"\n{err.read_text()[-2000:]}")
+    text = out.read_text()
+    job_id = text.splitlines()[0].strip() if text else ""
+    return proc.returncode, job_id, text + err.read_text(), proc.pid
+
+
+def test_submit_ships_the_users_own_package(cluster, tmp_path):
+    """examples/tabular (its own nn.Module and Dataset in a package outside gnp_study/), copied outside
+    the repository, submitted with `gnp-study submit --follow`: the job succeeds, and every process of the
+    job (driver and trials) imported the package from the job's runtime environment (py_modules)."""
+    copy, log = tmp_path / "user" / "tabular", tmp_path / "imports.log"
+    study = tabular_copy(copy, log)
+    assert_not_importable_on_nodes(cluster, copy)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    rc, job_id, text, pid = submit_and_follow([str(study), "--address", cluster.job_address, "--output", str(out),
+                                               "--python", sys.executable], cwd=tmp_path)
+    took = time.monotonic() - t0
+    assert job_id.startswith("gnp-study-study-"), text[-3000:]
+    assert rc == 0, text[-4000:] + cluster.logs()
+    assert jobs.job_status(job_id, cluster.job_address) == "SUCCEEDED"
+    imports = imports_by_pid(log, skip={pid, os.getpid()})  # the submitter imports it from the copy
+    assert_shipped(imports, cluster, copy, at_least=2)  # the job's driver and at least one trial worker
+    try:
+        trials = check_outputs(study, out)
+        assert len(trials) == 3 and set(trials["stage"]) == {"standard", "sam", "gnp"}
+        assert (out / "results.md").read_text().strip()
+    finally:
+        forget_package()
+    print(f"submit --follow of the shrunk tabular example: {took:.0f} s")
+
+
+def test_run_against_the_cluster_ships_the_users_own_package(cluster, tmp_path):
+    """`gnp-study run greedy --address <head>` from a driver outside the cluster's nodes' folders: the
+    driver imports the package from the study's folder, and the trial workers import the copy Ray ships
+    (``connect(address, py_modules=ship_dirs(...))``), not the driver's folder."""
+    copy, log = tmp_path / "user" / "tabular", tmp_path / "imports.log"
+    study = tabular_copy(copy, log)
+    assert_not_importable_on_nodes(cluster, copy)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "gnp_study", "run", "greedy", str(study), "--output", str(out),
+                             "--address", cluster.gcs_address], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        text, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text, _ = proc.communicate(timeout=30)
+        pytest.fail(f"gnp-study run did not end within {JOB_TIMEOUT_S}s:\n{text[-3000:]}")
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, text[-4000:] + cluster.logs()
+    imports = imports_by_pid(log, skip={os.getpid()})
+    driver = imports.pop(proc.pid, set())
+    assert driver == {str(copy / TABULAR_PKG / "__init__.py")}, (driver, imports)
+    print(f"run greedy --address of the shrunk tabular example: {took:.0f} s, {len(imports)} trial workers")
+    assert_shipped(imports, cluster, copy, at_least=1)
+    try:
+        trials = check_outputs(study, out)
+        assert len(trials) == 3 and set(trials["stage"]) == {"standard", "sam", "gnp"}
+    finally:
+        forget_package()

@@ -205,3 +205,58 @@ def test_follow_exit_status_comes_from_the_terminal_state(monkeypatch, capsys, t
     printed = capsys.readouterr().out
     assert printed.endswith("".join(client.lines))
     assert printed.count("line 4: epoch done\n") == 1
+
+
+def test_study_packages_of_a_study_outside_the_project(tmp_path, monkeypatch):
+    """The worked example copied anywhere: its package (beside the study file, the default code_dir) is
+    what the job ships as py_modules."""
+    import shutil
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    copy = tmp_path / "mine"
+    shutil.copytree(ROOT / "examples" / "tabular", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    # the package imported from another copy earlier in this process (tests/test_cluster_e2e.py) would
+    # be found in sys.modules; the copy's modules, imported here, go with the copy
+    for mod in [m for m in sys.modules if m == "tabular_gnp" or m.startswith("tabular_gnp.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    try:
+        packages = jobs.study_packages(copy / "study.yaml")
+    finally:
+        for mod in [m for m in sys.modules if m == "tabular_gnp" or m.startswith("tabular_gnp.")]:
+            del sys.modules[mod]
+    assert packages == [str((copy / "tabular_gnp").resolve())]
+    assert jobs.build_runtime_env(tmp_path, py_modules=packages)["py_modules"] == packages
+
+
+def _probe_package(folder: Path, name: str) -> Path:
+    (folder / name).mkdir(parents=True)
+    (folder / name / "__init__.py").write_text("")
+    return folder
+
+
+@pytest.mark.parametrize("shipped, copy_on_path, from_driver", [
+    (True, True, False),    # Ray shipped it: the driver's folder stays off the path
+    (False, False, True),   # a local Ray: the workers import it from the driver's code_dir
+    (True, False, True),    # py_modules of something else: the driver's folder is the fallback
+])
+def test_trial_worker_imports_the_shipped_package_not_the_drivers_folder(tmp_path, monkeypatch, shipped,
+                                                                         copy_on_path, from_driver):
+    """A trial worker on the node of a driver that ran `gnp-study run --address` imported the package from
+    the driver's code_dir (put first on sys.path), not the copy Ray shipped to every node."""
+    import importlib.util
+    import sys
+
+    from gnp_study.trainable import trial_spec
+
+    name = f"gnp_probe_pkg_{int(shipped)}{int(copy_on_path)}"
+    driver = _probe_package(tmp_path / "driver", name)
+    copy = _probe_package(tmp_path / "runtime_resources", name)
+    monkeypatch.setattr(sys, "path", [str(copy)] + list(sys.path) if copy_on_path else list(sys.path))
+    spec_dict = {"name": "t", "data": {"dataset": f"{name}.data:load"}, "model": {"name": f"{name}.nets:Net"},
+                 "training": {"epochs": 1, "batch_size": 8, "lr": 0.1}, "seeds": [0], "code_dir": str(driver)}
+    spec = trial_spec(spec_dict, shipped=shipped)
+    assert spec.model.name == f"{name}.nets:Net"
+    assert (str(driver) in sys.path) == from_driver
+    origin = Path(importlib.util.find_spec(name).origin)
+    assert origin.is_relative_to(driver if from_driver else copy)
