@@ -289,10 +289,10 @@ def cost_record(trials: pd.DataFrame, spec: StudySpec, decisions: dict) -> dict:
     return {"seeds": cost_seeds(spec), "reference": ref, "every": rows, "metric": selection(spec).report_column}
 
 
-def _rank(agg: pd.DataFrame) -> pd.DataFrame:
+def _rank(agg: pd.DataFrame, sign: float = 1.0) -> pd.DataFrame:
     """The candidates (rows of :func:`gnp_study.results.aggregate_seeds`, grid order) ordered by the choice
-    rule, :func:`gnp_study.stats.choice_order`."""
-    return agg.iloc[stats.choice_order(agg["n_diverged"] + agg["n_failed"], agg["mean"])]
+    rule, :func:`gnp_study.stats.choice_order` (``sign`` -1: the highest mean first)."""
+    return agg.iloc[stats.choice_order(agg["n_diverged"] + agg["n_failed"], agg["mean"], sign)]
 
 
 def _candidates(agg: pd.DataFrame) -> list[dict]:
@@ -306,7 +306,8 @@ def _candidates(agg: pd.DataFrame) -> list[dict]:
 
 
 
-def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best_key: str, metric: str) -> dict:
+def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best_key: str, metric: str,
+               sign: float = 1.0) -> dict:
     """The fields of a decision that say how sure it is; fills ``prob_best`` and ``vs_winner`` into
     ``candidates`` (in place) and returns ``margin``, ``indistinguishable`` and ``prob_best_method``."""
     ok = df["status"] == "completed"
@@ -317,7 +318,7 @@ def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best
     bad = (df.assign(_b=df["status"].isin(["diverged", "failed"]))
            .pivot_table(index="seed", columns="config_key", values="_b", aggfunc="max", dropna=False)
            .reindex(index=values.index, columns=keys).fillna(False).astype(bool))
-    pb = stats.prob_best(values, bad)
+    pb = stats.prob_best(values, bad, sign)
     best_values = values[best_key]
     indistinguishable = []
     for c in candidates:
@@ -330,7 +331,7 @@ def _certainty(df: pd.DataFrame, agg: pd.DataFrame, candidates: list[dict], best
         c["vs_winner"] = cmp.to_dict()
         if (c.get("n") or 0) > 0 and not cmp.resolved:
             indistinguishable.append(c["config_key"])
-    ranked = [k for k in _rank(agg).query("n > 0")["config_key"] if k != best_key]
+    ranked = [k for k in _rank(agg, sign).query("n > 0")["config_key"] if k != best_key]
     margin = None
     if ranked:
         ru = ranked[0]
@@ -363,7 +364,9 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
     The winner has the lowest mean error over seeds among the configurations with the fewest diverged or
     failed seeds; a configuration whose seeds all diverged or failed is never chosen. The error is the
     study's decision column (:func:`gnp_study.results.selection`): ``best_test_error`` in paper mode,
-    ``best_val_error`` in validation mode. In
+    ``best_val_error`` in validation mode, ``best_<name>`` with a study ``metric`` (with ``mode: max``
+    the highest mean wins, the probability of being best is of the highest true mean, and the decision
+    carries ``"direction": "max"``). In
     stage ``gnp`` only the selectable grid (``stages.gnp.alpha``) at the best r competes (the extras B_a
     and B_b and the other Figure-2 r values are run for the figures).
 
@@ -399,8 +402,8 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
     if stage in ("sam", "gnp") and df is not None and len(df) and racing.race_config(spec, stage) is not None:
         # A racing stage decides among the candidates the race kept, on the seeds it asked for.
         races = stage_races(stage, spec, decisions or {})
-        race = racing.summary(stage, df, races, sel.decide_column)
-        df = racing.survivor_trials(stage, df, races, sel.decide_column)
+        race = racing.summary(stage, df, races, sel.race_metric)
+        df = racing.survivor_trials(stage, df, races, sel.race_metric)
     if stage == "gnp":
         best_r = (decisions or {})["sam"]["r"]
         df = df[(df["r"] == best_r) & df["alpha"].isin(spec.stages.gnp.alpha)]
@@ -409,7 +412,7 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
     if sel.decide_column not in df.columns:
         raise ProtocolError(f"stage {stage!r} decides on {sel.decide_column!r} ({sel.mode} mode) but the trials "
                             f"table has no such column")
-    agg = _rank(aggregate_seeds(df, sel.decide_column))
+    agg = _rank(aggregate_seeds(df, sel.decide_column), sel.sign)
     eligible = agg[agg["n"] > 0]
     if eligible.empty:
         raise ProtocolError(f"every configuration of stage {stage!r} diverged or failed "
@@ -429,7 +432,9 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
         "metric": sel.decide_column,
         "candidates": candidates,
     }
-    out.update(_certainty(df, agg, candidates, best["config_key"], sel.decide_column))
+    if sel.direction == "max":  # a study's metric where higher is better (absent: lower is better)
+        out["direction"] = "max"
+    out.update(_certainty(df, agg, candidates, best["config_key"], sel.decide_column, sel.sign))
     if race is not None:
         out["race"] = race
     if stage == "sam":

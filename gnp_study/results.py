@@ -720,6 +720,8 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
         chosen = _configuration_text(stage, dec)
         # A stage compares the error it decides on: the validation error in validation mode.
         on = " on validation error" if dec.get("metric") == "best_val_error" else ""
+        if dec.get("metric") not in ("best_val_error", "best_test_error", None):  # a study's own metric
+            on = f" on {str(dec['metric']).removeprefix('best_')}"
         chosen_c = next((c for c in cands if c.get("config_key") == dec.get("config_key")), None)
         text = f"{name} stage: chose {chosen}"
         if chosen_c is not None and "prob_best" in chosen_c:
@@ -730,7 +732,13 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
             ru = next((c for c in cands if c.get("config_key") == margin.get("runner_up")), {})
             ru_text = _candidate_text(stage, ru) if ru else "the runner-up"
             if (mp.get("n") or 0) >= 2:
-                text += (f"; runner-up {ru_text} is {fmt_signed(mp.get('diff'))} points worse{on}, paired 95% CI "
+                # runner-up minus winner; with "direction": "max" higher is better, so "worse" is below
+                worse = "points lower" if dec.get("direction") == "max" else "points worse"
+                diff = mp.get("diff") if dec.get("direction") != "max" or mp.get("diff") is None else -mp["diff"]
+                text += (f"; runner-up {ru_text} is {fmt_signed(diff)} {worse}{on}, paired 95% CI of runner-up "
+                         f"minus chosen {fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over "
+                         f"{mp.get('n')} seeds" if dec.get("direction") == "max" else
+                         f"; runner-up {ru_text} is {fmt_signed(diff)} {worse}{on}, paired 95% CI "
                          f"{fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over {mp.get('n')} "
                          f"seeds")
             else:

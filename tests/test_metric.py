@@ -195,3 +195,67 @@ def test_a_non_finite_study_metric_diverges(tmp_path):
     spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"}, function="test_metric:nan_accuracy")
     reports, status = _run(spec)
     assert status == "diverged" and "accuracy = nan" in reports[-1]["diverged_reason"]
+
+
+# ----------------------------------------------------------------- decisions, tables and verdicts for max
+def _max_spec():
+    from helpers import protocol_spec
+
+    return protocol_spec({"sam": {"r": [0.05, 0.1]}, "gnp": {"alpha": [0.5, 0.8]}}, seeds=(0, 1, 2),
+                         training={"epochs": 2, "batch_size": 32, "lr": 0.1,
+                                   "function": "test_metric:reports_accuracy"},
+                         metric={"name": "accuracy", "mode": "max"})
+
+
+def _trials(rows):
+    """Trials of the three stages from ``(stage, alpha, r, [accuracy per seed])``."""
+    from gnp_study.protocol import TrialConfig
+
+    out = []
+    for stage, alpha, r, values in rows:
+        for seed, v in enumerate(values):
+            t = TrialConfig(stage, {"alpha": alpha, "r": r, "lr": 0.1}, seed)
+            out.append({"trial_id": t.trial_id, "stage": stage, "config_key": t.config_key, "alpha": alpha,
+                        "r": r, "seed": seed, "status": "completed", "best_accuracy": v,
+                        "best_test_error": 100.0 - v})
+    return pd.DataFrame(out)
+
+
+def test_decisions_tables_and_verdicts_take_the_highest_accuracy():
+    from gnp_study import protocol
+    from gnp_study.results import comparisons, results_table, verdict_lines
+
+    spec = _max_spec()
+    trials = _trials([("standard", 0.0, 0.0, [80.0, 81.0, 82.0]),
+                      ("sam", 1.0, 0.05, [83.0, 84.0, 84.5]), ("sam", 1.0, 0.1, [81.0, 81.5, 82.5]),
+                      ("gnp", 0.5, 0.05, [85.0, 86.0, 86.5]), ("gnp", 0.8, 0.05, [82.0, 83.0, 83.5])])
+    decisions = {"standard": protocol.decide("standard", trials, spec, {})}
+    decisions["sam"] = protocol.decide("sam", trials, spec, decisions)
+    decisions["gnp"] = protocol.decide("gnp", trials, spec, decisions)
+    assert decisions["sam"]["r"] == 0.05 and decisions["gnp"]["alpha"] == 0.5  # the highest, not the lowest
+    assert decisions["gnp"]["metric"] == "best_accuracy" and decisions["gnp"]["direction"] == "max"
+    probs = {c["alpha"]: c["prob_best"] for c in decisions["gnp"]["candidates"]}
+    assert probs[0.5] > probs[0.8]
+
+    table = results_table(trials, decisions, metric="best_accuracy", sign=-1.0)
+    gnp = table.set_index("scheme").loc["GNP"]
+    # improvement = GNP - Standard = (85.83 - 81.0) points, resolved: its paired CI lies above 0
+    assert gnp["improvement"] == pytest.approx(np.mean([85.0, 86.0, 86.5]) - 81.0)
+    assert gnp["improvement_resolved"] and 0 < gnp["improvement_ci_low"] < gnp["improvement_ci_high"]
+    comps = comparisons(trials, decisions, "best_accuracy")
+    p = comps[("GNP", "Standard")]
+    assert (gnp["improvement_ci_low"], gnp["improvement_ci_high"]) == (p.ci_low, p.ci_high)
+
+    study = SimpleNamespace(spec=spec.resolved(), trials=trials, decisions=decisions, paper=None, name="t")
+    text = "\n".join(verdict_lines(study))
+    assert "GNP has the higher accuracy" in text and "lower error" not in text
+    assert "on accuracy" in text  # the stage lines name the metric decided on
+
+
+def test_paper_decisions_carry_no_direction():
+    from gnp_study import protocol
+    from helpers import protocol_spec
+
+    spec = protocol_spec({}, seeds=(0, 1, 2))
+    trials = _trials([("standard", 0.0, 0.0, [80.0, 81.0, 82.0])])
+    assert "direction" not in protocol.decide("standard", trials, spec, {})
