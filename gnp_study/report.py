@@ -46,6 +46,7 @@ from gnp_study.study_folder import FIGURE2_PNG, FIGURE3_PNG, FIGURE_COST_PNG, RE
 from gnp_study.stats import fmt_signed  # noqa: E402
 from gnp_study.results import (  # noqa: E402
     CONFIRMATION,
+    METRIC_MODE,
     PAPER_MODE,
     SELECTION,
     SCHEMES,
@@ -824,6 +825,9 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
         cost_uri=_data_uri(cost_png) if cost and cost_png else None,
         selection=sel,
         paper_mode=sel.mode == PAPER_MODE,
+        metric_mode=sel.mode == METRIC_MODE,
+        quantity_cap=sel.quantity[:1].upper() + sel.quantity[1:],
+        metric_words="test error" if sel.mode != METRIC_MODE else sel.name,
         verdicts=verdicts[1:],
         any_unresolved=any("seeds would resolve" in v for v in verdicts),
         error_bars_label=ERROR_BAR_LABELS[error_bars],
