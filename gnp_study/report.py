@@ -279,7 +279,44 @@ def _bar(row, error_bars: str) -> float:
 
 def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dict, handles: dict,
                    error_bars: str = "ci") -> list[str]:
-    """Draw one Figure-2 panel at radius r; returns notes on what is missing."""
+    """Draw one Figure-2 panel at radius r; returns notes on what is missing.
+
+    Takes the panel's axes, the study, r, the aggregated chosen Standard row (or None), the extra alphas
+    (rounded to 9 digits), the gnp decision ({} before it) and the figure's legend handles (label ->
+    artist, filled in place), and the kind of error bar. Draws the points of :func:`_figure2_points` (the
+    curve, each point by what became of it, the chosen alpha) and formats the axes; a panel without any
+    point says so in its middle.
+    """
+    gnp, points, notes = _figure2_points(study, r, std_row, extra)
+    if not points:
+        _blank_axes(ax, f"no trials at r = {r:g} yet")
+        return notes
+    _draw_alpha_curve(ax, r, points, handles, error_bars)
+    xform = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    eliminated = _eliminated(study)
+    for a, row, kind in points:
+        n = int(row["n"])
+        measured = n > 0 and math.isfinite(float(row["mean"]))
+        if measured and row.get("config_key") in eliminated:
+            _draw_eliminated_point(ax, a, row, handles, error_bars)
+        elif measured:
+            _draw_measured_point(ax, a, row, kind, handles, error_bars)
+        else:
+            _draw_unmeasured_mark(ax, a, row, xform, handles)
+    _draw_chosen_alpha(ax, r, gnp, gnp_dec, handles)
+    _format_figure2_axes(ax, study, points)
+    return notes
+
+
+def _figure2_points(study: Study, r: float, std_row, extra: set) -> tuple[pd.DataFrame, list, list[str]]:
+    """The data of one Figure-2 panel at radius r.
+
+    Takes the study, r, the aggregated chosen Standard row (:func:`_chosen_standard`, or None) and the
+    extra alphas (rounded to 9 digits). Returns the gnp stage's configurations at r
+    (:func:`gnp_study.results.aggregate_seeds` rows, by alpha), the points along alpha as
+    ``(alpha, aggregated row, kind)`` sorted by alpha (kind ``"standard"`` at 0, ``"sam"`` at 1, ``"gnp"``
+    or ``"extra"``), and the panel's notes on what is missing.
+    """
     notes: list[str] = []
     gnp = aggregate_seeds(_select(study.trials, "gnp", r=r), _metric(study))
     gnp = gnp.assign(alpha=gnp["alpha"].astype(float)).sort_values("alpha") if len(gnp) else gnp
@@ -291,7 +328,6 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
     if gnp.empty:
         notes.append("gnp stage not run" if not len(_select(study.trials, "gnp")) else f"no GNP trials at r={r:g}")
 
-    # Points along alpha: (alpha, mean, std, n, n_seeds, n_diverged, n_failed, kind)
     points = []
     if std_row is not None:
         points.append((0.0, std_row, "standard"))
@@ -300,91 +336,132 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
     if sam_row is not None:
         points.append((1.0, sam_row, "sam"))
     points.sort(key=lambda p: p[0])
+    return gnp, points, notes
 
-    ok = [(a, float(row["mean"]), _bar(row, error_bars) if math.isfinite(_bar(row, error_bars)) else 0.0)
+
+def _blank_axes(ax, text: str) -> None:
+    """Write ``text`` in the middle of an axes that has nothing to draw and remove its ticks; returns None."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _finite_bar(row, error_bars: str) -> float:
+    """:func:`_bar` of an aggregated row, 0.0 where it is unknown (NaN: fewer than two completed seeds)."""
+    s = _bar(row, error_bars)
+    return s if math.isfinite(s) else 0.0
+
+
+def _draw_alpha_curve(ax, r: float, points: list, handles: dict, error_bars: str) -> None:
+    """Draw the curve over alpha of a Figure-2 panel and set its y range.
+
+    Takes the axes, the panel's r, its points (:func:`_figure2_points`), the legend handles (label ->
+    artist, filled in place) and the kind of error bar. Draws the band and the line through the points
+    with a completed seed when a GNP point is among them (not from the two baselines alone, which would
+    suggest values never measured in between), and sets the y limits with head-room for the row of
+    "diverged" marks; with no completed point, an empty y axis and a note. Returns None.
+    """
+    ok = [(a, float(row["mean"]), _finite_bar(row, error_bars))
           for a, row, _ in points if int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
-    if not points:
-        ax.text(0.5, 0.5, f"no trials at r = {r:g} yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        return notes
     has_marks = any(int(row["n"]) == 0 for _, row, _ in points)
-    if ok:
-        xa = np.array([p[0] for p in ok])
-        ya = np.array([p[1] for p in ok])
-        sa = np.array([p[2] for p in ok])
-        if any(kind in ("gnp", "extra") and int(row["n"]) > 0 for _, row, kind in points):
-            # the curve over alpha (Standard and SAM are its alpha = 0 and 1 points); not drawn from the
-            # two baselines alone, which would suggest values never measured in between
-            ax.fill_between(xa, ya - sa, ya + sa, color=COLORS["gnp"], alpha=0.15, linewidth=0)
-            ax.plot(xa, ya, color=COLORS["gnp"], linewidth=1.2, zorder=2)
-            handles.setdefault(ERROR_BAR_LABELS[error_bars],
-                               ax.fill_between([], [], [], color=COLORS["gnp"], alpha=0.15))
-        lo, hi = float(np.min(ya - sa)), float(np.max(ya + sa))
-        span = max(hi - lo, 0.05 * max(abs(hi), 1.0))
-        # head-room for the row of "diverged" markers at the top
-        ax.set_ylim(lo - 0.1 * span, hi + (0.35 if has_marks else 0.1) * span)
-    else:
+    if not ok:
         ax.set_ylim(0, 1)
         ax.set_yticks([])
         ax.text(0.5, 0.5, f"no seed completed at r = {r:g}", ha="center", va="center", transform=ax.transAxes)
+        return
+    xa = np.array([p[0] for p in ok])
+    ya = np.array([p[1] for p in ok])
+    sa = np.array([p[2] for p in ok])
+    if any(kind in ("gnp", "extra") and int(row["n"]) > 0 for _, row, kind in points):
+        # the curve over alpha (Standard and SAM are its alpha = 0 and 1 points)
+        ax.fill_between(xa, ya - sa, ya + sa, color=COLORS["gnp"], alpha=0.15, linewidth=0)
+        ax.plot(xa, ya, color=COLORS["gnp"], linewidth=1.2, zorder=2)
+        handles.setdefault(ERROR_BAR_LABELS[error_bars],
+                           ax.fill_between([], [], [], color=COLORS["gnp"], alpha=0.15))
+    lo, hi = float(np.min(ya - sa)), float(np.max(ya + sa))
+    span = max(hi - lo, 0.05 * max(abs(hi), 1.0))
+    # head-room for the row of "diverged" markers at the top
+    ax.set_ylim(lo - 0.1 * span, hi + (0.35 if has_marks else 0.1) * span)
 
-    styles = {
-        "gnp": dict(marker="o", color=COLORS["gnp"], mfc=COLORS["gnp"], label="GNP (basic alpha set)"),
-        "extra": dict(marker="o", color=COLORS["gnp"], mfc="white", label="GNP (extra sets B_a, B_b)"),
-        "standard": dict(marker="s", color=COLORS["standard"], mfc=COLORS["standard"],
-                         label="Standard (alpha = 0)"),
-        "sam": dict(marker="D", color=COLORS["sam"], mfc=COLORS["sam"], label="SAM (alpha = 1)"),
-    }
-    xform = ax.get_xaxis_transform()  # x in data, y in axes fraction
-    eliminated = _eliminated(study)
-    for a, row, kind in points:
-        n, n_seeds = int(row["n"]), int(row["n_seeds"])
-        out = row.get("config_key") in eliminated
-        if n > 0 and math.isfinite(float(row["mean"])) and out:
-            # a candidate the race dropped: grey hollow triangle, dashed bar, its seed count beside it
-            s = _bar(row, error_bars)
-            s = s if math.isfinite(s) else 0.0
-            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt="^",
-                               color=COLORS["eliminated"], mfc="white", mec=COLORS["eliminated"], ms=7, capsize=3,
-                               zorder=4, linestyle="none")
-            if s > 0:
-                cont[2][0].set_linestyle("--")
-            handles.setdefault(ELIMINATED_LABEL, cont)
-            ax.annotate(f"{n_seeds} seeds", (a, float(row["mean"]) - s), textcoords="offset points",
-                        xytext=(0, -4), ha="center", va="top", fontsize=7, color=COLORS["eliminated"])
-        elif n > 0 and math.isfinite(float(row["mean"])):
-            st = styles[kind]
-            s = _bar(row, error_bars)
-            s = s if math.isfinite(s) else 0.0
-            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt=st["marker"],
-                               color=st["color"], mfc=st["mfc"], mec=st["color"], ms=6, capsize=3, zorder=4)
-            handles.setdefault(st["label"], cont)
-            if n < n_seeds:  # above the error bar's cap
-                ax.annotate(f"{n}/{n_seeds}", (a, float(row["mean"]) + s), textcoords="offset points",
-                            xytext=(0, 4), ha="center", va="bottom", fontsize=7, color=st["color"])
-        else:
-            all_div = int(row["n_diverged"]) == n_seeds
-            key = "diverged" if all_div else "failed"
-            label = "diverged (all seeds)" if all_div else "no completed seed (failed)"
-            (line,) = ax.plot([a], [DIVERGED_Y], linestyle="none", marker="x", ms=9, mew=2.2,
-                              color=COLORS[key], transform=xform, clip_on=False, zorder=5, label=label)
-            handles.setdefault(label, line)
-            ax.annotate(f"{key}\nalpha={a:g}", (a, DIVERGED_Y), xycoords=xform, textcoords="offset points",
-                        xytext=(0, -9), ha="center", va="top", fontsize=7, color=COLORS[key])
-    if gnp_dec.get("r") is not None and _close(gnp_dec["r"], r) and gnp_dec.get("alpha") is not None:
-        chosen = float(gnp_dec["alpha"])
-        line = ax.axvline(chosen, color=COLORS["chosen"], linestyle=":", linewidth=1.2, zorder=1)
-        handles.setdefault("chosen alpha (GNP row)", line)
-        if "indistinguishable" in gnp_dec:
-            tied = set(gnp_dec.get("indistinguishable") or []) | {gnp_dec.get("config_key")}
-            ring = [(float(row["alpha"]), float(row["mean"])) for _, row in gnp.iterrows()
-                    if row["config_key"] in tied and int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
-            if ring:
-                (halo,) = ax.plot([x for x, _ in ring], [y for _, y in ring], linestyle="none", marker="o", ms=14,
-                                  mfc="none", mec=COLORS["tied"], mew=2.2, zorder=3, label=TIED_LABEL)
-                handles.setdefault(TIED_LABEL, halo)
-    # x range: the planned alpha grid (basic set and extras) and [0, 1], even when stages are missing
+
+#: Marker, colours and legend text of each kind of Figure-2 point with a completed seed.
+_FIG2_STYLES = {
+    "gnp": dict(marker="o", color=COLORS["gnp"], mfc=COLORS["gnp"], label="GNP (basic alpha set)"),
+    "extra": dict(marker="o", color=COLORS["gnp"], mfc="white", label="GNP (extra sets B_a, B_b)"),
+    "standard": dict(marker="s", color=COLORS["standard"], mfc=COLORS["standard"], label="Standard (alpha = 0)"),
+    "sam": dict(marker="D", color=COLORS["sam"], mfc=COLORS["sam"], label="SAM (alpha = 1)"),
+}
+
+
+def _draw_eliminated_point(ax, a: float, row, handles: dict, error_bars: str) -> None:
+    """Draw a candidate a racing stage eliminated at alpha ``a`` (its aggregated ``row``): a grey hollow
+    triangle with a dashed error bar and its seed count below; adds :data:`ELIMINATED_LABEL` to ``handles``.
+    Returns None."""
+    s = _finite_bar(row, error_bars)
+    cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt="^",
+                       color=COLORS["eliminated"], mfc="white", mec=COLORS["eliminated"], ms=7, capsize=3,
+                       zorder=4, linestyle="none")
+    if s > 0:
+        cont[2][0].set_linestyle("--")
+    handles.setdefault(ELIMINATED_LABEL, cont)
+    ax.annotate(f"{int(row['n_seeds'])} seeds", (a, float(row["mean"]) - s), textcoords="offset points",
+                xytext=(0, -4), ha="center", va="top", fontsize=7, color=COLORS["eliminated"])
+
+
+def _draw_measured_point(ax, a: float, row, kind: str, handles: dict, error_bars: str) -> None:
+    """Draw a point with a completed seed at alpha ``a`` (its aggregated ``row``) in the style of its
+    ``kind`` (:data:`_FIG2_STYLES`) with its error bar, and "n/n_seeds" above it when some seeds did not
+    complete; adds the kind's legend entry to ``handles``. Returns None."""
+    n, n_seeds = int(row["n"]), int(row["n_seeds"])
+    st = _FIG2_STYLES[kind]
+    s = _finite_bar(row, error_bars)
+    cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt=st["marker"],
+                       color=st["color"], mfc=st["mfc"], mec=st["color"], ms=6, capsize=3, zorder=4)
+    handles.setdefault(st["label"], cont)
+    if n < n_seeds:  # above the error bar's cap
+        ax.annotate(f"{n}/{n_seeds}", (a, float(row["mean"]) + s), textcoords="offset points",
+                    xytext=(0, 4), ha="center", va="bottom", fontsize=7, color=st["color"])
+
+
+def _draw_unmeasured_mark(ax, a: float, row, xform, handles: dict) -> None:
+    """Mark an alpha with no completed seed: an "x" at :data:`DIVERGED_Y` (axes fraction, ``xform`` the
+    axes' x-axis transform), red when every seed diverged, grey when some failed, with a note below it;
+    adds its legend entry to ``handles``. Returns None."""
+    all_div = int(row["n_diverged"]) == int(row["n_seeds"])
+    key = "diverged" if all_div else "failed"
+    label = "diverged (all seeds)" if all_div else "no completed seed (failed)"
+    (line,) = ax.plot([a], [DIVERGED_Y], linestyle="none", marker="x", ms=9, mew=2.2,
+                      color=COLORS[key], transform=xform, clip_on=False, zorder=5, label=label)
+    handles.setdefault(label, line)
+    ax.annotate(f"{key}\nalpha={a:g}", (a, DIVERGED_Y), xycoords=xform, textcoords="offset points",
+                xytext=(0, -9), ha="center", va="top", fontsize=7, color=COLORS[key])
+
+
+def _draw_chosen_alpha(ax, r: float, gnp: pd.DataFrame, gnp_dec: dict, handles: dict) -> None:
+    """On the panel of the gnp decision's r: a dotted vertical line at the chosen alpha and, when the
+    decision lists ``indistinguishable`` candidates, a ring (:data:`TIED_LABEL`) around the chosen alpha and
+    those tied with it among ``gnp`` (the panel's aggregated configurations); adds their legend entries to
+    ``handles``. Nothing on the other panels. Returns None."""
+    if gnp_dec.get("r") is None or not _close(gnp_dec["r"], r) or gnp_dec.get("alpha") is None:
+        return
+    chosen = float(gnp_dec["alpha"])
+    line = ax.axvline(chosen, color=COLORS["chosen"], linestyle=":", linewidth=1.2, zorder=1)
+    handles.setdefault("chosen alpha (GNP row)", line)
+    if "indistinguishable" not in gnp_dec:
+        return
+    tied = set(gnp_dec.get("indistinguishable") or []) | {gnp_dec.get("config_key")}
+    ring = [(float(row["alpha"]), float(row["mean"])) for _, row in gnp.iterrows()
+            if row["config_key"] in tied and int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
+    if ring:
+        (halo,) = ax.plot([x for x, _ in ring], [y for _, y in ring], linestyle="none", marker="o", ms=14,
+                          mfc="none", mec=COLORS["tied"], mew=2.2, zorder=3, label=TIED_LABEL)
+        handles.setdefault(TIED_LABEL, halo)
+
+
+def _format_figure2_axes(ax, study: Study, points: list) -> None:
+    """Set a Figure-2 panel's x range (the planned alpha grid, its extras and [0, 1], even when stages are
+    missing, and the drawn ``points``), its axis labels (the study's report column) and grid. Returns
+    None."""
     gspec = study.stage_spec("gnp")
     xs = [0.0, 1.0] + [float(a) for a in list(gspec.get("alpha") or []) + list(gspec.get("alpha_extra") or [])]
     xs += [p[0] for p in points]
@@ -394,7 +471,6 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
     ax.set_ylabel("best test error (%)" if selection(study.spec).mode == PAPER_MODE
                   else "test error at best val. epoch (%)")
     ax.grid(True, alpha=0.3)
-    return notes
 
 
 def save_figure2(study: Study | str | Path, path: str | Path, error_bars: str = "ci") -> Path:
