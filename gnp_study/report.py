@@ -220,43 +220,68 @@ def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
     _check_error_bars(error_bars)
     study = _as_study(study)
     radii, radii_note = figure2_radii(study)
-    b_r = best_r(study)
-    in_f2 = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
-    n_panels = max(len(radii), 1)
+    fig, axes = _figure2_canvas(max(len(radii), 1))
+    if not radii:
+        _blank_axes(axes[0], "no gnp trials and no figure2_r:\nnothing to plot yet")
+        axes[0].set_title("Figure 2: no data")
+    handles = _draw_figure2_panels(axes, study, radii, error_bars)
+    if handles:
+        _figure2_legend(fig, handles, len(axes))
+    fig.suptitle(_figure2_suptitle(fig, study, error_bars, radii_note), fontsize=11)
+    return fig
+
+
+def _figure2_canvas(n_panels: int) -> tuple[Figure, Any]:
+    """A Figure-2 figure of ``n_panels`` panels side by side (:data:`FIG2_PANEL_SIZE` each, one panel alone
+    widened so that the title and the legend below it are not clipped, plus :data:`FIG2_LEGEND_HEIGHT`) on
+    an Agg canvas. Returns the figure and its row of axes."""
     width, height = FIG2_PANEL_SIZE
-    # one panel alone is widened so that the title and the legend below it are not clipped
     fig = Figure(figsize=(width * max(n_panels, 1.6), height + FIG2_LEGEND_HEIGHT), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    return fig, fig.subplots(1, n_panels, squeeze=False)[0]
+
+
+def _draw_figure2_panels(axes, study: Study, radii: list[float], error_bars: str) -> dict[str, Any]:
+    """Draw and title the Figure-2 panel of each r of ``radii`` on ``axes`` (in order; :func:`_figure2_panel`).
+    Returns the legend handles they collected (label -> artist, first drawn first)."""
     extra = {round(float(a), 9) for a in (study.stage_spec("gnp").get("alpha_extra") or [])}
     std_row = _chosen_standard(study)
     gnp_dec = study.decisions.get("gnp") or {}
     handles: dict[str, Any] = {}
-    fig_notes = []
-    if radii_note:
-        fig_notes.append(radii_note)
-    if not radii:
-        ax = axes[0]
-        ax.text(0.5, 0.5, "no gnp trials and no figure2_r:\nnothing to plot yet", ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_title("Figure 2: no data")
-        ax.set_xticks([])
-        ax.set_yticks([])
     for ax, r in zip(axes, radii):
         notes = _figure2_panel(ax, study, r, std_row, extra, gnp_dec, handles, error_bars)
-        title = f"r = {r:g}"
-        if b_r is not None and _close(r, b_r):
-            title += " (best r of stage 2" + ("" if any(_close(r, x) for x in in_f2) or not in_f2
-                                              else ", not a figure2_r") + ")"
-        if notes:
-            title += "\n(" + "; ".join(notes) + ")"
-        ax.set_title(title, fontsize=10)
-    if handles:
-        order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
-        handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
-        ncols = min(len(handles), 4 if n_panels > 2 else 3)
-        fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                   ncols=ncols, fontsize=9 if n_panels > 1 else 8, frameon=False)
+        ax.set_title(_figure2_panel_title(study, r, notes), fontsize=10)
+    return handles
+
+
+def _figure2_panel_title(study: Study, r: float, notes: list[str]) -> str:
+    """The title of the Figure-2 panel at r: "r = 0.05", "(best r of stage 2)" on that panel (", not a
+    figure2_r" when the spec's figure2_r lacks it), and the panel's ``notes`` on a second line."""
+    b_r = best_r(study)
+    in_f2 = [float(x) for x in (study.stage_spec("gnp").get("figure2_r") or [])]
+    title = f"r = {r:g}"
+    if b_r is not None and _close(r, b_r):
+        title += " (best r of stage 2" + ("" if any(_close(r, x) for x in in_f2) or not in_f2
+                                          else ", not a figure2_r") + ")"
+    if notes:
+        title += "\n(" + "; ".join(notes) + ")"
+    return title
+
+
+def _figure2_legend(fig: Figure, handles: dict[str, Any], n_panels: int) -> None:
+    """Draw Figure 2's shared legend below the panels: ``handles`` (label -> artist) in
+    :data:`_FIG2_LEGEND_ORDER`, in up to 3 columns (4 with more than two panels). Returns None."""
+    order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
+    handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
+    ncols = min(len(handles), 4 if n_panels > 2 else 3)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
+               ncols=ncols, fontsize=9 if n_panels > 1 else 8, frameon=False)
+
+
+def _figure2_suptitle(fig: Figure, study: Study, error_bars: str, radii_note: str) -> str:
+    """Figure 2's title: the study, what is plotted (the report column), the data set and model and the
+    kind of error bar, wrapped to the figure's width, and ``radii_note`` (:func:`figure2_radii`) on a last
+    line when not empty."""
     data = study.spec.get("data") or {}
     model = (study.spec.get("model") or {}).get("name", "?")
     what = "best test error" if selection(study.spec).mode == PAPER_MODE else "test error at best validation epoch"
@@ -264,10 +289,9 @@ def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
     sup = f"{study.name}: {what} vs alpha ({data.get('dataset', '?')}, {model}), mean and {bars} over seeds"
     # One panel is narrow: wrap the title to the figure's width instead of letting it run off both sides.
     sup = "\n".join(textwrap.wrap(sup, width=int(fig.get_figwidth() * 12)))
-    if fig_notes:
-        sup += "\n" + "; ".join(fig_notes)
-    fig.suptitle(sup, fontsize=11)
-    return fig
+    if radii_note:
+        sup += "\n" + radii_note
+    return sup
 
 
 def _bar(row, error_bars: str) -> float:
