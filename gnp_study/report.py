@@ -600,6 +600,23 @@ def figure3(study: Study | str | Path) -> Figure:
     fig = Figure(figsize=FIG3_SIZE, layout="constrained")
     FigureCanvasAgg(fig)
     ax_g, ax_e = fig.subplots(1, 2)
+    absent, drawn, all_g = _draw_figure3_curves(ax_g, ax_e, study, r, alphas)
+    _format_figure3_axes(ax_g, ax_e, all_g, drawn)
+    if drawn:
+        _figure3_legend(ax_e, study, r)
+        _zoom_error_axis(ax_e)
+    fig.suptitle(_figure3_suptitle(study, r, r_note, absent), fontsize=11)
+    return fig
+
+
+def _draw_figure3_curves(ax_g, ax_e, study: Study, r: float | None, alphas: list[float]
+                         ) -> tuple[list[str], int, list[float]]:
+    """Draw Figure 3's curves: for each of ``alphas`` at r (None: nothing to draw) the per-epoch means of
+    :func:`_epoch_curves`, norm(g1) on ``ax_g`` and test error on ``ax_e`` (:func:`_draw_figure3_alpha`).
+
+    Returns the alphas without epochs as text (with "(all N diverged at epoch 1)" where so), the number of
+    alphas drawn, and every drawn mean norm (for the choice of a log axis).
+    """
     colors = _alpha_colors(alphas)
     gnp_dec = study.decisions.get("gnp") or {}
     chosen = float(gnp_dec["alpha"]) if gnp_dec.get("alpha") is not None else None
@@ -612,22 +629,47 @@ def figure3(study: Study | str | Path) -> Figure:
                                       else ""))
             continue
         drawn += 1
-        label = f"α = {a:g}"
-        if chosen is not None and _close(a, chosen):
-            label += " (chosen)"
-        if n_div:
-            label += f" — diverged {n_div}/{n_trials}"
-        lw = 2.2 if 0 <= a <= 1 else 1.4
-        for ax, col in ((ax_g, "grad_norm"), (ax_e, "test_error")):
-            c = curves.dropna(subset=[col])
-            ax.plot(c["epoch"], c[col], color=colors[a], linewidth=lw, label=label, marker="." if len(c) < 4 else None)
-            if col == "grad_norm":
-                all_g.extend(c[col].tolist())
-            for stop_epoch, _ in stops:
-                hit = c[c["epoch"] == stop_epoch]
-                if len(hit):
-                    ax.plot(hit["epoch"], hit[col], linestyle="none", marker="x", ms=9, mew=2.2,
-                            color=COLORS["diverged"], zorder=5)
+        label = _figure3_label(a, chosen, n_div, n_trials)
+        all_g.extend(_draw_figure3_alpha(ax_g, ax_e, a, curves, stops, colors[a], label))
+    return absent, drawn, all_g
+
+
+def _figure3_label(a: float, chosen: float | None, n_div: int, n_trials: int) -> str:
+    """The legend text of alpha ``a``'s curves: "α = 0.8", " (chosen)" when it is the gnp decision's alpha
+    ``chosen``, " — diverged n_div/n_trials" when some of its trials diverged."""
+    label = f"α = {a:g}"
+    if chosen is not None and _close(a, chosen):
+        label += " (chosen)"
+    if n_div:
+        label += f" — diverged {n_div}/{n_trials}"
+    return label
+
+
+def _draw_figure3_alpha(ax_g, ax_e, a: float, curves: pd.DataFrame, stops: list, color: Any, label: str
+                        ) -> list[float]:
+    """Draw alpha ``a``'s per-epoch means (``curves`` of :func:`_epoch_curves`) in ``color`` with ``label``:
+    norm(g1) on ``ax_g``, test error on ``ax_e`` (thicker for alpha in [0, 1], dots with fewer than 4
+    epochs), and a red "x" on each curve at the epochs of ``stops`` (where a trial diverged). Returns the
+    drawn mean norms."""
+    lw = 2.2 if 0 <= a <= 1 else 1.4
+    norms: list[float] = []
+    for ax, col in ((ax_g, "grad_norm"), (ax_e, "test_error")):
+        c = curves.dropna(subset=[col])
+        ax.plot(c["epoch"], c[col], color=color, linewidth=lw, label=label, marker="." if len(c) < 4 else None)
+        if col == "grad_norm":
+            norms.extend(c[col].tolist())
+        for stop_epoch, _ in stops:
+            hit = c[c["epoch"] == stop_epoch]
+            if len(hit):
+                ax.plot(hit["epoch"], hit[col], linestyle="none", marker="x", ms=9, mew=2.2,
+                        color=COLORS["diverged"], zorder=5)
+    return norms
+
+
+def _format_figure3_axes(ax_g, ax_e, all_g: list[float], drawn: int) -> None:
+    """Label, title and grid Figure 3's two axes (whole-number epochs), use a log axis for norm(g1) when the
+    positive norms ``all_g`` span more than a factor 10, and, when no alpha was ``drawn``, say so in each
+    axes' middle. Returns None."""
     pos = [g for g in all_g if g > 0 and math.isfinite(g)]
     if pos and max(pos) / min(pos) > 10:
         _plain_log_axis(ax_g, min(pos), max(pos))
@@ -641,22 +683,28 @@ def figure3(study: Study | str | Path) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
         if drawn == 0:
-            ax.text(0.5, 0.5, "no epochs to plot yet\n(gnp stage not run at this r)", ha="center", va="center",
-                    transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if drawn:
-        handles, labels = ax_e.get_legend_handles_labels()
-        if any(s for s in labels if "diverged" in s):
-            handles.append(Line2D([], [], linestyle="none", marker="x", ms=8, mew=2, color=COLORS["diverged"]))
-            labels.append("where a seed diverged")
-        n_seeds = len(study.spec.get("seeds") or []) or int(
-            _select(study.trials, "gnp", r=r).groupby("config_key").size().max())
-        title = f"lines: mean over {n_seeds} seeds"
-        if any(s for s in labels if "diverged" in s):
-            title += "\n(a diverged seed left out from its divergence on)"
-        ax_e.legend(handles, labels, fontsize=8, loc="upper right", title=title, title_fontsize=8)
-        _zoom_error_axis(ax_e)
+            _blank_axes(ax, "no epochs to plot yet\n(gnp stage not run at this r)")
+
+
+def _figure3_legend(ax_e, study: Study, r: float) -> None:
+    """Draw the legend of Figure 3's test-error axes: its curves, a red "x" entry when a seed diverged,
+    and a title saying how many seeds the lines average (the spec's seeds, else the most trials of a gnp
+    configuration at r). Returns None."""
+    handles, labels = ax_e.get_legend_handles_labels()
+    if any(s for s in labels if "diverged" in s):
+        handles.append(Line2D([], [], linestyle="none", marker="x", ms=8, mew=2, color=COLORS["diverged"]))
+        labels.append("where a seed diverged")
+    n_seeds = len(study.spec.get("seeds") or []) or int(
+        _select(study.trials, "gnp", r=r).groupby("config_key").size().max())
+    title = f"lines: mean over {n_seeds} seeds"
+    if any(s for s in labels if "diverged" in s):
+        title += "\n(a diverged seed left out from its divergence on)"
+    ax_e.legend(handles, labels, fontsize=8, loc="upper right", title=title, title_fontsize=8)
+
+
+def _figure3_suptitle(study: Study, r: float | None, r_note: str, absent: list[str]) -> str:
+    """Figure 3's title: the study and r, then on a second line the note on where r came from
+    (:func:`figure3_setting`) and the alphas without epochs (``absent``), when there are any."""
     sup = f"{study.name}: evolution over epochs" + (f" at r = {r:g}" if r is not None else "")
     sup += " (mean over seeds)"
     notes = [n for n in [r_note] if n]
@@ -664,8 +712,7 @@ def figure3(study: Study | str | Path) -> Figure:
         notes.append("no epochs for alpha = " + ", ".join(absent))
     if notes:
         sup += "\n" + "; ".join(notes)
-    fig.suptitle(sup, fontsize=11)
-    return fig
+    return sup
 
 
 def _zoom_error_axis(ax) -> None:
