@@ -221,43 +221,68 @@ def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
     _check_error_bars(error_bars)
     study = _as_study(study)
     radii, radii_note = figure2_radii(study)
-    b_r = best_r(study)
-    in_f2 = [float(r) for r in (study.stage_spec("gnp").get("figure2_r") or [])]
-    n_panels = max(len(radii), 1)
+    fig, axes = _figure2_canvas(max(len(radii), 1))
+    if not radii:
+        _blank_axes(axes[0], "no gnp trials and no figure2_r:\nnothing to plot yet")
+        axes[0].set_title("Figure 2: no data")
+    handles = _draw_figure2_panels(axes, study, radii, error_bars)
+    if handles:
+        _figure2_legend(fig, handles, len(axes))
+    fig.suptitle(_figure2_suptitle(fig, study, error_bars, radii_note), fontsize=11)
+    return fig
+
+
+def _figure2_canvas(n_panels: int) -> tuple[Figure, Any]:
+    """A Figure-2 figure of ``n_panels`` panels side by side (:data:`FIG2_PANEL_SIZE` each, one panel alone
+    widened so that the title and the legend below it are not clipped, plus :data:`FIG2_LEGEND_HEIGHT`) on
+    an Agg canvas. Returns the figure and its row of axes."""
     width, height = FIG2_PANEL_SIZE
-    # one panel alone is widened so that the title and the legend below it are not clipped
     fig = Figure(figsize=(width * max(n_panels, 1.6), height + FIG2_LEGEND_HEIGHT), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    return fig, fig.subplots(1, n_panels, squeeze=False)[0]
+
+
+def _draw_figure2_panels(axes, study: Study, radii: list[float], error_bars: str) -> dict[str, Any]:
+    """Draw and title the Figure-2 panel of each r of ``radii`` on ``axes`` (in order; :func:`_figure2_panel`).
+    Returns the legend handles they collected (label -> artist, first drawn first)."""
     extra = {round(float(a), 9) for a in (study.stage_spec("gnp").get("alpha_extra") or [])}
     std_row = _chosen_standard(study)
     gnp_dec = study.decisions.get("gnp") or {}
     handles: dict[str, Any] = {}
-    fig_notes = []
-    if radii_note:
-        fig_notes.append(radii_note)
-    if not radii:
-        ax = axes[0]
-        ax.text(0.5, 0.5, "no gnp trials and no figure2_r:\nnothing to plot yet", ha="center", va="center",
-                transform=ax.transAxes)
-        ax.set_title("Figure 2: no data")
-        ax.set_xticks([])
-        ax.set_yticks([])
     for ax, r in zip(axes, radii):
         notes = _figure2_panel(ax, study, r, std_row, extra, gnp_dec, handles, error_bars)
-        title = f"r = {r:g}"
-        if b_r is not None and _close(r, b_r):
-            title += " (best r of stage 2" + ("" if any(_close(r, x) for x in in_f2) or not in_f2
-                                              else ", not a figure2_r") + ")"
-        if notes:
-            title += "\n(" + "; ".join(notes) + ")"
-        ax.set_title(title, fontsize=10)
-    if handles:
-        order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
-        handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
-        ncols = min(len(handles), 4 if n_panels > 2 else 3)
-        fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-                   ncols=ncols, fontsize=9 if n_panels > 1 else 8, frameon=False)
+        ax.set_title(_figure2_panel_title(study, r, notes), fontsize=10)
+    return handles
+
+
+def _figure2_panel_title(study: Study, r: float, notes: list[str]) -> str:
+    """The title of the Figure-2 panel at r: "r = 0.05", "(best r of stage 2)" on that panel (", not a
+    figure2_r" when the spec's figure2_r lacks it), and the panel's ``notes`` on a second line."""
+    b_r = best_r(study)
+    in_f2 = [float(x) for x in (study.stage_spec("gnp").get("figure2_r") or [])]
+    title = f"r = {r:g}"
+    if b_r is not None and _close(r, b_r):
+        title += " (best r of stage 2" + ("" if any(_close(r, x) for x in in_f2) or not in_f2
+                                          else ", not a figure2_r") + ")"
+    if notes:
+        title += "\n(" + "; ".join(notes) + ")"
+    return title
+
+
+def _figure2_legend(fig: Figure, handles: dict[str, Any], n_panels: int) -> None:
+    """Draw Figure 2's shared legend below the panels: ``handles`` (label -> artist) in
+    :data:`_FIG2_LEGEND_ORDER`, in up to 3 columns (4 with more than two panels). Returns None."""
+    order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
+    handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
+    ncols = min(len(handles), 4 if n_panels > 2 else 3)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
+               ncols=ncols, fontsize=9 if n_panels > 1 else 8, frameon=False)
+
+
+def _figure2_suptitle(fig: Figure, study: Study, error_bars: str, radii_note: str) -> str:
+    """Figure 2's title: the study, what is plotted (the report column), the data set and model and the
+    kind of error bar, wrapped to the figure's width, and ``radii_note`` (:func:`figure2_radii`) on a last
+    line when not empty."""
     data = study.spec.get("data") or {}
     model = (study.spec.get("model") or {}).get("name", "?")
     what = "best test error" if selection(study.spec).mode == PAPER_MODE else "test error at best validation epoch"
@@ -265,10 +290,9 @@ def figure2(study: Study | str | Path, error_bars: str = "ci") -> Figure:
     sup = f"{study.name}: {what} vs alpha ({data.get('dataset', '?')}, {model}), mean and {bars} over seeds"
     # One panel is narrow: wrap the title to the figure's width instead of letting it run off both sides.
     sup = "\n".join(textwrap.wrap(sup, width=int(fig.get_figwidth() * 12)))
-    if fig_notes:
-        sup += "\n" + "; ".join(fig_notes)
-    fig.suptitle(sup, fontsize=11)
-    return fig
+    if radii_note:
+        sup += "\n" + radii_note
+    return sup
 
 
 def _bar(row, error_bars: str) -> float:
@@ -280,7 +304,44 @@ def _bar(row, error_bars: str) -> float:
 
 def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dict, handles: dict,
                    error_bars: str = "ci") -> list[str]:
-    """Draw one Figure-2 panel at radius r; returns notes on what is missing."""
+    """Draw one Figure-2 panel at radius r; returns notes on what is missing.
+
+    Takes the panel's axes, the study, r, the aggregated chosen Standard row (or None), the extra alphas
+    (rounded to 9 digits), the gnp decision ({} before it) and the figure's legend handles (label ->
+    artist, filled in place), and the kind of error bar. Draws the points of :func:`_figure2_points` (the
+    curve, each point by what became of it, the chosen alpha) and formats the axes; a panel without any
+    point says so in its middle.
+    """
+    gnp, points, notes = _figure2_points(study, r, std_row, extra)
+    if not points:
+        _blank_axes(ax, f"no trials at r = {r:g} yet")
+        return notes
+    _draw_alpha_curve(ax, r, points, handles, error_bars)
+    xform = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    eliminated = _eliminated(study)
+    for a, row, kind in points:
+        n = int(row["n"])
+        measured = n > 0 and math.isfinite(float(row["mean"]))
+        if measured and row.get("config_key") in eliminated:
+            _draw_eliminated_point(ax, a, row, handles, error_bars)
+        elif measured:
+            _draw_measured_point(ax, a, row, kind, handles, error_bars)
+        else:
+            _draw_unmeasured_mark(ax, a, row, xform, handles)
+    _draw_chosen_alpha(ax, r, gnp, gnp_dec, handles)
+    _format_figure2_axes(ax, study, points)
+    return notes
+
+
+def _figure2_points(study: Study, r: float, std_row, extra: set) -> tuple[pd.DataFrame, list, list[str]]:
+    """The data of one Figure-2 panel at radius r.
+
+    Takes the study, r, the aggregated chosen Standard row (:func:`_chosen_standard`, or None) and the
+    extra alphas (rounded to 9 digits). Returns the gnp stage's configurations at r
+    (:func:`gnp_study.results.aggregate_seeds` rows, by alpha), the points along alpha as
+    ``(alpha, aggregated row, kind)`` sorted by alpha (kind ``"standard"`` at 0, ``"sam"`` at 1, ``"gnp"``
+    or ``"extra"``), and the panel's notes on what is missing.
+    """
     notes: list[str] = []
     gnp = aggregate_seeds(_select(study.trials, "gnp", r=r), _metric(study))
     gnp = gnp.assign(alpha=gnp["alpha"].astype(float)).sort_values("alpha") if len(gnp) else gnp
@@ -292,7 +353,6 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
     if gnp.empty:
         notes.append("gnp stage not run" if not len(_select(study.trials, "gnp")) else f"no GNP trials at r={r:g}")
 
-    # Points along alpha: (alpha, mean, std, n, n_seeds, n_diverged, n_failed, kind)
     points = []
     if std_row is not None:
         points.append((0.0, std_row, "standard"))
@@ -301,91 +361,132 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
     if sam_row is not None:
         points.append((1.0, sam_row, "sam"))
     points.sort(key=lambda p: p[0])
+    return gnp, points, notes
 
-    ok = [(a, float(row["mean"]), _bar(row, error_bars) if math.isfinite(_bar(row, error_bars)) else 0.0)
+
+def _blank_axes(ax, text: str) -> None:
+    """Write ``text`` in the middle of an axes that has nothing to draw and remove its ticks; returns None."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _finite_bar(row, error_bars: str) -> float:
+    """:func:`_bar` of an aggregated row, 0.0 where it is unknown (NaN: fewer than two completed seeds)."""
+    s = _bar(row, error_bars)
+    return s if math.isfinite(s) else 0.0
+
+
+def _draw_alpha_curve(ax, r: float, points: list, handles: dict, error_bars: str) -> None:
+    """Draw the curve over alpha of a Figure-2 panel and set its y range.
+
+    Takes the axes, the panel's r, its points (:func:`_figure2_points`), the legend handles (label ->
+    artist, filled in place) and the kind of error bar. Draws the band and the line through the points
+    with a completed seed when a GNP point is among them (not from the two baselines alone, which would
+    suggest values never measured in between), and sets the y limits with head-room for the row of
+    "diverged" marks; with no completed point, an empty y axis and a note. Returns None.
+    """
+    ok = [(a, float(row["mean"]), _finite_bar(row, error_bars))
           for a, row, _ in points if int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
-    if not points:
-        ax.text(0.5, 0.5, f"no trials at r = {r:g} yet", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        return notes
     has_marks = any(int(row["n"]) == 0 for _, row, _ in points)
-    if ok:
-        xa = np.array([p[0] for p in ok])
-        ya = np.array([p[1] for p in ok])
-        sa = np.array([p[2] for p in ok])
-        if any(kind in ("gnp", "extra") and int(row["n"]) > 0 for _, row, kind in points):
-            # the curve over alpha (Standard and SAM are its alpha = 0 and 1 points); not drawn from the
-            # two baselines alone, which would suggest values never measured in between
-            ax.fill_between(xa, ya - sa, ya + sa, color=COLORS["gnp"], alpha=0.15, linewidth=0)
-            ax.plot(xa, ya, color=COLORS["gnp"], linewidth=1.2, zorder=2)
-            handles.setdefault(ERROR_BAR_LABELS[error_bars],
-                               ax.fill_between([], [], [], color=COLORS["gnp"], alpha=0.15))
-        lo, hi = float(np.min(ya - sa)), float(np.max(ya + sa))
-        span = max(hi - lo, 0.05 * max(abs(hi), 1.0))
-        # head-room for the row of "diverged" markers at the top
-        ax.set_ylim(lo - 0.1 * span, hi + (0.35 if has_marks else 0.1) * span)
-    else:
+    if not ok:
         ax.set_ylim(0, 1)
         ax.set_yticks([])
         ax.text(0.5, 0.5, f"no seed completed at r = {r:g}", ha="center", va="center", transform=ax.transAxes)
+        return
+    xa = np.array([p[0] for p in ok])
+    ya = np.array([p[1] for p in ok])
+    sa = np.array([p[2] for p in ok])
+    if any(kind in ("gnp", "extra") and int(row["n"]) > 0 for _, row, kind in points):
+        # the curve over alpha (Standard and SAM are its alpha = 0 and 1 points)
+        ax.fill_between(xa, ya - sa, ya + sa, color=COLORS["gnp"], alpha=0.15, linewidth=0)
+        ax.plot(xa, ya, color=COLORS["gnp"], linewidth=1.2, zorder=2)
+        handles.setdefault(ERROR_BAR_LABELS[error_bars],
+                           ax.fill_between([], [], [], color=COLORS["gnp"], alpha=0.15))
+    lo, hi = float(np.min(ya - sa)), float(np.max(ya + sa))
+    span = max(hi - lo, 0.05 * max(abs(hi), 1.0))
+    # head-room for the row of "diverged" markers at the top
+    ax.set_ylim(lo - 0.1 * span, hi + (0.35 if has_marks else 0.1) * span)
 
-    styles = {
-        "gnp": dict(marker="o", color=COLORS["gnp"], mfc=COLORS["gnp"], label="GNP (basic alpha set)"),
-        "extra": dict(marker="o", color=COLORS["gnp"], mfc="white", label="GNP (extra sets B_a, B_b)"),
-        "standard": dict(marker="s", color=COLORS["standard"], mfc=COLORS["standard"],
-                         label="Standard (alpha = 0)"),
-        "sam": dict(marker="D", color=COLORS["sam"], mfc=COLORS["sam"], label="SAM (alpha = 1)"),
-    }
-    xform = ax.get_xaxis_transform()  # x in data, y in axes fraction
-    eliminated = _eliminated(study)
-    for a, row, kind in points:
-        n, n_seeds = int(row["n"]), int(row["n_seeds"])
-        out = row.get("config_key") in eliminated
-        if n > 0 and math.isfinite(float(row["mean"])) and out:
-            # a candidate the race dropped: grey hollow triangle, dashed bar, its seed count beside it
-            s = _bar(row, error_bars)
-            s = s if math.isfinite(s) else 0.0
-            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt="^",
-                               color=COLORS["eliminated"], mfc="white", mec=COLORS["eliminated"], ms=7, capsize=3,
-                               zorder=4, linestyle="none")
-            if s > 0:
-                cont[2][0].set_linestyle("--")
-            handles.setdefault(ELIMINATED_LABEL, cont)
-            ax.annotate(f"{n_seeds} seeds", (a, float(row["mean"]) - s), textcoords="offset points",
-                        xytext=(0, -4), ha="center", va="top", fontsize=7, color=COLORS["eliminated"])
-        elif n > 0 and math.isfinite(float(row["mean"])):
-            st = styles[kind]
-            s = _bar(row, error_bars)
-            s = s if math.isfinite(s) else 0.0
-            cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt=st["marker"],
-                               color=st["color"], mfc=st["mfc"], mec=st["color"], ms=6, capsize=3, zorder=4)
-            handles.setdefault(st["label"], cont)
-            if n < n_seeds:  # above the error bar's cap
-                ax.annotate(f"{n}/{n_seeds}", (a, float(row["mean"]) + s), textcoords="offset points",
-                            xytext=(0, 4), ha="center", va="bottom", fontsize=7, color=st["color"])
-        else:
-            all_div = int(row["n_diverged"]) == n_seeds
-            key = "diverged" if all_div else "failed"
-            label = "diverged (all seeds)" if all_div else "no completed seed (failed)"
-            (line,) = ax.plot([a], [DIVERGED_Y], linestyle="none", marker="x", ms=9, mew=2.2,
-                              color=COLORS[key], transform=xform, clip_on=False, zorder=5, label=label)
-            handles.setdefault(label, line)
-            ax.annotate(f"{key}\nalpha={a:g}", (a, DIVERGED_Y), xycoords=xform, textcoords="offset points",
-                        xytext=(0, -9), ha="center", va="top", fontsize=7, color=COLORS[key])
-    if gnp_dec.get("r") is not None and _close(gnp_dec["r"], r) and gnp_dec.get("alpha") is not None:
-        chosen = float(gnp_dec["alpha"])
-        line = ax.axvline(chosen, color=COLORS["chosen"], linestyle=":", linewidth=1.2, zorder=1)
-        handles.setdefault("chosen alpha (GNP row)", line)
-        if "indistinguishable" in gnp_dec:
-            tied = set(gnp_dec.get("indistinguishable") or []) | {gnp_dec.get("config_key")}
-            ring = [(float(row["alpha"]), float(row["mean"])) for _, row in gnp.iterrows()
-                    if row["config_key"] in tied and int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
-            if ring:
-                (halo,) = ax.plot([x for x, _ in ring], [y for _, y in ring], linestyle="none", marker="o", ms=14,
-                                  mfc="none", mec=COLORS["tied"], mew=2.2, zorder=3, label=TIED_LABEL)
-                handles.setdefault(TIED_LABEL, halo)
-    # x range: the planned alpha grid (basic set and extras) and [0, 1], even when stages are missing
+
+#: Marker, colours and legend text of each kind of Figure-2 point with a completed seed.
+_FIG2_STYLES = {
+    "gnp": dict(marker="o", color=COLORS["gnp"], mfc=COLORS["gnp"], label="GNP (basic alpha set)"),
+    "extra": dict(marker="o", color=COLORS["gnp"], mfc="white", label="GNP (extra sets B_a, B_b)"),
+    "standard": dict(marker="s", color=COLORS["standard"], mfc=COLORS["standard"], label="Standard (alpha = 0)"),
+    "sam": dict(marker="D", color=COLORS["sam"], mfc=COLORS["sam"], label="SAM (alpha = 1)"),
+}
+
+
+def _draw_eliminated_point(ax, a: float, row, handles: dict, error_bars: str) -> None:
+    """Draw a candidate a racing stage eliminated at alpha ``a`` (its aggregated ``row``): a grey hollow
+    triangle with a dashed error bar and its seed count below; adds :data:`ELIMINATED_LABEL` to ``handles``.
+    Returns None."""
+    s = _finite_bar(row, error_bars)
+    cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt="^",
+                       color=COLORS["eliminated"], mfc="white", mec=COLORS["eliminated"], ms=7, capsize=3,
+                       zorder=4, linestyle="none")
+    if s > 0:
+        cont[2][0].set_linestyle("--")
+    handles.setdefault(ELIMINATED_LABEL, cont)
+    ax.annotate(f"{int(row['n_seeds'])} seeds", (a, float(row["mean"]) - s), textcoords="offset points",
+                xytext=(0, -4), ha="center", va="top", fontsize=7, color=COLORS["eliminated"])
+
+
+def _draw_measured_point(ax, a: float, row, kind: str, handles: dict, error_bars: str) -> None:
+    """Draw a point with a completed seed at alpha ``a`` (its aggregated ``row``) in the style of its
+    ``kind`` (:data:`_FIG2_STYLES`) with its error bar, and "n/n_seeds" above it when some seeds did not
+    complete; adds the kind's legend entry to ``handles``. Returns None."""
+    n, n_seeds = int(row["n"]), int(row["n_seeds"])
+    st = _FIG2_STYLES[kind]
+    s = _finite_bar(row, error_bars)
+    cont = ax.errorbar([a], [float(row["mean"])], yerr=[s] if s > 0 else None, fmt=st["marker"],
+                       color=st["color"], mfc=st["mfc"], mec=st["color"], ms=6, capsize=3, zorder=4)
+    handles.setdefault(st["label"], cont)
+    if n < n_seeds:  # above the error bar's cap
+        ax.annotate(f"{n}/{n_seeds}", (a, float(row["mean"]) + s), textcoords="offset points",
+                    xytext=(0, 4), ha="center", va="bottom", fontsize=7, color=st["color"])
+
+
+def _draw_unmeasured_mark(ax, a: float, row, xform, handles: dict) -> None:
+    """Mark an alpha with no completed seed: an "x" at :data:`DIVERGED_Y` (axes fraction, ``xform`` the
+    axes' x-axis transform), red when every seed diverged, grey when some failed, with a note below it;
+    adds its legend entry to ``handles``. Returns None."""
+    all_div = int(row["n_diverged"]) == int(row["n_seeds"])
+    key = "diverged" if all_div else "failed"
+    label = "diverged (all seeds)" if all_div else "no completed seed (failed)"
+    (line,) = ax.plot([a], [DIVERGED_Y], linestyle="none", marker="x", ms=9, mew=2.2,
+                      color=COLORS[key], transform=xform, clip_on=False, zorder=5, label=label)
+    handles.setdefault(label, line)
+    ax.annotate(f"{key}\nalpha={a:g}", (a, DIVERGED_Y), xycoords=xform, textcoords="offset points",
+                xytext=(0, -9), ha="center", va="top", fontsize=7, color=COLORS[key])
+
+
+def _draw_chosen_alpha(ax, r: float, gnp: pd.DataFrame, gnp_dec: dict, handles: dict) -> None:
+    """On the panel of the gnp decision's r: a dotted vertical line at the chosen alpha and, when the
+    decision lists ``indistinguishable`` candidates, a ring (:data:`TIED_LABEL`) around the chosen alpha and
+    those tied with it among ``gnp`` (the panel's aggregated configurations); adds their legend entries to
+    ``handles``. Nothing on the other panels. Returns None."""
+    if gnp_dec.get("r") is None or not _close(gnp_dec["r"], r) or gnp_dec.get("alpha") is None:
+        return
+    chosen = float(gnp_dec["alpha"])
+    line = ax.axvline(chosen, color=COLORS["chosen"], linestyle=":", linewidth=1.2, zorder=1)
+    handles.setdefault("chosen alpha (GNP row)", line)
+    if "indistinguishable" not in gnp_dec:
+        return
+    tied = set(gnp_dec.get("indistinguishable") or []) | {gnp_dec.get("config_key")}
+    ring = [(float(row["alpha"]), float(row["mean"])) for _, row in gnp.iterrows()
+            if row["config_key"] in tied and int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
+    if ring:
+        (halo,) = ax.plot([x for x, _ in ring], [y for _, y in ring], linestyle="none", marker="o", ms=14,
+                          mfc="none", mec=COLORS["tied"], mew=2.2, zorder=3, label=TIED_LABEL)
+        handles.setdefault(TIED_LABEL, halo)
+
+
+def _format_figure2_axes(ax, study: Study, points: list) -> None:
+    """Set a Figure-2 panel's x range (the planned alpha grid, its extras and [0, 1], even when stages are
+    missing, and the drawn ``points``), its axis labels (the study's report column) and grid. Returns
+    None."""
     gspec = study.stage_spec("gnp")
     xs = [0.0, 1.0] + [float(a) for a in list(gspec.get("alpha") or []) + list(gspec.get("alpha_extra") or [])]
     xs += [p[0] for p in points]
@@ -395,7 +496,6 @@ def _figure2_panel(ax, study: Study, r: float, std_row, extra: set, gnp_dec: dic
     ax.set_ylabel("best test error (%)" if selection(study.spec).mode == PAPER_MODE
                   else "test error at best val. epoch (%)")
     ax.grid(True, alpha=0.3)
-    return notes
 
 
 def save_figure2(study: Study | str | Path, path: str | Path, error_bars: str = "ci") -> Path:
@@ -501,6 +601,23 @@ def figure3(study: Study | str | Path) -> Figure:
     fig = Figure(figsize=FIG3_SIZE, layout="constrained")
     FigureCanvasAgg(fig)
     ax_g, ax_e = fig.subplots(1, 2)
+    absent, drawn, all_g = _draw_figure3_curves(ax_g, ax_e, study, r, alphas)
+    _format_figure3_axes(ax_g, ax_e, all_g, drawn)
+    if drawn:
+        _figure3_legend(ax_e, study, r)
+        _zoom_error_axis(ax_e)
+    fig.suptitle(_figure3_suptitle(study, r, r_note, absent), fontsize=11)
+    return fig
+
+
+def _draw_figure3_curves(ax_g, ax_e, study: Study, r: float | None, alphas: list[float]
+                         ) -> tuple[list[str], int, list[float]]:
+    """Draw Figure 3's curves: for each of ``alphas`` at r (None: nothing to draw) the per-epoch means of
+    :func:`_epoch_curves`, norm(g1) on ``ax_g`` and test error on ``ax_e`` (:func:`_draw_figure3_alpha`).
+
+    Returns the alphas without epochs as text (with "(all N diverged at epoch 1)" where so), the number of
+    alphas drawn, and every drawn mean norm (for the choice of a log axis).
+    """
     colors = _alpha_colors(alphas)
     gnp_dec = study.decisions.get("gnp") or {}
     chosen = float(gnp_dec["alpha"]) if gnp_dec.get("alpha") is not None else None
@@ -513,22 +630,47 @@ def figure3(study: Study | str | Path) -> Figure:
                                       else ""))
             continue
         drawn += 1
-        label = f"α = {a:g}"
-        if chosen is not None and _close(a, chosen):
-            label += " (chosen)"
-        if n_div:
-            label += f" — diverged {n_div}/{n_trials}"
-        lw = 2.2 if 0 <= a <= 1 else 1.4
-        for ax, col in ((ax_g, "grad_norm"), (ax_e, "test_error")):
-            c = curves.dropna(subset=[col])
-            ax.plot(c["epoch"], c[col], color=colors[a], linewidth=lw, label=label, marker="." if len(c) < 4 else None)
-            if col == "grad_norm":
-                all_g.extend(c[col].tolist())
-            for stop_epoch, _ in stops:
-                hit = c[c["epoch"] == stop_epoch]
-                if len(hit):
-                    ax.plot(hit["epoch"], hit[col], linestyle="none", marker="x", ms=9, mew=2.2,
-                            color=COLORS["diverged"], zorder=5)
+        label = _figure3_label(a, chosen, n_div, n_trials)
+        all_g.extend(_draw_figure3_alpha(ax_g, ax_e, a, curves, stops, colors[a], label))
+    return absent, drawn, all_g
+
+
+def _figure3_label(a: float, chosen: float | None, n_div: int, n_trials: int) -> str:
+    """The legend text of alpha ``a``'s curves: "α = 0.8", " (chosen)" when it is the gnp decision's alpha
+    ``chosen``, " — diverged n_div/n_trials" when some of its trials diverged."""
+    label = f"α = {a:g}"
+    if chosen is not None and _close(a, chosen):
+        label += " (chosen)"
+    if n_div:
+        label += f" — diverged {n_div}/{n_trials}"
+    return label
+
+
+def _draw_figure3_alpha(ax_g, ax_e, a: float, curves: pd.DataFrame, stops: list, color: Any, label: str
+                        ) -> list[float]:
+    """Draw alpha ``a``'s per-epoch means (``curves`` of :func:`_epoch_curves`) in ``color`` with ``label``:
+    norm(g1) on ``ax_g``, test error on ``ax_e`` (thicker for alpha in [0, 1], dots with fewer than 4
+    epochs), and a red "x" on each curve at the epochs of ``stops`` (where a trial diverged). Returns the
+    drawn mean norms."""
+    lw = 2.2 if 0 <= a <= 1 else 1.4
+    norms: list[float] = []
+    for ax, col in ((ax_g, "grad_norm"), (ax_e, "test_error")):
+        c = curves.dropna(subset=[col])
+        ax.plot(c["epoch"], c[col], color=color, linewidth=lw, label=label, marker="." if len(c) < 4 else None)
+        if col == "grad_norm":
+            norms.extend(c[col].tolist())
+        for stop_epoch, _ in stops:
+            hit = c[c["epoch"] == stop_epoch]
+            if len(hit):
+                ax.plot(hit["epoch"], hit[col], linestyle="none", marker="x", ms=9, mew=2.2,
+                        color=COLORS["diverged"], zorder=5)
+    return norms
+
+
+def _format_figure3_axes(ax_g, ax_e, all_g: list[float], drawn: int) -> None:
+    """Label, title and grid Figure 3's two axes (whole-number epochs), use a log axis for norm(g1) when the
+    positive norms ``all_g`` span more than a factor 10, and, when no alpha was ``drawn``, say so in each
+    axes' middle. Returns None."""
     pos = [g for g in all_g if g > 0 and math.isfinite(g)]
     if pos and max(pos) / min(pos) > 10:
         _plain_log_axis(ax_g, min(pos), max(pos))
@@ -542,22 +684,28 @@ def figure3(study: Study | str | Path) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
         if drawn == 0:
-            ax.text(0.5, 0.5, "no epochs to plot yet\n(gnp stage not run at this r)", ha="center", va="center",
-                    transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if drawn:
-        handles, labels = ax_e.get_legend_handles_labels()
-        if any(s for s in labels if "diverged" in s):
-            handles.append(Line2D([], [], linestyle="none", marker="x", ms=8, mew=2, color=COLORS["diverged"]))
-            labels.append("where a seed diverged")
-        n_seeds = len(study.spec.get("seeds") or []) or int(
-            _select(study.trials, "gnp", r=r).groupby("config_key").size().max())
-        title = f"lines: mean over {n_seeds} seeds"
-        if any(s for s in labels if "diverged" in s):
-            title += "\n(a diverged seed left out from its divergence on)"
-        ax_e.legend(handles, labels, fontsize=8, loc="upper right", title=title, title_fontsize=8)
-        _zoom_error_axis(ax_e)
+            _blank_axes(ax, "no epochs to plot yet\n(gnp stage not run at this r)")
+
+
+def _figure3_legend(ax_e, study: Study, r: float) -> None:
+    """Draw the legend of Figure 3's test-error axes: its curves, a red "x" entry when a seed diverged,
+    and a title saying how many seeds the lines average (the spec's seeds, else the most trials of a gnp
+    configuration at r). Returns None."""
+    handles, labels = ax_e.get_legend_handles_labels()
+    if any(s for s in labels if "diverged" in s):
+        handles.append(Line2D([], [], linestyle="none", marker="x", ms=8, mew=2, color=COLORS["diverged"]))
+        labels.append("where a seed diverged")
+    n_seeds = len(study.spec.get("seeds") or []) or int(
+        _select(study.trials, "gnp", r=r).groupby("config_key").size().max())
+    title = f"lines: mean over {n_seeds} seeds"
+    if any(s for s in labels if "diverged" in s):
+        title += "\n(a diverged seed left out from its divergence on)"
+    ax_e.legend(handles, labels, fontsize=8, loc="upper right", title=title, title_fontsize=8)
+
+
+def _figure3_suptitle(study: Study, r: float | None, r_note: str, absent: list[str]) -> str:
+    """Figure 3's title: the study and r, then on a second line the note on where r came from
+    (:func:`figure3_setting`) and the alphas without epochs (``absent``), when there are any."""
     sup = f"{study.name}: evolution over epochs" + (f" at r = {r:g}" if r is not None else "")
     sup += " (mean over seeds)"
     notes = [n for n in [r_note] if n]
@@ -565,8 +713,7 @@ def figure3(study: Study | str | Path) -> Figure:
         notes.append("no epochs for alpha = " + ", ".join(absent))
     if notes:
         sup += "\n" + "; ".join(notes)
-    fig.suptitle(sup, fontsize=11)
-    return fig
+    return sup
 
 
 def _zoom_error_axis(ax) -> None:
