@@ -285,7 +285,9 @@ def _figure2_suptitle(fig: Figure, study: Study, error_bars: str, radii_note: st
     line when not empty."""
     data = study.spec.get("data") or {}
     model = (study.spec.get("model") or {}).get("name", "?")
-    what = "best test error" if selection(study.spec).mode == PAPER_MODE else "test error at best validation epoch"
+    sel = selection(study.spec)
+    what = ("best test error" if sel.mode == PAPER_MODE else sel.quantity.removesuffix(" (%)")
+            if sel.mode == METRIC_MODE else "test error at best validation epoch")
     bars = "95% CI of the mean" if error_bars == "ci" else "± 1 std"
     sup = f"{study.name}: {what} vs alpha ({data.get('dataset', '?')}, {model}), mean and {bars} over seeds"
     # One panel is narrow: wrap the title to the figure's width instead of letting it run off both sides.
@@ -493,7 +495,8 @@ def _format_figure2_axes(ax, study: Study, points: list) -> None:
     xspan = max(xs) - min(xs)
     ax.set_xlim(min(xs) - 0.06 * xspan, max(xs) + 0.06 * xspan)
     ax.set_xlabel("alpha (balance coefficient)")
-    ax.set_ylabel("best test error (%)" if selection(study.spec).mode == PAPER_MODE
+    sel = selection(study.spec)
+    ax.set_ylabel("best test error (%)" if sel.mode == PAPER_MODE else sel.quantity if sel.mode == METRIC_MODE
                   else "test error at best val. epoch (%)")
     ax.grid(True, alpha=0.3)
 
@@ -547,12 +550,14 @@ def _alpha_colors(alphas: list[float]) -> dict[float, Any]:
 
 
 def _epoch_curves(study: Study, r: float, alpha: float) -> tuple[pd.DataFrame, int, int, list[tuple[int, float]]]:
-    """Mean over seeds per epoch of grad_norm and test_error at (r, alpha) in the gnp stage.
+    """Mean over seeds per epoch of grad_norm and of the right panel's metric at (r, alpha) in the gnp stage.
 
     Rows from the epoch a trial diverged at (and later), and non-finite values, are left out of the means.
-    Returns (curves with columns epoch, grad_norm, test_error, n), number of trials, number diverged, and
-    the (epoch, index) points where diverged trials stopped (last finite epoch).
+    Returns (curves with columns epoch, grad_norm, test_error, n: ``test_error`` holds the mean of the
+    epochs' :func:`_epoch_metric` column, the test error unless the study names its own metric), number of
+    trials, number diverged, and the (epoch, index) points where diverged trials stopped (last finite epoch).
     """
+    mcol = _epoch_metric(study)[0]
     ep = _select(study.epochs, "gnp", r=r, alpha=alpha).copy()
     tr = _select(study.trials, "gnp", r=r, alpha=alpha)
     n_trials = int(len(tr))
@@ -566,9 +571,11 @@ def _epoch_curves(study: Study, r: float, alpha: float) -> tuple[pd.DataFrame, i
             for tid, e in de.items():
                 last = ep[ep["trial_id"] == tid]["epoch"]
                 stops.append((int(last.max()) if len(last) else 0, tid))
-        for col in ("grad_norm", "test_error"):
+        if mcol not in ep.columns:
+            ep[mcol] = np.nan
+        for col in ("grad_norm", mcol):
             ep[col] = ep[col].astype(float).where(np.isfinite(ep[col].astype(float)))
-        curves = ep.groupby("epoch").agg(grad_norm=("grad_norm", "mean"), test_error=("test_error", "mean"),
+        curves = ep.groupby("epoch").agg(grad_norm=("grad_norm", "mean"), test_error=(mcol, "mean"),
                                          n=("trial_id", "nunique")).reset_index()
     else:
         curves = pd.DataFrame(columns=["epoch", "grad_norm", "test_error", "n"])
@@ -602,7 +609,7 @@ def figure3(study: Study | str | Path) -> Figure:
     FigureCanvasAgg(fig)
     ax_g, ax_e = fig.subplots(1, 2)
     absent, drawn, all_g = _draw_figure3_curves(ax_g, ax_e, study, r, alphas)
-    _format_figure3_axes(ax_g, ax_e, all_g, drawn)
+    _format_figure3_axes(ax_g, ax_e, all_g, drawn, _epoch_metric(study)[1:])
     if drawn:
         _figure3_legend(ax_e, study, r)
         _zoom_error_axis(ax_e)
@@ -667,10 +674,11 @@ def _draw_figure3_alpha(ax_g, ax_e, a: float, curves: pd.DataFrame, stops: list,
     return norms
 
 
-def _format_figure3_axes(ax_g, ax_e, all_g: list[float], drawn: int) -> None:
-    """Label, title and grid Figure 3's two axes (whole-number epochs), use a log axis for norm(g1) when the
-    positive norms ``all_g`` span more than a factor 10, and, when no alpha was ``drawn``, say so in each
-    axes' middle. Returns None."""
+def _format_figure3_axes(ax_g, ax_e, all_g: list[float], drawn: int,
+                         metric: tuple[str, str] = ("test error (%)", "test error")) -> None:
+    """Label, title and grid Figure 3's two axes (whole-number epochs; the right one's label and title are
+    ``metric``, :func:`_epoch_metric`), use a log axis for norm(g1) when the positive norms ``all_g`` span
+    more than a factor 10, and, when no alpha was ``drawn``, say so in each axes' middle. Returns None."""
     pos = [g for g in all_g if g > 0 and math.isfinite(g)]
     if pos and max(pos) / min(pos) > 10:
         _plain_log_axis(ax_g, min(pos), max(pos))
@@ -678,8 +686,8 @@ def _format_figure3_axes(ax_g, ax_e, all_g: list[float], drawn: int) -> None:
     ax_g.set_ylabel("norm(g1), mean over the epoch's steps")
     ax_g.set_title("gradient norm")
     ax_e.set_xlabel("epoch")
-    ax_e.set_ylabel("test error (%)")
-    ax_e.set_title("test error")
+    ax_e.set_ylabel(metric[0])
+    ax_e.set_title(metric[1])
     for ax in (ax_g, ax_e):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
@@ -716,12 +724,22 @@ def _figure3_suptitle(study: Study, r: float | None, r_note: str, absent: list[s
     return sup
 
 
+def _epoch_metric(study: Study) -> tuple[str, str, str]:
+    """The per-epoch column Figure 3's right panel shows, its axis label and its title: ``test_error``
+    (percent), or the study's own ``metric`` (:func:`gnp_study.results.selection`)."""
+    sel = selection(study.spec)
+    if sel.mode != METRIC_MODE:
+        return "test_error", "test error (%)", "test error"
+    return sel.name, sel.name + (" (%)" if sel.unit == "%" else ""), sel.name
+
+
 def _zoom_error_axis(ax) -> None:
-    """Use a log y axis on the test-error panel when the first epochs dwarf the end of training, so the
-    differences between alphas at the end stay visible."""
+    """Use a log y axis on the right panel of Figure 3 when the first epochs dwarf the end of training, so
+    the differences between alphas at the end stay visible; never when a value is 0 or below (a log axis
+    would drop it)."""
     ys = np.concatenate([ln.get_ydata() for ln in ax.get_lines() if len(ln.get_ydata())]).astype(float)
-    ys = ys[np.isfinite(ys) & (ys > 0)]
-    if len(ys) and ys.max() / ys.min() > 4:
+    ys = ys[np.isfinite(ys)]
+    if len(ys) and ys.min() > 0 and ys.max() / ys.min() > 4:
         _plain_log_axis(ax, float(ys.min()), float(ys.max()))
 
 
