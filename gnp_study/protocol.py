@@ -415,6 +415,11 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
     agg = _rank(aggregate_seeds(df, sel.decide_column), sel.sign)
     eligible = agg[agg["n"] > 0]
     if eligible.empty:
+        failed = df[df["status"] == "failed"] if "status" in df.columns else df.iloc[:0]
+        if len(failed) == len(df) and "error" in df.columns:  # no trial trained: a fault, not divergence
+            first = str(failed["error"].iloc[0]).strip().splitlines()
+            raise ProtocolError(f"every trial of stage {stage!r} failed ({len(df)} trials); the first one's "
+                                f"error: {first[-1] if first else '(none recorded)'}")
         raise ProtocolError(f"every configuration of stage {stage!r} diverged or failed "
                             f"({int(agg['n_seeds'].sum())} trials): nothing to choose; lower the learning "
                             f"rate or check the failed trials' errors in trials.parquet")

@@ -102,6 +102,12 @@ class Selection:
         return ("-" if self.direction == "max" else "") + self.decide_column
 
     @property
+    def decimals(self) -> int:
+        """Digits of the verdicts' differences: 2 for the errors in percent, 4 for a study's own metric
+        (a loss or an accuracy in [0, 1] differs in its third decimal)."""
+        return 2 if self.unit == "%" else 4
+
+    @property
     def better(self) -> str:
         """What the better of two configurations has, in words (:func:`gnp_study.stats.paired_text`):
         ``"lower error"`` for the paper's metric, ``"higher accuracy"`` / ``"lower val_loss"`` for a
@@ -816,7 +822,7 @@ def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: boo
                      f"choice of each scheme's configuration.")
     for (a, b), p in comps.items():
         lines.append(f"{a} − {b}: not available yet (stage not decided)." if p is None else
-                     paired_text(a, b, p, better=sel.better) + ".")
+                     paired_text(a, b, p, better=sel.better, decimals=sel.decimals) + ".")
     lines.append(improvement_text(table, comps))
     if source == CONFIRMATION:
         lines.extend(selection_seed_lines(study))
@@ -836,7 +842,7 @@ def selection_seed_lines(study: "Study") -> list[str]:
     sel = selection(study.spec)
     comps = comparisons(study.trials, study.decisions, sel.report_column, SELECTION)
     return ["Selection seeds (biased by the choice): " + (f"{a} − {b}: not available." if p is None else
-                                                           paired_text(a, b, p, better=sel.better) + ".")
+                                                           paired_text(a, b, p, better=sel.better, decimals=sel.decimals) + ".")
             for (a, b), p in comps.items()]
 
 
@@ -1172,7 +1178,7 @@ def study_results_table(study: Study, seeds: str = "auto") -> pd.DataFrame:
     (``seeds``: see :func:`scored_on`)."""
     sel = selection(study.spec)
     table = results_table(study.trials, study.decisions, study.paper, metric=sel.report_column, sign=sel.sign,
-                          seeds=seeds)
+                          seeds=seeds, decimals=sel.decimals)
     if sel.mode == METRIC_MODE:  # the study's own metric names the table's columns (display_table)
         table.attrs["quantity"] = sel.quantity
     return table

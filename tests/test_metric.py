@@ -259,3 +259,33 @@ def test_paper_decisions_carry_no_direction():
     spec = protocol_spec({}, seeds=(0, 1, 2))
     trials = _trials([("standard", 0.0, 0.0, [80.0, 81.0, 82.0])])
     assert "direction" not in protocol.decide("standard", trials, spec, {})
+
+
+def test_a_stage_whose_trials_all_failed_names_the_first_error():
+    from gnp_study import protocol
+    from gnp_study.protocol import ProtocolError
+
+    trials = _trials([("standard", 0.0, 0.0, [80.0, 81.0])]).assign(
+        status="failed", error="UserCodeError: training.function: the report of epoch 1 has no 'acc'")
+    with pytest.raises(ProtocolError, match="every trial of stage 'standard' failed .* has no 'acc'"):
+        protocol.decide("standard", trials, _max_spec(), {})
+
+
+def test_verdicts_of_a_small_metric_keep_four_decimals():
+    from gnp_study.protocol import decide
+    from gnp_study.results import verdict_lines
+
+    spec = digits_trial_spec(metric={"name": "test_loss", "mode": "min"}, seeds=(0, 1, 2),
+                             stages={"sam": {"r": [0.05]}, "gnp": {"alpha": [0.5], "figure2_r": [0.05]}})
+    trials = pd.concat([_trials([(stage, alpha, r, vals)]).rename(columns={"best_accuracy": "best_test_loss"})
+                        for stage, alpha, r, vals in (("standard", 0.0, 0.0, [0.331, 0.332, 0.334]),
+                                                      ("sam", 1.0, 0.05, [0.330, 0.3312, 0.3335]),
+                                                      ("gnp", 0.5, 0.05, [0.3301, 0.331, 0.333]))],
+                       ignore_index=True)
+    decisions = {"standard": decide("standard", trials, spec, {})}
+    decisions["sam"] = decide("sam", trials, spec, decisions)
+    decisions["gnp"] = decide("gnp", trials, spec, decisions)
+    study = SimpleNamespace(spec=spec.resolved(), trials=trials, decisions=decisions, paper=None, name="t")
+    line = next(v for v in verdict_lines(study) if v.startswith("GNP − Standard"))
+    # the paired differences are -0.0009, -0.001, -0.001: two decimals would print -0.00
+    assert "GNP − Standard = −0.0010 points" in line, line
