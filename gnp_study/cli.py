@@ -232,6 +232,32 @@ def _positive_seconds(text: str) -> float:
     return v
 
 
+def _add_init_parser(sub) -> None:
+    """Add the ``init`` command (:func:`cmd_init`) to the subparsers ``sub`` of :func:`build_parser`."""
+    ini = sub.add_parser(
+        "init", help="write a starting study file for your model and data",
+        description=("Write a starting study file for a model and a data set, every key commented and the greedy "
+                     "stages explained, after checking it as 'validate' does (the model is built, the data read "
+                     "once): an invalid study is not written. Edit it, then run 'plan' and 'run greedy' on it."))
+    ini.add_argument("out", metavar="OUT.yaml", help="the study file to write")
+    ini.add_argument("--model", required=True, metavar="M",
+                     help="model.name: a registry name (e.g. small_cnn, resnet20, wrn28_10), torchvision:<name>, "
+                          "timm:<name>, or an import path package.module:attribute to your nn.Module class or "
+                          "factory")
+    ini.add_argument("--data", required=True, metavar="D",
+                     help="data.dataset: a registry name (e.g. digits, cifar10), imagefolder, or an import path "
+                          "package.module:function returning your (train, test) Datasets")
+    ini.add_argument("--root", default=None, metavar="PATH",
+                     help="data.root: the data set's folder (written as given; a relative one is read from where "
+                          "gnp-study runs)")
+    ini.add_argument("--code-dir", default=None, metavar="DIR",
+                     help="the folder holding your package (relative to here; written relative to OUT's folder); "
+                          "default: OUT's folder")
+    ini.add_argument("--name", default=None, help="the study's name (default: from OUT's file name)")
+    ini.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    ini.set_defaults(func=cmd_init)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``gnp-study`` with every verb."""
     p = argparse.ArgumentParser(prog="gnp-study", description=(
@@ -275,28 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "says would resolve a comparison)")
     pl.set_defaults(func=cmd_plan)
 
-    ini = sub.add_parser(
-        "init", help="write a starting study file for your model and data",
-        description=("Write a starting study file for a model and a data set, every key commented and the greedy "
-                     "stages explained, after checking it as 'validate' does (the model is built, the data read "
-                     "once): an invalid study is not written. Edit it, then run 'plan' and 'run greedy' on it."))
-    ini.add_argument("out", metavar="OUT.yaml", help="the study file to write")
-    ini.add_argument("--model", required=True, metavar="M",
-                     help="model.name: a registry name (e.g. small_cnn, resnet20, wrn28_10), torchvision:<name>, "
-                          "timm:<name>, or an import path package.module:attribute to your nn.Module class or "
-                          "factory")
-    ini.add_argument("--data", required=True, metavar="D",
-                     help="data.dataset: a registry name (e.g. digits, cifar10), imagefolder, or an import path "
-                          "package.module:function returning your (train, test) Datasets")
-    ini.add_argument("--root", default=None, metavar="PATH",
-                     help="data.root: the data set's folder (written as given; a relative one is read from where "
-                          "gnp-study runs)")
-    ini.add_argument("--code-dir", default=None, metavar="DIR",
-                     help="the folder holding your package (relative to here; written relative to OUT's folder); "
-                          "default: OUT's folder")
-    ini.add_argument("--name", default=None, help="the study's name (default: from OUT's file name)")
-    ini.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    ini.set_defaults(func=cmd_init)
+    _add_init_parser(sub)
 
     v = sub.add_parser("validate", help="validate a study file and its data folder",
                        description="Validate a study file (keys, types, ranges, names) and check its data "

@@ -398,32 +398,9 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
     """
     df = trials[trials["stage"] == stage]
     sel = selection(spec)
-    race = None
-    if stage in ("sam", "gnp") and df is not None and len(df) and racing.race_config(spec, stage) is not None:
-        # A racing stage decides among the candidates the race kept, on the seeds it asked for.
-        races = stage_races(stage, spec, decisions or {})
-        race = racing.summary(stage, df, races, sel.race_metric)
-        df = racing.survivor_trials(stage, df, races, sel.race_metric)
-    if stage == "gnp":
-        best_r = (decisions or {})["sam"]["r"]
-        df = df[(df["r"] == best_r) & df["alpha"].isin(spec.stages.gnp.alpha)]
-    if df.empty:
-        raise ProtocolError(f"stage {stage!r} has no trials to decide from")
-    if sel.decide_column not in df.columns:
-        raise ProtocolError(f"stage {stage!r} decides on {sel.decide_column!r} ({sel.mode} mode) but the trials "
-                            f"table has no such column")
+    df, race = _decision_trials(stage, df, spec, decisions, sel)
     agg = _rank(aggregate_seeds(df, sel.decide_column), sel.sign)
-    eligible = agg[agg["n"] > 0]
-    if eligible.empty:
-        failed = df[df["status"] == "failed"] if "status" in df.columns else df.iloc[:0]
-        if len(failed) == len(df) and "error" in df.columns:  # no trial trained: a fault, not divergence
-            first = str(failed["error"].iloc[0]).strip().splitlines()
-            raise ProtocolError(f"every trial of stage {stage!r} failed ({len(df)} trials); the first one's "
-                                f"error: {first[-1] if first else '(none recorded)'}")
-        raise ProtocolError(f"every configuration of stage {stage!r} diverged or failed "
-                            f"({int(agg['n_seeds'].sum())} trials): nothing to choose; lower the learning "
-                            f"rate or check the failed trials' errors in trials.parquet")
-    best = eligible.iloc[0]
+    best = _winner(stage, agg, df)
     config = json.loads(best["config_key"])
     candidates = _candidates(agg)
     out = {
@@ -448,3 +425,54 @@ def decide(stage: str, trials: pd.DataFrame, spec: StudySpec, decisions: dict | 
         out["alpha"] = float(config["alpha"])
         out["r"] = float(config["r"])
     return out
+
+
+def _decision_trials(stage: str, df: pd.DataFrame, spec: StudySpec, decisions: dict | None, sel
+                     ) -> tuple[pd.DataFrame, dict | None]:
+    """The trials a stage decides from, and its race summary.
+
+    Takes the stage, its trials (``df``: rows of that stage), the study, the earlier decisions and the
+    study's :func:`gnp_study.results.selection`. A racing stage keeps the candidates the race kept, on the
+    seeds it asked for (:func:`gnp_study.racing.survivor_trials`); stage ``gnp`` keeps the selectable grid
+    at the best r. Returns those trials and the race's :func:`gnp_study.racing.summary` (None when the
+    stage does not race).
+
+    Raises:
+        ProtocolError: no trial is left, or the trials lack the decision column.
+    """
+    race = None
+    if stage in ("sam", "gnp") and df is not None and len(df) and racing.race_config(spec, stage) is not None:
+        # A racing stage decides among the candidates the race kept, on the seeds it asked for.
+        races = stage_races(stage, spec, decisions or {})
+        race = racing.summary(stage, df, races, sel.race_metric)
+        df = racing.survivor_trials(stage, df, races, sel.race_metric)
+    if stage == "gnp":
+        best_r = (decisions or {})["sam"]["r"]
+        df = df[(df["r"] == best_r) & df["alpha"].isin(spec.stages.gnp.alpha)]
+    if df.empty:
+        raise ProtocolError(f"stage {stage!r} has no trials to decide from")
+    if sel.decide_column not in df.columns:
+        raise ProtocolError(f"stage {stage!r} decides on {sel.decide_column!r} ({sel.mode} mode) but the trials "
+                            f"table has no such column")
+    return df, race
+
+
+def _winner(stage: str, agg: pd.DataFrame, df: pd.DataFrame) -> pd.Series:
+    """The first eligible row (a completed seed) of the ranked candidates ``agg`` (:func:`_rank`) of the
+    stage's trials ``df``.
+
+    Raises:
+        ProtocolError: every configuration of the stage diverged or failed (when every trial failed, the
+            message quotes the first trial's error: no trial trained, a fault rather than divergence).
+    """
+    eligible = agg[agg["n"] > 0]
+    if eligible.empty:
+        failed = df[df["status"] == "failed"] if "status" in df.columns else df.iloc[:0]
+        if len(failed) == len(df) and "error" in df.columns:
+            first = str(failed["error"].iloc[0]).strip().splitlines()
+            raise ProtocolError(f"every trial of stage {stage!r} failed ({len(df)} trials); the first one's "
+                                f"error: {first[-1] if first else '(none recorded)'}")
+        raise ProtocolError(f"every configuration of stage {stage!r} diverged or failed "
+                            f"({int(agg['n_seeds'].sum())} trials): nothing to choose; lower the learning "
+                            f"rate or check the failed trials' errors in trials.parquet")
+    return eligible.iloc[0]

@@ -591,7 +591,9 @@ def figure3(study: Study | str | Path) -> Figure:
     (:func:`figure3_setting`). B_b alphas are purple, alpha in [0, 1] (the paper's 0.8) red. A diverged
     trial's epochs from its divergence on are left out, and where a trial diverged its curve carries a
     red "x" (legend "diverged (3/3)"). The left axis is logarithmic when the norms span more than a factor
-    10. Alphas without epochs are named in the title; a panel with nothing to draw says so.
+    10. Alphas without epochs are named in the title; a panel with nothing to draw says why
+    (:func:`_figure3_blank_text`: the gnp stage has not run at r yet, or none of the figure's alphas is in
+    its grid, ...).
 
     Args:
         study: a loaded :class:`Study` or its folder.
@@ -609,7 +611,8 @@ def figure3(study: Study | str | Path) -> Figure:
     FigureCanvasAgg(fig)
     ax_g, ax_e = fig.subplots(1, 2)
     absent, drawn, all_g = _draw_figure3_curves(ax_g, ax_e, study, r, alphas)
-    _format_figure3_axes(ax_g, ax_e, all_g, drawn, _epoch_metric(study)[1:])
+    _format_figure3_axes(ax_g, ax_e, all_g, None if drawn else _figure3_blank_text(study, r, alphas),
+                         _epoch_metric(study)[1:])
     if drawn:
         _figure3_legend(ax_e, study, r)
         _zoom_error_axis(ax_e)
@@ -674,11 +677,12 @@ def _draw_figure3_alpha(ax_g, ax_e, a: float, curves: pd.DataFrame, stops: list,
     return norms
 
 
-def _format_figure3_axes(ax_g, ax_e, all_g: list[float], drawn: int,
+def _format_figure3_axes(ax_g, ax_e, all_g: list[float], blank: str | None,
                          metric: tuple[str, str] = ("test error (%)", "test error")) -> None:
     """Label, title and grid Figure 3's two axes (whole-number epochs; the right one's label and title are
     ``metric``, :func:`_epoch_metric`), use a log axis for norm(g1) when the positive norms ``all_g`` span
-    more than a factor 10, and, when no alpha was ``drawn``, say so in each axes' middle. Returns None."""
+    more than a factor 10, and, when no alpha was drawn, write ``blank`` (:func:`_figure3_blank_text`) in
+    each axes' middle. Returns None."""
     pos = [g for g in all_g if g > 0 and math.isfinite(g)]
     if pos and max(pos) / min(pos) > 10:
         _plain_log_axis(ax_g, min(pos), max(pos))
@@ -691,8 +695,33 @@ def _format_figure3_axes(ax_g, ax_e, all_g: list[float], drawn: int,
     for ax in (ax_g, ax_e):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
-        if drawn == 0:
-            _blank_axes(ax, "no epochs to plot yet\n(gnp stage not run at this r)")
+        if blank is not None:
+            _blank_axes(ax, blank)
+
+
+def _figure3_blank_text(study: Study, r: float | None, alphas: list[float]) -> str:
+    """Why Figure 3 has no curve, for the middle of its empty axes.
+
+    Takes the study and Figure 3's r and alphas (:func:`figure3_setting`). Returns, in this order of
+    checks: no r to plot at (no decision and no figure2_r); none of the alphas in the gnp stage's grid
+    (``stages.gnp.alpha`` and ``alpha_extra``: the spec's ``figure3_alpha`` names alphas the stage never
+    runs); the gnp stage has not run at r yet; it ran at r but none of the alphas yet; or it ran them
+    but left no finite epoch (the title lists them).
+    """
+    if r is None:
+        return "no epochs to plot yet\n(no decision and no figure2_r: no r to plot at)"
+    listed = ", ".join(f"{a:g}" for a in alphas)
+    gspec = study.stage_spec("gnp")
+    grid = [float(a) for a in list(gspec.get("alpha") or []) + list(gspec.get("alpha_extra") or [])]
+    if grid and not any(_close(a, g) for a in alphas for g in grid):
+        return (f"no epochs to plot:\nnone of Figure 3's alphas ({listed})\nis in the gnp stage's alpha grid;\n"
+                "set stages.gnp.figure3_alpha\nto alphas of its grid")
+    ran = _select(study.trials, "gnp", r=r)
+    if ran.empty:
+        return f"no epochs to plot yet\n(the gnp stage has not run at r = {r:g} yet)"
+    if not any(len(_select(ran, "gnp", alpha=a)) for a in alphas):
+        return f"no epochs to plot yet\n(none of Figure 3's alphas ({listed})\nhas run at r = {r:g} yet)"
+    return f"no epochs to plot:\nno finite epoch of Figure 3's alphas\nat r = {r:g} (see the title)"
 
 
 def _figure3_legend(ax_e, study: Study, r: float) -> None:

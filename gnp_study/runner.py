@@ -478,8 +478,7 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
     """
     # Plain Python per trial and one DataFrame per table at the end: per-trial pandas frames cost about
     # 12 ms a trial, which the driver spent at a stage's end with every trial worker idle.
-    name = spec.metric.name if spec.metric is not None else None
-    trial_columns, epoch_columns = metric_columns(name)
+    trial_columns, epoch_columns = metric_columns(name := spec.metric.name if spec.metric is not None else None)
     trial_rows, cols = [], {c: [] for c in epoch_columns}
     unfinished = lost = 0
     for res in results:

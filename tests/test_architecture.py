@@ -168,3 +168,13 @@ def test_docs_layer_table_matches_the_enforced_layers():
         if len(cells) >= 3 and cells[1].startswith("`"):
             rows.append((cells[0], set(re.findall(r"`([A-Za-z_]+)`", cells[1]))))
     assert rows == LAYERS
+
+
+def test_no_function_of_the_package_is_over_80_lines():
+    """docs/architecture.md: every function a reader sees whole (at most 80 lines, docstring included)."""
+    long = []
+    for f in sorted(PKG.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{f.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long

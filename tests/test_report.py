@@ -187,6 +187,33 @@ def test_figure3_without_gnp_stage_says_so(tmp_path):
         assert not ax.get_lines() and any("no epochs to plot yet" in t.get_text() for t in ax.texts)
 
 
+def _blank_texts(fig):
+    """The text in the middle of each of Figure 3's empty axes."""
+    return [" ".join(t.get_text() for t in ax.texts) for ax in fig.axes]
+
+
+def test_figure3_before_the_gnp_stage_says_it_has_not_run_at_r(tmp_path):
+    s = make_study(tmp_path / "s", stages=("standard", "sam"))  # Figure 3 at the SAM decision's r
+    r = s.decisions["sam"]["r"]
+    texts = _blank_texts(figure3(load_study(s.path)))
+    assert len(texts) == 2
+    for text in texts:
+        assert f"the gnp stage has not run at r = {r:g} yet" in text
+        assert "figure3_alpha" not in text  # the alphas are fine: the stage has not run
+
+
+def test_figure3_with_alphas_off_the_grid_names_them_and_the_setting(tmp_path):
+    s = make_study(tmp_path / "s")  # the gnp stage ran at the chosen r
+    spec = yaml.safe_load((s.path / "study.yaml").read_text())
+    spec["stages"]["gnp"]["figure3_alpha"] = [3.0, 4.0]
+    (s.path / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    fig = figure3(load_study(s.path))
+    for ax, text in zip(fig.axes, _blank_texts(fig)):
+        assert not ax.get_lines()
+        assert "none of Figure 3's alphas (3, 4)" in text and "alpha grid" in text
+        assert "set stages.gnp.figure3_alpha" in text and "has not run" not in text
+
+
 # ---------------------------------------------------------------- report.html and build_outputs
 
 
