@@ -437,7 +437,7 @@ arrays_file, spec_json, trial_json, out = sys.argv[1:]
 reports = []
 tune.report = lambda metrics, checkpoint=None: reports.append(metrics)
 tune.get_checkpoint = lambda: None
-ray.get_runtime_context = lambda: types.SimpleNamespace(get_node_id=lambda: "node")
+ray.get_runtime_context = lambda: types.SimpleNamespace(get_node_id=lambda: "node", runtime_env={})
 from gnp_study.trainable import trainable
 import warnings
 warnings.filterwarnings("error", message=".*not writable")  # torch's warning for a read-only array
