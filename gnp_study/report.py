@@ -737,7 +737,9 @@ def _figure3_legend(ax_e, study: Study, r: float) -> None:
     title = f"lines: mean over {n_seeds} seeds"
     if any(s for s in labels if "diverged" in s):
         title += "\n(a diverged seed left out from its divergence on)"
-    ax_e.legend(handles, labels, fontsize=8, loc="upper right", title=title, title_fontsize=8)
+    # a metric that rises (mode max) ends in the upper right: the legend goes below it
+    loc = "lower right" if selection(study.spec).direction == "max" else "upper right"
+    ax_e.legend(handles, labels, fontsize=8, loc=loc, title=title, title_fontsize=8)
 
 
 def _figure3_suptitle(study: Study, r: float | None, r_note: str, absent: list[str]) -> str:
