@@ -169,10 +169,7 @@ class _Progress:
     def __init__(self, stage: str, total: int, spec: StudySpec | None = None):
         self.callback = _stage_callback_class()(self)
         self.stage, self.total = stage, total
-        sel = selection(spec) if spec is not None else None
-        # (column, words, sign, unit) of the best-so-far: the study's decision metric
-        self.metric = ((sel.decide_column, sel.name, sel.sign, sel.unit) if sel is not None
-                       else ("best_test_error", "test error", 1.0, "%"))
+        self.sel = selection(spec if spec is not None else {})  # the metric of the best so far (paper: {})
         self.searcher = None  # a racing stage's RaceSearcher (rebuilt at the first step)
         self.done = self.diverged = self.failed = 0
         self.best = math.inf
@@ -188,17 +185,18 @@ class _Progress:
         self.done += 1
         self.failed += int(failed)
         self.diverged += int(result.get("status") == "diverged")
-        col, _, sign, _ = getattr(self, "metric", ("best_test_error", "", 1.0, "%"))
-        b = result.get(col, math.nan)
+        sel = getattr(self, "sel", None) or selection({})  # a progress object pickled before it had one
+        b = result.get(sel.decide_column, math.nan)
         if not failed and result.get("status") == "completed" and b == b:
-            self.best = b if not math.isfinite(self.best) or sign * b < sign * self.best else self.best
+            if not math.isfinite(self.best) or sel.sign * b < sel.sign * self.best:  # inf: none yet
+                self.best = b
         self._print()
 
     def _print(self) -> None:
-        _, words, _, unit = getattr(self, "metric", ("best_test_error", "test error", 1.0, "%"))
-        best = ("-" if not math.isfinite(self.best) else f"{self.best:.2f}%" if unit else f"{self.best:.4g}")
+        sel = getattr(self, "sel", None) or selection({})
+        best = ("-" if not math.isfinite(self.best) else f"{self.best:.2f}%" if sel.unit else f"{self.best:.4g}")
         line = (f"[gnp-study] stage {self.stage}: {self.done}/{self.total} trials done, "
-                f"{self.diverged} diverged, {self.failed} failed, best {words} {best}, "
+                f"{self.diverged} diverged, {self.failed} failed, best {sel.name} {best}, "
                 f"{time.time() - self.t0:.0f}s")
         stream = self.stream
         tty = getattr(stream, "isatty", None)
@@ -393,6 +391,7 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
             # New trials start in this folder even if it was moved since it was written
             tune_config.search_alg = search_generator_class()(searcher, storage, name)
         return tuner
+    sel = selection(spec)  # stage 1's Optuna search decides on the study's decision column
     return tune.Tuner(
         wrapped,
         param_space=param_space,
@@ -404,8 +403,8 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
             # A trial's worker process is kept for the next trial: torch and the data load once per
             # worker, not once per trial (seconds per trial for small models).
             reuse_actors=True,
-            metric=selection(spec).decide_column if optuna else None,
-            mode=selection(spec).direction if optuna else None,
+            metric=sel.decide_column if optuna else None,
+            mode=sel.direction if optuna else None,
             # readable TensorBoard runs: <stage>_alpha=<a>_r=<r>_seed=<s>_<tune id> (gnp_study.race_search)
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
