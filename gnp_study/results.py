@@ -739,12 +739,11 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
             ru_text = _candidate_text(stage, ru) if ru else "the runner-up"
             if (mp.get("n") or 0) >= 2:
                 # runner-up minus winner; with "direction": "max" higher is better, so "worse" is below
-                worse = "points lower" if dec.get("direction") == "max" else "points worse"
-                diff = mp.get("diff") if dec.get("direction") != "max" or mp.get("diff") is None else -mp["diff"]
-                text += (f"; runner-up {ru_text} is {fmt_signed(diff)} {worse}{on}, paired 95% CI of runner-up "
-                         f"minus chosen {fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over "
-                         f"{mp.get('n')} seeds" if dec.get("direction") == "max" else
-                         f"; runner-up {ru_text} is {fmt_signed(diff)} {worse}{on}, paired 95% CI "
+                # runner-up minus chosen; with "direction": "max" higher is better, so worse is below
+                high = dec.get("direction") == "max"
+                diff = -mp["diff"] if high and mp.get("diff") is not None else mp.get("diff")
+                text += (f"; runner-up {ru_text} is {fmt_signed(diff)} points {'lower' if high else 'worse'}{on}, "
+                         f"paired 95% CI {'of runner-up minus chosen ' if high else ''}"
                          f"{fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over {mp.get('n')} "
                          f"seeds")
             else:
