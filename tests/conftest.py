@@ -11,8 +11,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-from helpers import free_port, ray_bin, unmarked_ray_items
+import numerics
+
+numerics.pin()  # before anything imports torch: the same kernels on every machine (tests/numerics.py)
+
+import pytest  # noqa: E402
+from helpers import free_port, ray_bin, unmarked_ray_items  # noqa: E402
 
 # Every Ray process started by the tests (heads, drivers, workers) uses the same auth mode.
 os.environ["RAY_AUTH_MODE"] = "disabled"

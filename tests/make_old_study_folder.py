@@ -49,6 +49,10 @@ from pathlib import Path
 
 import yaml
 
+import numerics
+
+numerics.pin()  # the old driver and its Ray workers inherit the kernels the tests compute with (tests/numerics.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 OLD_COMMIT = "993d56f"
 TARBALL = ROOT / "tests" / "data" / "old_study_folder.tar.gz"

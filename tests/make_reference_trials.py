@@ -1,5 +1,5 @@
 """Writes ``tests/data/reference_trials.json``: a few trials of the shipped digits studies trained in this
-process, with their metrics, for ``tests/test_reference_trials.py`` to compare against bit for bit.
+process, with their metrics (AVX2 kernels: ``tests/numerics.py``), for ``tests/test_reference_trials.py`` to compare against bit for bit.
 
 Run it with the code a later change must not alter (the file records the commit), from the repository root:
 
@@ -15,6 +15,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numerics  # noqa: E402
+
+numerics.pin()  # the kernels the tests compute with (tests/numerics.py)
+
 
 from gnp_study.protocol import TrialConfig  # noqa: E402
 from gnp_study.spec import load_spec  # noqa: E402
