@@ -30,8 +30,11 @@ PAPER_R = (0.01, 0.02, 0.05, 0.1, 0.2)
 #: Training fields that the standard stage (stage 1) may search over.
 SEARCHABLE = ("lr", "weight_decay", "momentum", "batch_size", "label_smoothing", "warmup_epochs")
 
-#: Where the packaged search spaces live (a copy of the project's ``search_spaces/``).
-SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+#: The shipped studies: ``search_spaces/`` beside the package in a checkout (an editable install), and
+#: ``gnp_study/search_spaces/`` in a wheel (pyproject.toml maps the folder there).
+SEARCH_SPACES = next((d for d in (Path(__file__).resolve().parent / "search_spaces",
+                                  Path(__file__).resolve().parent.parent / "search_spaces") if d.is_dir()),
+                     Path(__file__).resolve().parent.parent / "search_spaces")
 
 
 def config_key(config: dict) -> str:

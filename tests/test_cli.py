@@ -231,6 +231,16 @@ def test_init_writes_a_commented_study_that_validates(model, data, tmp_path, mon
     assert sum(line.lstrip().startswith("#") for line in text.splitlines()) > 20
     assert main(["validate", str(out)]) == 0
     assert "valid study 'first'" in capsys.readouterr().out
+    # the commented metric and own-loop lines have the shape the spec takes, once uncommented
+    metric = "# metric: {name: accuracy, mode: max}"
+    assert metric in text and "  # function: my_project.train:train_one_trial" in text
+    out.write_text(text.replace(metric, "metric: {name: test_loss, mode: min}"), encoding="utf-8")
+    assert main(["validate", str(out)]) == 0
+    capsys.readouterr()
+    out.write_text(text.replace("  # function: my_project.train:train_one_trial", "  function: nosuchpkg_gnp.train:f"),
+                   encoding="utf-8")
+    assert main(["validate", str(out)]) == 2
+    assert "nosuchpkg_gnp" in capsys.readouterr().err
 
 
 def test_init_with_an_import_path_and_code_dir(tmp_path, monkeypatch, capsys):
