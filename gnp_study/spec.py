@@ -244,8 +244,8 @@ class ModelSpec(_Strict):
 
     name: str = Field(description="registry name, torchvision:<name>, timm:<name>, or package.module:attribute")
     kwargs: dict[str, Any] = Field(default_factory=dict, description=(
-        "more constructor arguments (num_classes, in_channels, image_size, in_features are given when the "
-        "constructor's signature names them)"))
+        "more constructor arguments (e.g. drop_path_rate for a ViT); your own class or function also gets "
+        "num_classes, in_channels, image_size and in_features when its signature names them"))
 
 
 class TrainingSpec(_Strict):
