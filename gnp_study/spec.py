@@ -264,7 +264,7 @@ class TrainingSpec(_Strict):
     lr_schedule: Literal["constant", "cosine", "step"] = Field("cosine", description=(
         "learning-rate schedule after the warm-up: constant, cosine decay to 0, or step (see lr_milestones)"))
     lr_milestones: list[float] = Field(default_factory=lambda: [0.3, 0.6, 0.8],
-                                       description="step schedule: fractions of training")
+                                       description="step schedule: where the lr drops, as fractions of the steps after the warm-up")
     lr_gamma: float = Field(0.2, gt=0, le=1, description="step schedule: the lr is multiplied by this at each milestone")
     warmup_epochs: int = Field(0, ge=0, description="linear lr warm-up over the first this many epochs")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy loss")
