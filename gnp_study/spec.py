@@ -154,7 +154,8 @@ class LabelNoiseSpec(_Strict):
     """
 
     fraction: float = Field(ge=0, lt=1, description="fraction of training labels made wrong, in [0, 1)")
-    kind: Literal["symmetric", "pairflip"] = "symmetric"
+    kind: Literal["symmetric", "pairflip"] = Field("symmetric", description=(
+        "symmetric: a uniformly drawn other class; pairflip: class c becomes (c + 1) mod K"))
     seed: int = Field(0, ge=0, lt=2**63, description="seed of the corrupted labels (not the trial seed)")
 
     @field_validator("fraction", "seed", mode="before")
@@ -179,15 +180,19 @@ class DataSpec(_Strict):
 
     dataset: str = Field(description="registry name (digits, cifar10, ...), imagefolder, or package.module:function")
     root: str | None = Field(None, description="local folder with the data set files (None for digits)")
-    format: Literal["auto", "python", "imagefolder"] = "auto"
-    augmentation: str = "none"
+    format: Literal["auto", "python", "imagefolder"] = Field("auto", description=(
+        "files of a registry data set under root: python (CIFAR's pickle batches), imagefolder "
+        "(root/train/<class>, root/test/<class>), or auto (the layout found)"))
+    augmentation: str = Field("none", description=(
+        "training augmentation: none, basic (pad-crop, flip), cutout (DeVries & Taylor 2017), "
+        "autoaugment_cutmix, vit_heavy or imagenet, as the data set accepts (gnp_study.data)"))
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of your data function")
     image_size: int | None = Field(None, gt=0, description="imagefolder: side the images are resized to (32)")
     num_classes: int | None = Field(None, gt=0, description="your data: the label count, when the data "
                                                           "cannot tell it (classes or targets attribute)")
     train_subset: int | None = Field(None, gt=0, description="class-balanced subset of the training set")
-    test_subset: int | None = Field(None, gt=0)
-    subset_seed: int = Field(0, ge=0, lt=2**63)
+    test_subset: int | None = Field(None, gt=0, description="class-balanced subset of the test set")
+    subset_seed: int = Field(0, ge=0, lt=2**63, description="seed of the train and test subsets")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per trial")
     loader: Literal["torch", "device"] = Field(
         "torch", description="torch DataLoader, or the whole data set on the trial's device (gpu_data)")
@@ -238,30 +243,37 @@ class ModelSpec(_Strict):
     extra constructor arguments (:func:`gnp_study.models.build_model`)."""
 
     name: str = Field(description="registry name, torchvision:<name>, timm:<name>, or package.module:attribute")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "more constructor arguments (e.g. drop_path_rate for a ViT); your own class or function also gets "
+        "num_classes, in_channels, image_size and in_features when its signature names them"))
 
 
 class TrainingSpec(_Strict):
-    """The standard training recipe; stage 1 may override the fields named in ``SEARCHABLE``."""
+    """The standard training recipe; stage 1 may override the fields named in ``SEARCHABLE`` (the keys of
+    ``stages.standard.space``)."""
 
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    base_optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
-    lr: float = Field(gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    epochs: int = Field(gt=0, description="training epochs of every trial")
+    batch_size: int = Field(gt=0, description="training images per optimizer step")
+    base_optimizer: Literal["sgd", "adamw", "adam"] = Field(
+        "sgd", description="the torch optimizer GNP wraps (torch.optim.SGD, AdamW or Adam)")
+    lr: float = Field(gt=0, description="base learning rate (the schedule's peak)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd with momentum > 0 only)")
+    weight_decay: float = Field(0.0, ge=0, description=(
+        "the base optimizer's weight_decay (L2 for sgd and adam, decoupled for adamw)"))
+    lr_schedule: Literal["constant", "cosine", "step"] = Field("cosine", description=(
+        "learning-rate schedule after the warm-up: constant, cosine decay to 0, or step (see lr_milestones)"))
     lr_milestones: list[float] = Field(default_factory=lambda: [0.3, 0.6, 0.8],
-                                       description="step schedule: fractions of training")
-    lr_gamma: float = Field(0.2, gt=0, le=1)
-    warmup_epochs: int = Field(0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+                                       description="step schedule: where the lr drops, as fractions of the steps after the warm-up")
+    lr_gamma: float = Field(0.2, gt=0, le=1, description="step schedule: the lr is multiplied by this at each milestone")
+    warmup_epochs: int = Field(0, ge=0, description="linear lr warm-up over the first this many epochs")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy loss")
     grad_clip: float | None = Field(None, gt=0, description="clip the final gradient to this global norm")
     normalize_g1: bool = Field(False, description="mix (1-alpha) g1/|g1| + alpha g2 (authors' code)")
     perturb_weight_decay: bool = Field(False, description="L2 weight decay inside the perturbation")
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = False
+    precision: Literal["fp32", "bf16"] = Field("fp32", description=(
+        "fp32, or bfloat16 autocast of the forward passes (training and evaluation)"))
+    channels_last: bool = Field(False, description="model and batches in channels-last memory format")
     every: StrictInt = Field(1, ge=1, description=(
         "amortised GNP: the second pass every `every` optimizer steps, the stored penalty direction reused "
         "in between (gnp_study.optim.GNP, after LookSAM, Liu et al. 2022); 1 is Algorithm 1"))
@@ -321,10 +333,10 @@ class DivergenceSpec(_Strict):
 class OptunaRange(_Strict):
     """A continuous or integer range for the Optuna search of stage 1."""
 
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
+    low: float = Field(description="lowest value tried")
+    high: float = Field(description="highest value tried (included for an integer range)")
+    log: bool = Field(False, description="sample on a log scale (needs low > 0)")
+    integer: bool = Field(False, description="integers only (batch_size, warmup_epochs)")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -338,8 +350,11 @@ class OptunaRange(_Strict):
 class StandardStage(_Strict):
     """Stage 1 (alpha = 0): grid or Optuna TPE search over training fields."""
 
-    search: Literal["grid", "optuna"] = "grid"
-    space: dict[str, list[float] | OptunaRange] = Field(default_factory=dict)
+    search: Literal["grid", "optuna"] = Field("grid", description=(
+        "grid: every combination of the space's lists on every seed; optuna: a TPE search on the first seed"))
+    space: dict[str, list[float] | OptunaRange] = Field(default_factory=dict, description=(
+        "training field -> list of values (grid or optuna) or {low, high, log, integer} range (optuna); "
+        "keys: lr, weight_decay, momentum, batch_size, label_smoothing, warmup_epochs"))
     num_samples: int = Field(8, gt=0, description="Optuna: configurations tried on one seed")
     top_k: int = Field(2, gt=0, description="Optuna: best configurations then run over all seeds")
 
@@ -400,7 +415,8 @@ class RaceSpec(_Strict):
     block: int = Field(1, ge=1, description="seeds added to every survivor after each test")
     level: float = Field(0.05, gt=0, lt=1, description="family-wise significance level of one block's "
                                                        "eliminations (not GNP's alpha)")
-    correction: Literal["holm", "bonferroni"] = "holm"
+    correction: Literal["holm", "bonferroni"] = Field("holm", description=(
+        "multiple-comparison correction of a block's tests: Holm's step-down (Holm 1979) or Bonferroni"))
     max_trials: int | None = Field(None, gt=0, description="trial budget of one race (default: candidates x "
                                                            "seeds, the fixed protocol's count)")
     extra_seeds: list[int] = Field(default_factory=list, description="seeds after the study's seeds that "
@@ -416,8 +432,9 @@ class RaceSpec(_Strict):
 class SamStage(_Strict):
     """Stage 2 (alpha = 1, SAM): the grid of perturbation radii r."""
 
-    r: list[float] = Field(default_factory=lambda: list(PAPER_R))
-    race: RaceSpec | None = None
+    r: list[float] = Field(default_factory=lambda: list(PAPER_R), description=(
+        "perturbation radii tried with alpha = 1 (the paper's grid, after Foret et al. 2021)"))
+    race: RaceSpec | None = Field(None, description="race the r grid over seeds (None: every r on every seed)")
 
     @field_validator("r")
     @classmethod
@@ -435,7 +452,8 @@ class GnpStage(_Strict):
     figure2_r: list[float] = Field(default_factory=list, description="r values with a Figure-2 panel")
     figure3_alpha: list[float] | None = Field(
         None, description="alphas drawn in Figure 3 (default: B_b values in the grid plus 0.8)")
-    race: RaceSpec | None = None
+    race: RaceSpec | None = Field(None, description=(
+        "race the alphas at each r over seeds (None: every alpha on every seed)"))
 
     @field_validator("alpha")
     @classmethod
@@ -505,27 +523,38 @@ class CostStage(_Strict):
 
 
 class Stages(_Strict):
-    standard: StandardStage = Field(default_factory=StandardStage)
-    sam: SamStage = Field(default_factory=SamStage)
-    gnp: GnpStage = Field(default_factory=GnpStage)
-    confirm: ConfirmStage | None = None
-    cost: CostStage | None = None
+    """The stages of a study: the three greedy stages of the paper, then the optional confirmation and cost
+    stages."""
+
+    standard: StandardStage = Field(default_factory=StandardStage, description=(
+        "stage 1: the standard recipe search (alpha = 0)"))
+    sam: SamStage = Field(default_factory=SamStage, description="stage 2: the r grid with alpha = 1 (SAM)")
+    gnp: GnpStage = Field(default_factory=GnpStage, description="stage 3: the alpha grid at the best r")
+    confirm: ConfirmStage | None = Field(None, description=(
+        "the chosen configurations again on fresh seeds (None: no confirmation stage)"))
+    cost: CostStage | None = Field(None, description=(
+        "the chosen GNP with its second pass every k steps (None: no cost stage)"))
 
 
 class Resources(_Strict):
     """Resources each trial asks Ray for; a GPU fraction lets several trials share one GPU."""
 
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
-    max_concurrent_trials: int | None = Field(None, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs Ray reserves for each trial")
+    gpus_per_trial: float = Field(0.0, ge=0, description=(
+        "GPUs Ray reserves for each trial (0: train on CPUs; a fraction shares one GPU)"))
+    max_concurrent_trials: int | None = Field(None, gt=0, description=(
+        "most trials running at once (None: as many as the resources allow)"))
 
 
 class PaperRef(_Strict):
     """The paper experiment a study reproduces (its numbers go beside the measured ones)."""
 
-    model: str
-    dataset: str
-    augmentation: str
+    model: str = Field(description=(
+        "a model of the GNP paper's tables (Zhao, Zhang & Hu, ICML 2022) as gnp_study/paper_results.csv "
+        "names it, e.g. wrn28_10; an experiment the paper lacks shows no numbers"))
+    dataset: str = Field(description="the experiment's data set: cifar10, cifar100 or imagenet")
+    augmentation: str = Field(description=(
+        "the experiment's augmentation: basic, cutout, autoaugment_cutmix, vit_heavy or imagenet"))
 
 
 class StudySpec(_Strict):
@@ -535,21 +564,24 @@ class StudySpec(_Strict):
     Eq. 10) where the paper's text says zero by mistake.
     """
 
-    name: str
-    description: str = ""
-    data: DataSpec
-    model: ModelSpec
-    training: TrainingSpec
-    stages: Stages = Field(default_factory=Stages)
-    seeds: list[int]
-    resources: Resources = Field(default_factory=Resources)
-    divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
+    name: str = Field(description="the study's name (letters, digits, _ - .); its folder is reports/<name>/")
+    description: str = Field("", description="free text shown in the report")
+    data: DataSpec = Field(description="the data set and its options")
+    model: ModelSpec = Field(description="the model")
+    training: TrainingSpec = Field(description="the training recipe every trial starts from")
+    stages: Stages = Field(default_factory=Stages, description="the greedy stages (and optional extra stages)")
+    seeds: list[int] = Field(description=(
+        "trial seeds: every configuration runs on each (distinct, in [0, 2**63))"))
+    resources: Resources = Field(default_factory=Resources, description="what each trial asks Ray for")
+    divergence: DivergenceSpec = Field(default_factory=DivergenceSpec, description=(
+        "when a trial counts as diverged"))
     max_failures: int = Field(2, ge=0, description="retries of a crashed trial from its last checkpoint")
     checkpoint_every: int = Field(1, gt=0, description="epochs between trial checkpoints")
     report_every: int = Field(1, gt=0, description=(
         "epochs between a trial's reports to Ray Tune; a trial also reports at every checkpoint and at its "
         "end, and every epoch still reaches the tables and TensorBoard (from the checkpoint's history)"))
-    paper: PaperRef | None = None
+    paper: PaperRef | None = Field(None, description=(
+        "the paper experiment whose numbers go beside the measured ones (None: none)"))
     metric: MetricSpec | None = Field(None, description=(
         "the metric the stages decide on and the outputs report, with its direction (None: the paper's "
         "best test error, or the validation error with data.validation)"))
