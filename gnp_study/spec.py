@@ -308,7 +308,8 @@ class MetricSpec(_Strict):
     """
 
     name: str = Field(description="a metric every epoch's report carries: one of the package loop's "
-                      "(test_loss, val_error, ...) or one your training.function reports")
+                      f"({', '.join(PACKAGE_METRICS)}; a val_ metric needs data.validation) or one your "
+                      "training.function reports")
     mode: Literal["min", "max"] = Field(description="min: lower is better (a loss, an error); max: higher is "
                                         "better (accuracy, BLEU)")
 
@@ -451,7 +452,8 @@ class GnpStage(_Strict):
                                      description="run for the figures only, never chosen (B_a, B_b)")
     figure2_r: list[float] = Field(default_factory=list, description="r values with a Figure-2 panel")
     figure3_alpha: list[float] | None = Field(
-        None, description="alphas drawn in Figure 3 (default: B_b values in the grid plus 0.8)")
+        None, description="alphas drawn in Figure 3 (default: the paper's, the B_b values and 0.8, those of them "
+        "stage 3 runs; when it runs none of them, the chosen alpha)")
     race: RaceSpec | None = Field(None, description=(
         "race the alphas at each r over seeds (None: every alpha on every seed)"))
 
