@@ -721,13 +721,15 @@ class StudySpec(_Strict):
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
         inp = e.get("input")
         shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
-        lines.append(f"{loc}: {msg}{shown}")
+        if e["type"] == "value_error":  # this module's own checks: their message names the key and the value
+            msg, shown = msg.removeprefix("Value error, "), ""
+        lines.append(f"{loc}: {msg}{shown}" if loc else msg)
     if len(lines) == 1:  # the usual case: one line naming the key
         return f"invalid study {source}: {lines[0]}"
     return f"invalid study {source}:\n  " + "\n  ".join(lines)
