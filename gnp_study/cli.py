@@ -138,8 +138,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"  stage 1 search : {counts['standard_search']:5d} trials (Optuna TPE on seed {spec.seeds[0]})")
     print(f"  stage 1 standard: {counts['standard']:5d} trials (alpha = 0)")
     print(f"  stage 2 sam     : {counts['sam']:5d} trials (alpha = 1, r in {spec.stages.sam.r})")
-    print(f"  stage 3 gnp     : {counts['gnp']:5d} trials at most ({len(spec.stages.gnp.all_alpha())} alphas "
-          f"at the best r and at Figure-2 r {spec.stages.gnp.figure2_r})")
+    n_alpha, fig2 = len(spec.stages.gnp.all_alpha()), spec.stages.gnp.figure2_r
+    print(f"  stage 3 gnp     : {counts['gnp']:5d} trials at most ({n_alpha} alpha{'s' if n_alpha != 1 else ''} "
+          f"at the best r" + (f" and at each Figure-2 r in {fig2})" if fig2 else ")"))
     if counts["confirm"]:
         cs = spec.stages.confirm.seeds
         print(f"  confirm         : {counts['confirm']:5d} trials at most (the 3 chosen configurations on "

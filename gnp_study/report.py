@@ -50,6 +50,7 @@ from gnp_study.results import (  # noqa: E402
     PAPER_MODE,
     SELECTION,
     SCHEMES,
+    VALIDATION_MODE,
     Study,
     label_noise_text,
     prob_best_text,
@@ -60,6 +61,7 @@ from gnp_study.results import (  # noqa: E402
     derived_figure_text,
     display_table,
     load_study,
+    number_style,
     race_lines,
     race_table,
     study_results_table,
@@ -87,6 +89,14 @@ TIED_LABEL = ("chosen alpha and alphas tied with it\n(paired 95% CI of the diffe
 #: The paper's extra alpha set B_b (Section 4.1, parameter study), used when the spec has no
 #: figure3_alpha.
 B_B_DEFAULT = (1.1, 1.2, 1.3, 1.5, 2.0)
+
+
+def _tied_label(metric: str | None) -> str:
+    """:data:`TIED_LABEL` for a gnp decision on ``metric`` (its ``decisions.json`` column): the paper's
+    errors keep "the error"; a study's own metric is named ("the test_loss")."""
+    if number_style(metric)[1]:  # an error in percent
+        return TIED_LABEL
+    return TIED_LABEL.replace("the error", f"the {str(metric).removeprefix('best_')}")
 #: Height (axes fraction) where all-seeds-diverged alphas are marked in Figure 2.
 DIVERGED_Y = 0.95
 
@@ -273,7 +283,9 @@ def _figure2_legend(fig: Figure, handles: dict[str, Any], n_panels: int) -> None
     """Draw Figure 2's shared legend below the panels: ``handles`` (label -> artist) in
     :data:`_FIG2_LEGEND_ORDER`, in up to 3 columns (4 with more than two panels). Returns None."""
     order = {label: i for i, label in enumerate(_FIG2_LEGEND_ORDER)}
-    handles = dict(sorted(handles.items(), key=lambda kv: order.get(kv[0], len(order))))
+    tied_prefix = TIED_LABEL.split("\n")[0]  # the ring's label names the metric (_tied_label)
+    handles = dict(sorted(handles.items(), key=lambda kv: order.get(
+        TIED_LABEL if kv[0].startswith(tied_prefix) else kv[0], len(order))))
     ncols = min(len(handles), 4 if n_panels > 2 else 3)
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
                ncols=ncols, fontsize=9 if n_panels > 1 else 8, frameon=False)
@@ -481,8 +493,8 @@ def _draw_chosen_alpha(ax, r: float, gnp: pd.DataFrame, gnp_dec: dict, handles: 
             if row["config_key"] in tied and int(row["n"]) > 0 and math.isfinite(float(row["mean"]))]
     if ring:
         (halo,) = ax.plot([x for x, _ in ring], [y for _, y in ring], linestyle="none", marker="o", ms=14,
-                          mfc="none", mec=COLORS["tied"], mew=2.2, zorder=3, label=TIED_LABEL)
-        handles.setdefault(TIED_LABEL, halo)
+                          mfc="none", mec=COLORS["tied"], mew=2.2, zorder=3, label=_tied_label(gnp_dec.get("metric")))
+        handles.setdefault(halo.get_label(), halo)
 
 
 def _format_figure2_axes(ax, study: Study, points: list) -> None:
@@ -512,14 +524,19 @@ def figure3_setting(study: Study) -> tuple[float | None, list[float], str]:
 
     r is the GNP decision's r (the chosen r); before the gnp stage has decided, the SAM decision's r (the r
     the gnp stage runs at), else the first Figure-2 r. Alphas are ``stages.gnp.figure3_alpha``; when that
-    is empty or null, the grid's alphas above 1 (B_b) plus 0.8 (the paper's Figure 3); with no grid in the
-    spec, B_b + [0.8].
+    is empty or null, the paper's Figure 3 among the alphas stage 3 runs: those above 1 (B_b) and 0.8;
+    when it runs none of them, the chosen alpha (before the gnp decision: every alpha it runs); with no
+    grid in the spec, B_b + [0.8].
     """
     gnp = study.stage_spec("gnp")
     alphas = gnp.get("figure3_alpha")
-    if not alphas:  # the spec's default: the B_b values in the grid (alpha > 1) plus 0.8
-        grid = list(gnp.get("alpha") or []) + list(gnp.get("alpha_extra") or [])
-        alphas = [a for a in grid if float(a) > 1] + [0.8] if grid else list(B_B_DEFAULT) + [0.8]
+    if not alphas:  # the spec's default: the B_b values in the grid (alpha > 1) and 0.8, when run
+        grid = [float(a) for a in list(gnp.get("alpha") or []) + list(gnp.get("alpha_extra") or [])]
+        alphas = [a for a in grid if a > 1] + [a for a in grid if math.isclose(a, 0.8)] if grid else \
+            list(B_B_DEFAULT) + [0.8]
+        chosen = (study.decisions.get("gnp") or {}).get("alpha")
+        if not alphas:  # none of the paper's alphas is run: the chosen one, else the grid
+            alphas = [chosen] if chosen is not None else grid
     alphas = [float(a) for a in alphas]
     r = (study.decisions.get("gnp") or {}).get("r")
     if r is not None:
@@ -856,6 +873,7 @@ def _decision_views(study: Study) -> list[dict[str, Any]]:
         if not dec:
             views.append({"stage": stage, "name": name, "decided": False})
             continue
+        d, unit = number_style(dec.get("metric"))  # 2 decimals and % for the errors, else 4 and none
         if stage == "standard":
             chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in (dec.get("config") or {}).items()) or _config_text(dec.get("config_key"))
@@ -868,23 +886,23 @@ def _decision_views(study: Study) -> list[dict[str, Any]]:
         has_certainty = "indistinguishable" in dec
         tied = set(dec.get("indistinguishable") or [])
         if len(cands):
-            cands = cands.sort_values("mean", na_position="last")
+            cands = cands.sort_values("mean", ascending=dec.get("direction") != "max", na_position="last")
             varying, common = _split_configs(cands["config_key"].tolist())
             n_col = cands["n"].astype(int)
             cols = {
                 "": ["✓" if k == dec.get("config_key") else "" for k in cands["config_key"]],
                 "configuration": varying,
-                "mean %": [_fmt(v) for v in cands["mean"]],
-                "std": [_fmt(v) if n > 1 else ("n/a" if n == 1 else "") for v, n in
+                f"mean{' %' if unit else ''}": [_fmt(v, d) for v in cands["mean"]],
+                "std": [_fmt(v, d) if n > 1 else ("n/a" if n == 1 else "") for v, n in
                         zip(cands.get("std", pd.Series([np.nan] * len(cands))), n_col)],
             }
             if "ci_low" in cands.columns:
-                cols["95% CI"] = [f"{_fmt(lo)} to {_fmt(hi)}" if n > 1 and lo is not None and
+                cols["95% CI"] = [f"{_fmt(lo, d)} to {_fmt(hi, d)}" if n > 1 and lo is not None and
                                   math.isfinite(float(lo)) else ("n/a" if n == 1 else "")
                                   for lo, hi, n in zip(cands["ci_low"], cands["ci_high"], n_col)]
             if has_certainty and "prob_best" in cands.columns:
                 cols["P(best)"] = [_fmt(v) for v in cands["prob_best"]]
-                cols["minus chosen, paired (95% CI, seeds)"] = [_vs_text(v) for v in cands["vs_winner"]]
+                cols["minus chosen, paired (95% CI, seeds)"] = [_vs_text(v, d) for v in cands["vs_winner"]]
                 cols["tied with chosen"] = ["" if k == dec.get("config_key") else ("yes" if k in tied else
                                             ("no" if n > 0 else "")) for k, n in zip(cands["config_key"], n_col)]
             cols["seeds completed"] = [f"{int(a)}/{int(b)}" for a, b in zip(cands["n"], cands["n_seeds"])]
@@ -894,7 +912,8 @@ def _decision_views(study: Study) -> list[dict[str, Any]]:
         n_eligible = int((cands["n"] > 0).sum()) if len(cands) else 0
         views.append({
             "stage": stage, "name": name, "decided": True, "chosen": chosen,
-            "mean": _fmt(dec.get("mean")), "std": _fmt(dec.get("std")) if (dec.get("n") or 0) > 1 else "n/a",
+            "mean": _fmt(dec.get("mean"), d), "std": _fmt(dec.get("std"), d) if (dec.get("n") or 0) > 1 else "n/a",
+            "unit": " %" if unit else "",
             "n": dec.get("n"), "n_seeds": dec.get("n_seeds"), "candidates_html": cand_html,
             "n_candidates": len(cands), "common": common,
             "certainty": _certainty_text(dec, n_eligible) if has_certainty else "",
@@ -902,16 +921,18 @@ def _decision_views(study: Study) -> list[dict[str, Any]]:
     return views
 
 
-def _vs_text(vs: Any) -> str:
-    """A candidate's paired difference to the chosen one: "+0.12 (−0.30 to +0.54, 4 seeds)"."""
+def _vs_text(vs: Any, decimals: int = 2) -> str:
+    """A candidate's paired difference to the chosen one, with ``decimals`` digits (4 for a study's own
+    metric, :func:`gnp_study.results.number_style`): "+0.12 (−0.30 to +0.54, 4 seeds)"."""
     if not isinstance(vs, dict):
         return ""
     n = vs.get("n") or 0
     if n == 0:
         return "no common seed"
+    f = lambda v: fmt_signed(v, decimals)  # noqa: E731
     if n == 1:
-        return f"{fmt_signed(vs.get('diff'))} (1 seed, no CI)"
-    return f"{fmt_signed(vs.get('diff'))} ({fmt_signed(vs.get('ci_low'))} to {fmt_signed(vs.get('ci_high'))}, {n} seeds)"
+        return f"{f(vs.get('diff'))} (1 seed, no CI)"
+    return f"{f(vs.get('diff'))} ({f(vs.get('ci_low'))} to {f(vs.get('ci_high'))}, {n} seeds)"
 
 
 def _certainty_text(dec: dict[str, Any], n_eligible: int) -> str:
@@ -927,8 +948,9 @@ def _certainty_text(dec: dict[str, Any], n_eligible: int) -> str:
         mp = margin["paired"]
         if (mp.get("n") or 0) >= 2:
             verdict = "resolved" if mp.get("resolved") else "not resolved"
-            parts.append(f"margin to the runner-up {fmt_signed(mp.get('diff'))} points, paired 95% CI "
-                         f"{fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over {mp.get('n')} "
+            d, unit = number_style(dec.get("metric"))
+            parts.append(f"margin to the runner-up {fmt_signed(mp.get('diff'), d)}{unit}, paired 95% CI "
+                         f"{fmt_signed(mp.get('ci_low'), d)} to {fmt_signed(mp.get('ci_high'), d)} over {mp.get('n')} "
                          f"seeds: {verdict}")
         else:
             parts.append("margin to the runner-up: fewer than 2 paired seeds, no CI")
@@ -1022,6 +1044,7 @@ def _render_html(study: Study, table: pd.DataFrame, fig2_png: bytes, fig3_png: b
         selection=sel,
         paper_mode=sel.mode == PAPER_MODE,
         metric_mode=sel.mode == METRIC_MODE,
+        validation_mode=sel.mode == VALIDATION_MODE,
         quantity_cap=sel.quantity[:1].upper() + sel.quantity[1:],
         metric_words="test error" if sel.mode != METRIC_MODE else sel.name,
         verdicts=verdicts[1:],

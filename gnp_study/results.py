@@ -78,7 +78,8 @@ class Selection:
         direction: ``"min"`` (lower is better: errors, losses) or ``"max"`` (higher is better).
         quantity: what the reported number is, for table headers and figure axes, with its unit
             (``"best test error (%)"``, ``"best accuracy"``).
-        unit: ``"%"`` for the errors, else ``""``; improvements are in points of the metric.
+        unit: ``"%"`` for the errors, else ``""``: differences of the errors are in percentage points
+            (:attr:`diff_unit`), a study's own metric's in its own units.
     """
 
     mode: str
@@ -106,6 +107,12 @@ class Selection:
         """Digits of the verdicts' differences: 2 for the errors in percent, 4 for a study's own metric
         (a loss or an accuracy in [0, 1] differs in its third decimal)."""
         return 2 if self.unit == "%" else 4
+
+    @property
+    def diff_unit(self) -> str:
+        """Written after a difference: ``" points"`` (percentage points) for the errors in percent, ``""``
+        for a metric in its own units (a loss, an accuracy in [0, 1])."""
+        return " points" if self.unit == "%" else ""
 
     @property
     def better(self) -> str:
@@ -159,6 +166,26 @@ def selection(spec: Any) -> Selection:
     return Selection(VALIDATION_MODE, "best_val_error", "test_error_at_best_val",
                      f"validation mode: stages decide on the best validation error ({split}); reported: the "
                      f"test error at the epoch chosen on validation", "min", "test error at the best validation epoch (%)")
+
+
+#: The decision and report columns in percent (the package loop's errors): their differences are percentage
+#: points, shown with 2 decimals; any other column (a study's own metric) is in its own units, 4 decimals.
+PERCENT_COLUMNS = ("best_test_error", "best_val_error", "best_train_error", "test_error_at_best_val")
+
+
+def number_style(column: str | None) -> tuple[int, str]:
+    """``(decimals, unit after a difference)`` for the numbers of a decision on ``column`` (a
+    ``decisions.json`` entry's ``metric``; None in older folders: the test error): ``(2, " points")``
+    for the errors in percent (:data:`PERCENT_COLUMNS`), ``(4, "")`` for a study's own metric, as
+    :attr:`Selection.decimals` and :attr:`Selection.diff_unit` say for the whole study."""
+    return (2, " points") if column is None or column in PERCENT_COLUMNS else (4, "")
+
+
+def table_style(table: pd.DataFrame) -> tuple[int, str]:
+    """``(decimals, unit after a difference)`` of a :func:`results_table` result: its ``attrs``
+    ``"decimals"`` and ``"unit"``, set by :func:`study_results_table` for a study's own metric (else 2
+    and ``"%"``: the paper's errors)."""
+    return int(table.attrs.get("decimals", 2)), (" points" if table.attrs.get("unit", "%") == "%" else "")
 
 
 def _check_metric(trials: pd.DataFrame, metric: str) -> None:
@@ -633,6 +660,7 @@ def derived_figure_text(table: pd.DataFrame, prefix: str = "") -> str:
     """
     mean_col = f"{prefix}mean"
     sign = 1.0 if prefix else table.attrs.get("sign", 1.0)  # the paper's numbers are errors
+    d, unit = (2, " points") if prefix else table_style(table)
     means = (sign * table[mean_col].astype(float)).tolist()  # lower is better
     names = table["scheme"].tolist()
     missing = [n for n, m in zip(names, means) if not math.isfinite(float(m))]
@@ -643,13 +671,13 @@ def derived_figure_text(table: pd.DataFrame, prefix: str = "") -> str:
     pct = gnp_vs_sam_percent(*means)
     if not math.isfinite(pct):
         return (
-            f"Derived figure undefined: SAM does not improve on Standard ({imp_sam:+.2f} points), "
-            f"GNP's improvement is {imp_gnp:+.2f} points."
+            f"Derived figure undefined: SAM does not improve on Standard ({imp_sam:+.{d}f}{unit}), "
+            f"GNP's improvement is {imp_gnp:+.{d}f}{unit}."
         )
     word = "larger" if pct >= 0 else "smaller"
     return (
-        f"GNP's improvement over Standard ({imp_gnp:.2f} points) is {abs(pct):.0f}% {word} than SAM's "
-        f"({imp_sam:.2f} points): {imp_gnp:.2f} = (1 {'+' if pct >= 0 else '-'} {abs(pct):.0f}%) x {imp_sam:.2f}."
+        f"GNP's improvement over Standard ({imp_gnp:.{d}f}{unit}) is {abs(pct):.0f}% {word} than SAM's "
+        f"({imp_sam:.{d}f}{unit}): {imp_gnp:.{d}f} = (1 {'+' if pct >= 0 else '-'} {abs(pct):.0f}%) x {imp_sam:.{d}f}."
     )
 
 
@@ -665,13 +693,14 @@ def improvement_text(table: pd.DataFrame, comps: dict[tuple[str, str], Paired | 
         One sentence.
     """
     problems = []
+    d = table_style(table)[0]
     for a in ("GNP", "SAM"):
         p = comps.get((a, "Standard"))
         if p is None:
             problems.append(f"{a} − Standard is not available yet (stage not decided)")
         elif not p.resolved:
-            problems.append(f"{a} − Standard is not resolved (95% CI {fmt_signed(p.ci_low)} to "
-                            f"{fmt_signed(p.ci_high)} includes 0)" if p.n >= 2 else
+            problems.append(f"{a} − Standard is not resolved (95% CI {fmt_signed(p.ci_low, d)} to "
+                            f"{fmt_signed(p.ci_high, d)} includes 0)" if p.n >= 2 else
                             f"{a} − Standard is not resolved (fewer than 2 paired seeds)")
         elif table.attrs.get("sign", 1.0) * p.diff >= 0:
             worse = "higher error" if table.attrs.get("sign", 1.0) > 0 else "lower value"
@@ -729,6 +758,7 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
         if dec.get("metric") not in ("best_val_error", "best_test_error", None):  # a study's own metric
             on = f" on {str(dec['metric']).removeprefix('best_')}"
         chosen_c = next((c for c in cands if c.get("config_key") == dec.get("config_key")), None)
+        d, unit = number_style(dec.get("metric"))
         text = f"{name} stage: chose {chosen}"
         if chosen_c is not None and "prob_best" in chosen_c:
             text += f" ({prob_best_text(dec, chosen_c.get('prob_best'))})"
@@ -742,9 +772,9 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
                 # runner-up minus chosen; with "direction": "max" higher is better, so worse is below
                 high = dec.get("direction") == "max"
                 diff = -mp["diff"] if high and mp.get("diff") is not None else mp.get("diff")
-                text += (f"; runner-up {ru_text} is {fmt_signed(diff)} points {'lower' if high else 'worse'}{on}, "
+                text += (f"; runner-up {ru_text} is {fmt_signed(diff, d)}{unit} {'lower' if high else 'worse'}{on}, "
                          f"paired 95% CI {'of runner-up minus chosen ' if high else ''}"
-                         f"{fmt_signed(mp.get('ci_low'))} to {fmt_signed(mp.get('ci_high'))} over {mp.get('n')} "
+                         f"{fmt_signed(mp.get('ci_low'), d)} to {fmt_signed(mp.get('ci_high'), d)} over {mp.get('n')} "
                          f"seeds")
             else:
                 text += f"; runner-up {ru_text}: fewer than 2 paired seeds, no CI"
@@ -821,7 +851,7 @@ def verdict_lines(study: "Study", table: pd.DataFrame | None = None, stages: boo
                      f"choice of each scheme's configuration.")
     for (a, b), p in comps.items():
         lines.append(f"{a} − {b}: not available yet (stage not decided)." if p is None else
-                     paired_text(a, b, p, better=sel.better, decimals=sel.decimals) + ".")
+                     paired_text(a, b, p, better=sel.better, decimals=sel.decimals, unit=sel.diff_unit) + ".")
     lines.append(improvement_text(table, comps))
     if source == CONFIRMATION:
         lines.extend(selection_seed_lines(study))
@@ -841,16 +871,19 @@ def selection_seed_lines(study: "Study") -> list[str]:
     sel = selection(study.spec)
     comps = comparisons(study.trials, study.decisions, sel.report_column, SELECTION)
     return ["Selection seeds (biased by the choice): " + (f"{a} − {b}: not available." if p is None else
-                                                           paired_text(a, b, p, better=sel.better, decimals=sel.decimals) + ".")
+                                                           paired_text(a, b, p, better=sel.better, decimals=sel.decimals,
+                                                                       unit=sel.diff_unit) + ".")
             for (a, b), p in comps.items()]
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The human-facing columns of a :func:`results_table` result, with readable headers (for Markdown and
-    HTML). Improvements are shown with 2 decimals, percentages rounded; blanks where undefined."""
+    HTML). Improvements are shown with the table's decimals (2 for the errors in percent, in points; 4
+    for a study's own metric, :func:`table_style`), percentages rounded; blanks where undefined."""
+    d, unit = table_style(table)
 
     def pts(v: float) -> str:
-        return "" if not math.isfinite(float(v)) else f"{float(v):+.2f}"
+        return "" if not math.isfinite(float(v)) else f"{float(v):+.{d}f}"
 
     def pct(v: float) -> str:
         return "" if not math.isfinite(float(v)) else f"{float(v):.0f}%"
@@ -870,7 +903,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
             "Seeds done": [f"{int(a)}/{int(b)}" for a, b in zip(table["n"], table["n_seeds"])],
             "Diverged": table["n_diverged"].astype(int),
             "Failed": table["n_failed"].astype(int),
-            "Improvement vs Standard (points)": _improvement_cells(table, pts),
+            f"Improvement vs Standard{' (points)' if unit else ''}": _improvement_cells(table, pts),
             "GNP vs SAM improvement": measured_pct,
         }
     )
@@ -1179,8 +1212,21 @@ def study_results_table(study: Study, seeds: str = "auto") -> pd.DataFrame:
     table = results_table(study.trials, study.decisions, study.paper, metric=sel.report_column, sign=sel.sign,
                           seeds=seeds, decimals=sel.decimals)
     if sel.mode == METRIC_MODE:  # the study's own metric names the table's columns (display_table)
-        table.attrs["quantity"] = sel.quantity
+        table.attrs.update(quantity=sel.quantity, unit=sel.unit, decimals=sel.decimals)
     return table
+
+
+def _verdicts_intro(sel: Selection) -> str:
+    """The paragraph above results.md's verdicts: the unit of the differences (percentage points of an
+    error, or a study's own metric in its own units), their sign, what "resolved" means."""
+    points = ("percentage points of test error" if sel.mode != METRIC_MODE else
+              f"percentage points of {sel.name}" if sel.unit == "%" else f"{sel.name}, in its own units")
+    first = ("negative means the first has the lower error" if sel.mode != METRIC_MODE else
+             f"negative means the first has the lower {sel.name}")
+    return (f"Differences are in {points}, paired seed by seed (the same seed gives the same initial weights "
+            f"and data order in every configuration); {first}. Resolved: the 95% CI of the paired difference "
+            "excludes 0. The stage lines compare the metric each stage decides on"
+            + (" (the validation error, as they say)." if sel.mode == VALIDATION_MODE else "."))
 
 
 def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: list[str] | None = None) -> str:
@@ -1203,9 +1249,6 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: 
     metric = ("best test error during training (percent)" if sel.mode == PAPER_MODE else
               "test error at the epoch of the best validation error (percent)" if sel.mode == VALIDATION_MODE else
               f"{sel.quantity} over a trial's epochs ({sel.direction}: {sel.better.split()[0]} is better)")
-    points = "percentage points of test error" if sel.mode != METRIC_MODE else f"points of {sel.name}"
-    first = ("negative means the first has the lower error" if sel.mode != METRIC_MODE else
-             f"negative means the first has the lower {sel.name}")
     lines = [
         f"# Results: {study.name}",
         "",
@@ -1223,10 +1266,7 @@ def results_markdown(study: Study, table: pd.DataFrame | None = None, sections: 
         "",
         "## Verdicts",
         "",
-        f"Differences are in {points}, paired seed by seed (the same seed gives the "
-        f"same initial weights and data order in every configuration); {first}. "
-        "Resolved: the 95% CI of the paired difference excludes 0. The stage lines compare the "
-        "metric each stage decides on (the validation error in validation mode, as they say).",
+        _verdicts_intro(sel),
         "",
     ]
     lines += [f"- {v}" for v in verdicts[1:]]
@@ -1342,5 +1382,8 @@ def write_study_tables(study: Study, table: pd.DataFrame | None = None, sections
     table = study_results_table(study) if table is None else table
     md_path, csv_path = study.path / RESULTS_MD, study.path / RESULTS_CSV
     md_path.write_text(results_markdown(study, table, sections), encoding="utf-8")
-    table.to_csv(csv_path, index=False)
+    sel = selection(study.spec)
+    # the "mean ± std" text column is named after what it holds: test_error, or a study's own metric
+    csv = table.rename(columns={"test_error": sel.name}) if sel.mode == METRIC_MODE else table
+    csv.to_csv(csv_path, index=False)
     return {RESULTS_MD: md_path, RESULTS_CSV: csv_path}

@@ -308,7 +308,8 @@ class MetricSpec(_Strict):
     """
 
     name: str = Field(description="a metric every epoch's report carries: one of the package loop's "
-                      "(test_loss, val_error, ...) or one your training.function reports")
+                      f"({', '.join(PACKAGE_METRICS)}; a val_ metric needs data.validation) or one your "
+                      "training.function reports")
     mode: Literal["min", "max"] = Field(description="min: lower is better (a loss, an error); max: higher is "
                                         "better (accuracy, BLEU)")
 
@@ -451,7 +452,8 @@ class GnpStage(_Strict):
                                      description="run for the figures only, never chosen (B_a, B_b)")
     figure2_r: list[float] = Field(default_factory=list, description="r values with a Figure-2 panel")
     figure3_alpha: list[float] | None = Field(
-        None, description="alphas drawn in Figure 3 (default: B_b values in the grid plus 0.8)")
+        None, description="alphas drawn in Figure 3 (default: the paper's, the B_b values and 0.8, those of them "
+        "stage 3 runs; when it runs none of them, the chosen alpha)")
     race: RaceSpec | None = Field(None, description=(
         "race the alphas at each r over seeds (None: every alpha on every seed)"))
 
@@ -719,13 +721,15 @@ class StudySpec(_Strict):
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (a typo?)"
         inp = e.get("input")
         shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(inp, dict) else f" (got {inp!r})"
-        lines.append(f"{loc}: {msg}{shown}")
+        if e["type"] == "value_error":  # this module's own checks: their message names the key and the value
+            msg, shown = msg.removeprefix("Value error, "), ""
+        lines.append(f"{loc}: {msg}{shown}" if loc else msg)
     if len(lines) == 1:  # the usual case: one line naming the key
         return f"invalid study {source}: {lines[0]}"
     return f"invalid study {source}:\n  " + "\n  ".join(lines)

@@ -513,7 +513,8 @@ def _p_text(p: Paired) -> str:
     return text
 
 
-def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2, better: str = "lower error") -> str:
+def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2, better: str = "lower error",
+                unit: str = " points") -> str:
     """One verdict in words, e.g. ``"GNP − SAM = −0.14 points, 95% CI −0.90 to +0.62, paired over 4 seeds:
     not resolved (paired t-test p = 0.55); about 37 seeds would resolve a difference this size (80%
     power)"``.
@@ -524,6 +525,8 @@ def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2, better: 
         better: what the better of the two has, in words: ``"lower error"`` (the paper's metric) or, for a
             study's own metric, e.g. ``"higher accuracy"``; a difference resolved below 0 makes ``name_a``
             the better one when it starts with "lower", ``name_b`` otherwise.
+        unit: written after the difference: ``" points"`` (percentage points of an error in percent), or
+            ``""`` for a metric in its own units (a loss, an accuracy in [0, 1]).
 
     Returns:
         The sentence (no final period). "Resolved" means the 95% CI of the paired difference excludes 0.
@@ -535,9 +538,9 @@ def paired_text(name_a: str, name_b: str, p: Paired, decimals: int = 2, better: 
     if p.n < max(p.n_a, p.n_b):
         pair_note += f" (of {p.n_a} and {p.n_b} completed)"
     if p.n == 1:
-        return (f"{head} = {fmt_signed(p.diff, decimals)} points, {pair_note}: not resolved "
+        return (f"{head} = {fmt_signed(p.diff, decimals)}{unit}, {pair_note}: not resolved "
                 f"(one seed gives no confidence interval; seeds needed cannot be estimated)")
-    text = (f"{head} = {fmt_signed(p.diff, decimals)} points, 95% CI {fmt_signed(p.ci_low, decimals)} to "
+    text = (f"{head} = {fmt_signed(p.diff, decimals)}{unit}, 95% CI {fmt_signed(p.ci_low, decimals)} to "
             f"{fmt_signed(p.ci_high, decimals)}, {pair_note}: ")
     tests = _p_text(p)
     if p.resolved:

@@ -232,15 +232,24 @@ def test_init_writes_a_commented_study_that_validates(model, data, tmp_path, mon
     assert main(["validate", str(out)]) == 0
     assert "valid study 'first'" in capsys.readouterr().out
     # the commented metric and own-loop lines have the shape the spec takes, once uncommented
-    metric = "# metric: {name: accuracy, mode: max}"
+    metric = "# metric: {name: test_loss, mode: min}"
     assert metric in text and "  # function: my_project.train:train_one_trial" in text
-    out.write_text(text.replace(metric, "metric: {name: test_loss, mode: min}"), encoding="utf-8")
+    out.write_text(text.replace(metric, metric[2:]), encoding="utf-8")
     assert main(["validate", str(out)]) == 0
     capsys.readouterr()
     out.write_text(text.replace("  # function: my_project.train:train_one_trial", "  function: nosuchpkg_gnp.train:f"),
                    encoding="utf-8")
     assert main(["validate", str(out)]) == 2
     assert "nosuchpkg_gnp" in capsys.readouterr().err
+    # the commented subset and validation split fit digits (1437 training images; 5000 for other data)
+    for line in ("  # train_subset: ", "  # validation: {size: "):
+        assert line in text
+    if data != "digits":
+        return
+    uncommented = text.replace("  # train_subset: ", "  train_subset: ").replace("  # validation: {size: ",
+                                                                                  "  validation: {size: ")
+    out.write_text(uncommented, encoding="utf-8")
+    assert main(["validate", str(out)]) == 0, capsys.readouterr().err
 
 
 def test_init_with_an_import_path_and_code_dir(tmp_path, monkeypatch, capsys):

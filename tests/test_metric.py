@@ -288,4 +288,76 @@ def test_verdicts_of_a_small_metric_keep_four_decimals():
     study = SimpleNamespace(spec=spec.resolved(), trials=trials, decisions=decisions, paper=None, name="t")
     line = next(v for v in verdict_lines(study) if v.startswith("GNP − Standard"))
     # the paired differences are -0.0009, -0.001, -0.001: two decimals would print -0.00
-    assert "GNP − Standard = −0.0010 points" in line, line
+    # a loss is in its own units: no "points" (percentage points of an error)
+    assert "GNP − Standard = −0.0010, 95% CI " in line and "points" not in line, line
+
+
+def _loss_study(root: Path):
+    """The synthetic study of ``study_fixtures.make_study`` turned into one that decides on its own
+    ``test_loss`` (min): the errors / 1000, so that differences sit in the 4th decimal; decisions made
+    again by ``protocol.decide``. Returns the loaded :class:`gnp_study.results.Study`."""
+    import json
+
+    import study_fixtures as sf
+    from helpers import protocol_spec
+
+    from gnp_study.protocol import decide
+    from gnp_study.results import load_study
+
+    sf.make_study(root, paper=False)
+    spec = protocol_spec({"standard": {"space": {"lr": list(sf.LRS)}}, "sam": {"r": list(sf.SAM_R)},
+                          "gnp": {"alpha": list(sf.BASIC_ALPHA), "alpha_extra": list(sf.B_A + sf.B_B),
+                                  "figure2_r": list(sf.FIGURE2_R), "figure3_alpha": list(sf.B_B) + [0.8]}},
+                         seeds=sf.SEEDS, metric={"name": "test_loss", "mode": "min"})
+    (root / "study.yaml").write_text(yaml.safe_dump(spec.resolved(), sort_keys=False), encoding="utf-8")
+    trials = pd.read_parquet(root / "trials.parquet")
+    trials["best_test_loss"] = trials["best_test_error"] / 1000
+    trials.to_parquet(root / "trials.parquet")
+    epochs = pd.read_parquet(root / "epochs.parquet")
+    epochs["test_loss"] = epochs["test_error"] / 1000
+    epochs.to_parquet(root / "epochs.parquet")
+    decisions: dict = {}
+    for stage in ("standard", "sam", "gnp"):
+        decisions[stage] = decide(stage, trials, spec, decisions)
+    (root / "decisions.json").write_text(json.dumps(decisions), encoding="utf-8")
+    return load_study(root)
+
+
+def test_the_outputs_of_a_loss_give_it_in_its_own_units(tmp_path):
+    """results.md, results.csv, report.html and Figure 2 of a study deciding on test_loss: 4 decimals,
+    no percent sign, no "points" (percentage points), columns and legend named after the metric; the
+    numbers are those of the tables (independent means of the trials)."""
+    import re
+
+    from gnp_study.report import build_outputs, figure2
+
+    study = _loss_study(tmp_path / "s")
+    out = build_outputs(study.path)
+    md = out["results.md"].read_text(encoding="utf-8")
+    assert "points" not in md and "%)" not in md.split("## Verdicts")[0].split("\n| Scheme")[1], md
+    assert "| Improvement vs Standard " in md and "Improvement vs Standard (points)" not in md
+    std = study.trials[(study.trials["stage"] == "standard") & (study.trials["config_key"] ==
+                                                                study.decisions["standard"]["config_key"])]
+    gnp = study.trials[(study.trials["stage"] == "gnp") & (study.trials["config_key"] ==
+                                                           study.decisions["gnp"]["config_key"])]
+    diff = (gnp.set_index("seed")["best_test_loss"] - std.set_index("seed")["best_test_loss"]).mean()
+    assert f"GNP − Standard = {stats.fmt_signed(diff, 4)}, 95% CI" in md
+    # every stage line and improvement cell carries 4 decimals, none the 2-decimal "+0.00"
+    stage_lines = [x for x in md.splitlines() if " stage: chose " in x]
+    assert len(stage_lines) == 3 and all(re.search(r"is [+−]\d\.\d{4} worse on test_loss", x) for x in stage_lines)
+    assert not re.search(r"[+−-]0\.00\b(?!\d)", md), md
+    assert "in its own units" in md and "validation error" not in md
+
+    csv = pd.read_csv(out["results.csv"])
+    assert "test_loss" in csv.columns and "test_error" not in csv.columns
+    assert csv.loc[2, "test_loss"].startswith(f"{gnp['best_test_loss'].mean():.4f} ± ")
+
+    page = out["report.html"].read_text(encoding="utf-8")
+    chosen = re.findall(r"Chosen: <b>[^<]*</b>: ([^ ]+) ± ([^ ]+) over", page)
+    assert len(chosen) == 3 and all(re.fullmatch(r"\d\.\d{4}", m) for m, _ in chosen), chosen
+    assert "<th>mean</th>" in page and "mean %" not in page and " points" not in page
+    assert f"{std['best_test_loss'].mean():.4f}" == chosen[0][0]
+
+    fig = figure2(study)
+    labels = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert any("difference in the test_loss" in x for x in labels) and not any("the error" in x for x in labels)
