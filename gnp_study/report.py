@@ -63,6 +63,7 @@ from gnp_study.results import (  # noqa: E402
     load_study,
     number_style,
     race_lines,
+    worse_by,
     race_table,
     study_results_table,
 )
@@ -949,8 +950,9 @@ def _certainty_text(dec: dict[str, Any], n_eligible: int) -> str:
         if (mp.get("n") or 0) >= 2:
             verdict = "resolved" if mp.get("resolved") else "not resolved"
             d, unit = number_style(dec.get("metric"))
-            parts.append(f"margin to the runner-up {fmt_signed(mp.get('diff'), d)}{unit}, paired 95% CI "
-                         f"{fmt_signed(mp.get('ci_low'), d)} to {fmt_signed(mp.get('ci_high'), d)} over {mp.get('n')} "
+            lo, hi, diff = worse_by(mp, dec.get("direction") == "max")  # positive: the runner-up is worse
+            parts.append(f"margin to the runner-up {fmt_signed(diff, d)}{unit}, paired 95% CI "
+                         f"{fmt_signed(lo, d)} to {fmt_signed(hi, d)} over {mp.get('n')} "
                          f"seeds: {verdict}")
         else:
             parts.append("margin to the runner-up: fewer than 2 paired seeds, no CI")

@@ -567,6 +567,13 @@ def _scheme_rows(agg: pd.DataFrame, decisions: dict[str, Any], source: str, deci
         decision = decisions.get(stage) or {}
         t_stage, key = _scheme_trials(decisions, stage, source)
         stats = _scheme_stats(agg, decision, t_stage, key, source)
+        text = format_mean_std(stats["mean"], stats["std"], stats["n"], stats["n_seeds"], stats["n_diverged"],
+                               stats["n_failed"], decimals)
+        ran = agg[agg["stage"] == stage]
+        if not decision and stats["n_seeds"] == 0 and len(ran):  # trials ended, no choice (all diverged, ...)
+            stats.update(n_diverged=int(ran["n_diverged"].sum()), n_failed=int(ran["n_failed"].sum()))
+            text = (f"not decided: {int(ran['n_seeds'].sum())} trials ended, {stats['n_diverged']} diverged, "
+                    f"{stats['n_failed']} failed")
         rows.append(
             {
                 "scheme": name,
@@ -574,8 +581,7 @@ def _scheme_rows(agg: pd.DataFrame, decisions: dict[str, Any], source: str, deci
                 "configuration": _configuration_text(stage, decision),
                 "config_key": key if key is not None else "",
                 **stats,
-                "test_error": format_mean_std(stats["mean"], stats["std"], stats["n"], stats["n_seeds"],
-                                              stats["n_diverged"], stats["n_failed"], decimals),
+                "test_error": text,
                 "ci95": _ci_text(stats["ci_low"], stats["ci_high"], stats["n"], decimals),
             }
         )
@@ -768,14 +774,12 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
             ru = next((c for c in cands if c.get("config_key") == margin.get("runner_up")), {})
             ru_text = _candidate_text(stage, ru) if ru else "the runner-up"
             if (mp.get("n") or 0) >= 2:
-                # runner-up minus winner; with "direction": "max" higher is better, so "worse" is below
-                # runner-up minus chosen; with "direction": "max" higher is better, so worse is below
-                high = dec.get("direction") == "max"
-                diff = -mp["diff"] if high and mp.get("diff") is not None else mp.get("diff")
-                text += (f"; runner-up {ru_text} is {fmt_signed(diff, d)}{unit} {'lower' if high else 'worse'}{on}, "
-                         f"paired 95% CI {'of runner-up minus chosen ' if high else ''}"
-                         f"{fmt_signed(mp.get('ci_low'), d)} to {fmt_signed(mp.get('ci_high'), d)} over {mp.get('n')} "
-                         f"seeds")
+                # stored: runner-up minus chosen; shown as how much worse the runner-up is (its CI too),
+                # so with "direction": "max" (higher is better) chosen minus runner-up: "lower"
+                lo, hi, diff = worse_by(mp, dec.get("direction") == "max")
+                text += (f"; runner-up {ru_text} is {fmt_signed(diff, d)}{unit} "
+                         f"{'lower' if dec.get('direction') == 'max' else 'worse'}{on}, "
+                         f"paired 95% CI {fmt_signed(lo, d)} to {fmt_signed(hi, d)} over {mp.get('n')} seeds")
             else:
                 text += f"; runner-up {ru_text}: fewer than 2 paired seeds, no CI"
         n_ind = len(dec.get("indistinguishable") or [])
@@ -783,6 +787,17 @@ def stage_certainty_lines(decisions: dict[str, Any]) -> list[str]:
                  f"candidates" if eligible else "")
         lines.append(text)
     return lines
+
+
+def worse_by(paired: dict[str, Any], high: bool) -> tuple[Any, Any, Any]:
+    """``(ci_low, ci_high, diff)`` of how much worse a runner-up is than the chosen configuration, from a
+    decision's ``margin["paired"]`` (runner-up minus chosen): as stored for a metric where lower is
+    better, negated (chosen minus runner-up, the CI's ends swapped) where higher is (``high``)."""
+    lo, hi, diff = paired.get("ci_low"), paired.get("ci_high"), paired.get("diff")
+    if not high:
+        return lo, hi, diff
+    neg = lambda v: -float(v) if v is not None else None  # noqa: E731
+    return neg(hi), neg(lo), neg(diff)
 
 
 def _candidate_text(stage: str, cand: dict[str, Any]) -> str:

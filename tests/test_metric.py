@@ -250,6 +250,30 @@ def test_decisions_tables_and_verdicts_take_the_highest_accuracy():
     text = "\n".join(verdict_lines(study))
     assert "GNP has the higher accuracy" in text and "lower error" not in text
     assert "on accuracy" in text  # the stage lines name the metric decided on
+    # the runner-up's shortfall and its CI have one sign: chosen minus runner-up (positive: it is worse)
+    line = next(v for v in verdict_lines(study) if v.startswith("GNP stage:"))
+    ru = np.array([82.0, 83.0, 83.5]) - np.array([85.0, 86.0, 86.5])  # runner-up alpha 0.8 minus chosen
+    from scipy import stats as st  # the paired Student-t interval, computed independently
+    half = st.t.ppf(0.975, 2) * np.std(-ru, ddof=1) / np.sqrt(3)
+    lo, hi = -ru.mean() - half, -ru.mean() + half
+    assert (f"is {stats.fmt_signed(-ru.mean(), 4)} lower on accuracy, paired 95% CI {stats.fmt_signed(lo, 4)} to "
+            f"{stats.fmt_signed(hi, 4)} over 3 seeds") in line, line
+    assert lo > 0
+
+
+def test_a_stage_that_ran_but_did_not_decide_counts_its_trials():
+    """All of a stage's trials ended (here: diverged) and it chose nothing: its row says so, with counts,
+    instead of "not run"."""
+    from gnp_study.results import display_table, results_table
+
+    trials = _trials([("standard", 0.0, 0.0, [80.0, 81.0, 82.0])])
+    trials["status"] = "diverged"
+    table = results_table(trials, {}, metric="best_accuracy", sign=-1.0)
+    row = table.set_index("scheme").loc["Standard"]
+    assert row["test_error"] == "not decided: 3 trials ended, 3 diverged, 0 failed"
+    assert int(row["n_diverged"]) == 3
+    assert table.set_index("scheme").loc["SAM", "test_error"] == "not run"  # no trial of stage 2
+    assert display_table(table).set_index("Scheme").loc["Standard", "Diverged"] == 3
 
 
 def test_paper_decisions_carry_no_direction():
