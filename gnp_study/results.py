@@ -105,14 +105,14 @@ class Selection:
     @property
     def decimals(self) -> int:
         """Digits of the verdicts' differences: 2 for the errors in percent, 4 for a study's own metric
-        (a loss or an accuracy in [0, 1] differs in its third decimal)."""
-        return 2 if self.unit == "%" else 4
+        (a loss or an accuracy in [0, 1] differs in its third decimal); :func:`number_style`."""
+        return number_style(self.report_column)[0]
 
     @property
     def diff_unit(self) -> str:
         """Written after a difference: ``" points"`` (percentage points) for the errors in percent, ``""``
-        for a metric in its own units (a loss, an accuracy in [0, 1])."""
-        return " points" if self.unit == "%" else ""
+        for a metric in its own units (a loss, an accuracy in [0, 1]); :func:`number_style`."""
+        return number_style(self.report_column)[1]
 
     @property
     def better(self) -> str:
