@@ -1,5 +1,7 @@
 """Writes ``tests/data/reference_trials.json``: a few trials of the shipped digits studies trained in this
-process, with their metrics (AVX2 kernels: ``tests/numerics.py``), for ``tests/test_reference_trials.py`` to compare against bit for bit.
+process, with their metrics (AVX2 kernels: ``tests/numerics.py``), for ``tests/test_reference_trials.py``: it trains the same trials with today's and the old code on the
+machine it runs on and compares those (``tests/oldcode.py``); the metrics written here are a record of
+the machine that made them.
 
 Run it with the code a later change must not alter (the file records the commit), from the repository root:
 

@@ -1,16 +1,17 @@
-"""The CPU instruction sets every test process computes with, so that a trial's numbers are the same on any
-x86-64 machine with AVX2, whatever wider instructions it also has.
+"""The CPU instruction sets every test process computes with, so that a trial trains to the same floats
+on most x86-64 machines, whatever wider instructions they also have.
 
 PyTorch picks its CPU kernels at run time from what the processor offers: ATen's vectorised kernels
 (``ATEN_CPU_CAPABILITY``, PyTorch's "CPU capability" in ``torch.__config__.show()``), oneDNN's convolution
 and matrix kernels (``ONEDNN_MAX_CPU_ISA``, oneDNN's "CPU dispatcher control") and MKL's BLAS
 (``MKL_CBWR``, MKL's "Conditional Numerical Reproducibility"). An AVX-512 kernel sums in another order than
 an AVX2 one, so an AVX-512 machine trains a trial to other floats in the 6th digit, and a few epochs of SGD
-make that a different test error. The bit-for-bit tests (``tests/test_reference_trials.py``,
-``tests/test_resume_old_folder.py``) compare against trials stored from another machine, so every process
-the tests start, Ray workers included (they inherit the environment), uses AVX2 kernels: the references were
-made with these settings (``tests/make_reference_trials.py`` and ``tests/make_old_study_folder.py`` pin
-them too).
+make that a different test error. With these pins the stored old study folder
+(``tests/data/old_study_folder.tar.gz``) trains on AVX-512 machines as on the one that made it. Not on
+every CPU: oneDNN also chooses its blocking from the processor (seen: a CPU with AMX differs), which is why
+the bit-for-bit tests train the old code beside today's on the same machine (``tests/oldcode.py``).
+Every process the tests start, Ray workers included (they inherit the environment), uses these settings;
+``tests/make_reference_trials.py`` and ``tests/make_old_study_folder.py`` pin them too.
 
 The variables are read when torch loads its kernels: :func:`pin` must run before ``import torch``.
 """
@@ -34,15 +35,3 @@ def pin() -> None:
         raise RuntimeError("tests/numerics.pin() must run before torch is imported")
     os.environ.update(PINNED_ISA)
 
-
-def pinned_capability_missing() -> str | None:
-    """Why this process does not compute with the pinned kernels, or None when it does.
-
-    ATen falls back to its plain kernels on a CPU without AVX2; the references are then out of reach.
-    """
-    import torch
-
-    got = torch.backends.cpu.get_cpu_capability()
-    if got != "AVX2":
-        return f"torch computes with {got} kernels here, not AVX2 (tests/numerics.py): the CPU lacks AVX2"
-    return None

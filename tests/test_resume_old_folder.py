@@ -6,11 +6,20 @@ Ray Tune pickled that code's class and function paths into the folder (``tuner.p
 searcher state: the runner's stage callback and progress classes, the RaceSearcher and its races, the
 TensorBoard logger, the trainable ``_trainable``); the folder was written at another path than the one it
 is resumed from. The fixture, ``tests/data/old_study_folder.tar.gz``, is made by
-``tests/make_old_study_folder.py`` (its docstring says how to remake it)."""
+``tests/make_old_study_folder.py`` (its docstring says how to remake it).
+
+"Bit for bit" needs this machine to train as the one that made the fixture did, which a CPU of another
+make need not (``tests/oldcode.py`` says why). So the test first has the old code (commit 993d56f,
+``tests/oldcode.py``), not today's, train the fixture's stage-1 trials here: when every epoch's train loss
+equals the fixture's, the stored folder is used; when not, the old code makes the folder anew on this
+machine with the fixture's own procedure (``make_old_study_folder.attempt``), and that folder must pass the
+same check. Either way today's code resumes a folder the old code wrote, at another path, and is compared
+with today's uninterrupted run on the same machine."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -18,9 +27,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from make_old_study_folder import FOLDER, KILL_STAGE, STUDY, TARBALL
+import make_old_study_folder
+import oldcode
+from make_old_study_folder import FOLDER, KILL_STAGE, RUN_DEADLINE_S, STUDY, TARBALL
 from helpers import cli, finish
-from numerics import pinned_capability_missing
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
@@ -52,16 +62,49 @@ def _table(folder: Path, name: str, ignore: list[str]) -> pd.DataFrame:
     return pd.read_parquet(folder / name).drop(columns=ignore).reset_index(drop=True)
 
 
-@pytest.mark.timeout(3 * RUN_TIMEOUT_S)
+def trains_as_here(folder: Path, code: Path, study: Path) -> bool:
+    """Whether the old code ``code`` trains ``folder``'s stage-1 trials on this machine to the same train
+    loss, every epoch, bit for bit, as ``folder`` holds."""
+    trials = pd.read_parquet(folder / "trials.parquet")
+    std = trials[trials["stage"] == "standard"]
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    got = oldcode.train_old(code, [(str(study), "standard", json.loads(c), int(s))
+                                   for c, s in zip(std["config"], std["seed"])])
+    for trial_id, trained in zip(std["trial_id"], got):
+        stored = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")["train_loss"]
+        if [float(x).hex() for x in stored] != trained["train_loss"]:
+            return False
+    return len(got) > 0
+
+
+def old_folder_for_this_machine(tmp_path: Path, study: Path) -> Path:
+    """The old code's interrupted folder, moved to ``tmp_path/moved``: the stored fixture when this machine
+    trains as the one that made it, else one the old code makes here (up to 3 tries)."""
+    code = oldcode.unpack(tmp_path / "oldcode")
+    with tarfile.open(TARBALL) as tar:
+        tar.extractall(tmp_path / "stored", filter="data")
+    if trains_as_here(tmp_path / "stored" / FOLDER, code, study):
+        shutil.move(tmp_path / "stored" / FOLDER, tmp_path / "moved" / FOLDER)
+        return tmp_path / "moved" / FOLDER
+    for i in range(1, 4):
+        out = tmp_path / "made" / f"try{i}" / FOLDER
+        out.parent.mkdir(parents=True)
+        if make_old_study_folder.attempt(code, study, out):
+            make_old_study_folder.check(out)
+            shutil.move(out, tmp_path / "moved" / FOLDER)
+            break
+    else:
+        pytest.fail(f"the old code was not stopped inside stage {KILL_STAGE} in 3 tries: {tmp_path / 'made'}")
+    assert trains_as_here(tmp_path / "moved" / FOLDER, code, study), "the folder just made fails its own check"
+    return tmp_path / "moved" / FOLDER
+
+
+@pytest.mark.timeout(3 * RUN_TIMEOUT_S + 3 * RUN_DEADLINE_S + 2 * oldcode.TRAIN_TIMEOUT_S)
 def test_old_interrupted_folder_resumes_to_the_trials_of_an_uninterrupted_run(ray_head, tmp_path):
-    if (why := pinned_capability_missing()):  # the old trials were trained with AVX2 kernels
-        pytest.skip(why)
     study = tmp_path / "study.yaml"
     study.write_text(yaml.safe_dump(STUDY))
     # The old folder, at a path other than the one it was written at
-    with tarfile.open(TARBALL) as tar:
-        tar.extractall(tmp_path / "moved", filter="data")
-    old = tmp_path / "moved" / FOLDER
+    old = old_folder_for_this_machine(tmp_path, study)
     before_trials = pd.read_parquet(old / "trials.parquet")
     assert set(json.loads((old / "decisions.json").read_text())) == {"standard", "sam"}
     before = _stage_trials(old / "ray" / KILL_STAGE)
