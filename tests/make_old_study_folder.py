@@ -50,6 +50,7 @@ from pathlib import Path
 import yaml
 
 import numerics
+from oldcode import old_env as oldcode_env
 
 numerics.pin()  # the old driver and its Ray workers inherit the kernels the tests compute with (tests/numerics.py)
 
@@ -144,8 +145,8 @@ def wait_group_gone(pgid: int, deadline_s: float = 120) -> None:
 
 def attempt(oldcode: Path, study: Path, out: Path) -> bool:
     """One run of the old code, killed at :func:`moment`; True when it was."""
-    env = dict(os.environ, PYTHONPATH=str(oldcode), PYTHONUNBUFFERED="1", RAY_AUTH_MODE="disabled",
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    env = dict(oldcode_env(oldcode), RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)
     logf = out.with_suffix(".log")
     with open(logf, "w") as f:
