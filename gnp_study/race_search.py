@@ -60,6 +60,7 @@ class RaceSearcher(Searcher):
         self.rows: list[dict] = []  # ended trials: config_key, seed, status, value
         self.live: dict[str, tuple] = {}  # Tune trial id -> (config_key, seed) in flight
         self.lost: dict[tuple, int] = {}  # (config_key, seed) -> Tune errors before any report
+        self.kept: list[tuple[dict, dict]] = []  # ended trials that are not Tune's (see keep)
 
     # ---------------------------------------------------------------------------------- state
     def results(self) -> pd.DataFrame:
@@ -143,6 +144,10 @@ class RaceSearcher(Searcher):
                 ``status``, ``last_result``).
         """
         self.rows, self.live, self.lost = [], {}, {}
+        for i, (tc, result) in enumerate(getattr(self, "kept", [])):
+            tc = TrialConfig.from_dict(tc)
+            self.live[f"kept-{i}"] = (tc.config_key, int(tc.seed))
+            self.on_trial_complete(f"kept-{i}", result)
         for trial in trials:
             tc = (trial.config or {}).get("trial")
             if not tc:
@@ -151,6 +156,13 @@ class RaceSearcher(Searcher):
             self.live[trial.trial_id] = (tc.config_key, int(tc.seed))
             if trial.status in ("TERMINATED", "ERROR"):
                 self.on_trial_complete(trial.trial_id, trial.last_result or {}, error=trial.status == "ERROR")
+
+    def keep(self, trials: list[tuple[dict, dict]]) -> None:
+        """Ended trials of the stage that Tune does not hold: those kept from the folders of a stage that
+        started again as a new experiment (:func:`gnp_study.tune_state.keep_ended_trials`). Each is
+        ``(config["trial"], last report)``; :meth:`rebuild` replays them before Tune's trials, so the race
+        counts them and never suggests them again."""
+        self.kept = list(trials)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -36,8 +36,9 @@ from gnp_study.spec import StudySpec
 from gnp_study.study_folder import (DECISIONS_JSON, EPOCHS_PARQUET, LOCK_FILE, PAPER_REFERENCE_CSV, RAY_DIR,
                                     RUN_INFO_JSON, SEARCH_TRIALS_PARQUET, STUDY_YAML, TRIAL_COLUMNS, TRIALS_PARQUET,
                                     metric_columns, read_json, read_table, write_json, write_parquet)
-from gnp_study.tune_state import (DAMAGED_STATE_DIR, repair_restore_point, search_generator_class,  # noqa: F401
-                                  set_aside_damaged_state)
+from gnp_study.tune_state import (DAMAGED_STATE_DIR, KEPT_TRIALS_FILE, epoch_rows,  # noqa: F401
+                                  keep_ended_trials, kept_results, kept_trial_ids, repair_restore_point,
+                                  search_generator_class, set_aside_damaged_state)
 from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # noqa: F401  (trial workers import only that module)
 
 #: A trial's result without which a stage is unfinished: its last report says the trial ended.
@@ -369,14 +370,6 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     _stage_callback_class()  # defined before Tune unpickles the stage's callbacks
     race = isinstance(search_alg, RaceSearcher)
     if tune.Tuner.can_restore(str(exp_path)):
-        local = exp_path[len("file://"):] if exp_path.startswith("file://") else exp_path
-        if "://" not in local:  # object stores upload each file whole; a local copy can be cut short
-            grid = param_space.get("trial") if isinstance(param_space.get("trial"), dict) else {}
-            planned = {t["trial_id"] for t in grid.get("grid_search", [])} or None
-            note = set_aside_damaged_state(Path(local), searcher_rebuilt=race, planned=planned)
-            if note:
-                print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
-    if tune.Tuner.can_restore(str(exp_path)):
         tuner = tune.Tuner.restore(str(exp_path), wrapped, resume_unfinished=True,
                                    resume_errored=resume_errored, restart_errored=False, param_space=param_space)
         # This run's callbacks (its progress line), not the pickled ones of the run that created the stage.
@@ -420,34 +413,57 @@ def _tuner(name: str, param_space: dict, spec: StudySpec, storage: str, callback
     )
 
 
+def _prepare_stage(name: str, storage: str, candidates: set[str] | None = None, race: bool = False) -> dict:
+    """Check a stage's saved Tune state before it runs or resumes, and keep the trials that had ended.
+
+    On local storage (object stores upload each file whole; a local copy can be cut short) Tune's snapshot
+    is made complete and consistent (:func:`gnp_study.tune_state.set_aside_damaged_state`). When none is
+    left and the stage starts again as a new experiment, its trials that had ended are kept from their
+    folders (:func:`gnp_study.tune_state.keep_ended_trials`), said in one line.
+
+    Args:
+        name: the stage's experiment name (``RunConfig.name``); storage: Tune's ``storage_path``.
+        candidates: the study trial ids the stage may run (a grid stage's plan, a racing stage's every
+            candidate and seed); ``None`` (an Optuna search): nothing is kept.
+        race: a racing stage (its searcher is rebuilt from Tune's trials); otherwise, with ``candidates``,
+            a grid stage whose Tune grid holds the candidates not kept.
+
+    Returns:
+        study trial id -> ``ray.tune.Result`` of every kept trial (this run's and earlier runs'), to be
+        recorded with the stage's Tune results and not planned again.
+
+    Raises:
+        StudyError: a kept trial's folder no longer reads as an ended trial.
+    """
+    from ray import tune
+
+    exp_path = f"{storage.rstrip('/')}/{name}"
+    local = exp_path[len("file://"):] if exp_path.startswith("file://") else exp_path
+    if "://" in local:
+        return {}
+    exp_dir = Path(local)
+    if tune.Tuner.can_restore(str(exp_path)):
+        planned = None if race or not candidates else candidates - set(kept_trial_ids(exp_dir))
+        note = set_aside_damaged_state(exp_dir, searcher_rebuilt=race, planned=planned or None)
+        if note:
+            print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
+        if candidates and not tune.Tuner.can_restore(str(exp_path)):  # it starts again
+            new = keep_ended_trials(exp_dir, candidates)
+            if new:
+                print(f"[gnp-study] stage {name}: {len(new)} trial(s) that had ended are kept from their "
+                      f"folders and not trained again ({', '.join(new)}); listed in "
+                      f"{exp_dir / KEPT_TRIALS_FILE}", file=sys.stderr, flush=True)
+    if not candidates or not exp_dir.is_dir():
+        return {}
+    try:
+        return kept_results(exp_dir)
+    except RuntimeError as e:
+        raise StudyError(str(e)) from None
+
+
 def _float(v) -> float:
     """A metric value as a float (None or a missing value: NaN)."""
     return math.nan if v is None else float(v)
-
-
-def _epoch_rows(res) -> tuple[list[dict], set]:
-    """Every epoch of one trial, in epoch order: the checkpoint's history (epochs Tune's result files lost
-    when a driver was killed before they reached storage), then Tune's results, the later one kept for an
-    epoch seen twice (a trial resumed from an older checkpoint reported some epochs twice, with the same
-    numbers: training is deterministic given the checkpoint). Rows without an epoch are dropped.
-
-    Returns:
-        ``(rows, keys)``: the rows (dicts of reported metrics) and every metric name seen in either source
-        (a name some rows lack reads as NaN in those rows).
-    """
-    df = res.metrics_dataframe
-    tune_rows = df is not None and "epoch" in df.columns  # else: no epoch reached Tune's result files
-    records = df.to_dict("records") if tune_rows else []
-    keys = {"epoch"} | (set(df.columns) if tune_rows else set())
-    hist = history_rows(res.checkpoint)
-    by_epoch: dict = {}
-    for row in hist + records:
-        keys.update(row)
-        e = row.get("epoch")
-        if e is None or (isinstance(e, float) and math.isnan(e)):
-            continue
-        by_epoch[e] = row  # the later source wins
-    return sorted(by_epoch.values(), key=lambda row: row["epoch"]), keys
 
 
 def _params(res) -> dict | None:
@@ -489,7 +505,7 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
             unfinished += 1
             continue
         trial = trial_of(cfg, spec)
-        rows, keys = _epoch_rows(res)
+        rows, keys = epoch_rows(res)
         last = {k: rows[-1].get(k, math.nan) for k in keys} if rows else {}
         status = last.get("status")
         # a diverged trial of the user's own loop says why (gnp_study.own_loop)
@@ -573,17 +589,28 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
 
     if races:
         return _run_race_stage(stage, trial_configs, spec, storage, name, races)
+    ids = [tc.trial_id for tc in trial_configs]
+    kept = _prepare_stage(name or stage, storage, candidates=set(ids))
+    todo = [tc for tc in trial_configs if tc.trial_id not in kept]
     progress = _Progress(stage, len(trial_configs), spec=spec)
-    space = {"trial": tune.grid_search([tc.to_dict() for tc in trial_configs])}
+    for res in kept.values():  # ended before the stage started again (tune_state.keep_ended_trials)
+        rows, _ = epoch_rows(res)
+        progress.finished(rows[-1], failed=False)
+    space = {"trial": tune.grid_search([tc.to_dict() for tc in todo])}
     _INTERRUPT.check(f"before stage {stage!r} started")
-    results = _tuner(name or stage, space, spec, storage, [progress.callback]).fit()
+
+    def fit(**kw) -> list:
+        return (list(_tuner(name or stage, space, spec, storage, [progress.callback], **kw).fit()) if todo
+                else []) + list(kept.values())
+
+    results = fit()
     trials, epochs, _, lost = collect_trials(results, stage, spec, record_lost=False)
     for _attempt in range(max(1, spec.max_failures)):
         if not lost or _INTERRUPT.flag:
             break
         # Trials Tune gave up on before their first report (also those of an earlier run): run them again.
         progress.done, progress.failed = progress.done - lost, max(0, progress.failed - lost)
-        results = _tuner(name or stage, space, spec, storage, [progress.callback], resume_errored=True).fit()
+        results = fit(resume_errored=True)
         trials, epochs, _, lost = collect_trials(results, stage, spec, record_lost=False)
     if lost and not _INTERRUPT.flag:  # still failing before any report: recorded as failed
         trials, epochs, _, lost = collect_trials(results, stage, spec, record_lost=True)
@@ -611,9 +638,13 @@ def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpe
     progress = _Progress(stage + " (race)", sum(r.bounds()[1] for r in races), spec=spec)
     searcher = race_search.race_searcher(stage, races, trial_configs, metric, spec.max_failures)
     progress.searcher = searcher  # rebuilt from Tune's restored trials at the stage's first step
+    kept = _prepare_stage(name or stage, storage, candidates={tc.trial_id for tc in trial_configs}, race=True)
+    searcher.keep([(res.config["trial"], epoch_rows(res)[0][-1]) for res in kept.values()])
+    for res in kept.values():  # ended before the stage started again (tune_state.keep_ended_trials)
+        progress.finished(epoch_rows(res)[0][-1], failed=False)
     _INTERRUPT.check(f"before stage {stage!r} started")
-    results = _tuner(name or stage, {}, spec, storage, [progress.callback], search_alg=searcher,
-                     num_samples=-1).fit()
+    results = list(_tuner(name or stage, {}, spec, storage, [progress.callback], search_alg=searcher,
+                          num_samples=-1).fit()) + list(kept.values())
     # A trial Tune lost before its first report is suggested again by the searcher (a new Tune trial of
     # the same trial_id); one lost every time (the searcher gave up) is recorded as failed.
     trials, epochs, _, _ = collect_trials(results, stage, spec, record_lost=False)
@@ -661,6 +692,7 @@ def run_optuna_search(spec: StudySpec, storage: str) -> tuple[list[dict], pd.Dat
     sel = selection(spec)  # the study's decision metric: never the test set in validation mode
     searcher = OptunaSearch(metric=sel.decide_column, mode=sel.direction, seed=spec.seeds[0])
     _INTERRUPT.check("before the Optuna search of stage 1 started")
+    _prepare_stage("standard_search", storage)  # a search restarted from nothing makes its trials anew
     results = _tuner("standard_search", space, spec, storage, [progress.callback], search_alg=searcher).fit()
     trials, _, unfinished, _ = collect_trials(results, "standard_search", spec)
     if unfinished or _INTERRUPT.flag or len(trials) < st.num_samples:

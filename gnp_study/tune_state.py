@@ -7,6 +7,9 @@ wrote its checkpoint) resumes without losing or repeating finished trials.
 - :func:`set_aside_damaged_state`: Tune's experiment snapshot (``experiment_state-*.json``,
   ``tuner.pkl``, searcher state) that does not load, or that lacks trials the stage planned, is moved into
   ``damaged-state/`` (never deleted) so that Tune restores from the newest complete one.
+- :func:`keep_ended_trials` / :func:`kept_results`: when no snapshot is left and a stage starts again as
+  a new Tune experiment, the trials that had ended are kept from their trial folders (``kept-trials.json``)
+  instead of being trained again.
 
 Ray Tune's experiment folder layout: https://docs.ray.io/en/latest/tune/tutorials/tune-storage.html
 """
@@ -14,10 +17,11 @@ Ray Tune's experiment folder layout: https://docs.ray.io/en/latest/tune/tutorial
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
-from gnp_study.trainable import HISTORY_FILE
+from gnp_study.trainable import HISTORY_FILE, history_rows
 
 
 # ------------------------------------------------------------------------------- checkpoints on restore
@@ -150,7 +154,8 @@ def set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False,
     resumes the snapshot's trials and adds none (a kill that cut only the generator file then loses
     nothing; without this the stage started again and trials that had ended were trained again).
     When no session has a readable experiment state (or Tune's ``tuner.pkl`` does not load), all state
-    files and ``tuner.pkl`` are moved and the stage starts again as a new experiment in the same folder.
+    files and ``tuner.pkl`` are moved and the stage starts again as a new experiment in the same folder;
+    the trial folders stay, and :func:`keep_ended_trials` keeps the trials among them that had ended.
 
     Args:
         exp_dir: a stage's experiment folder on local storage (``<study>/ray/<stage>``).
@@ -263,3 +268,128 @@ def __getattr__(name: str):
     if name == "ResumeSearchGenerator":
         return search_generator_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ------------------------------------------------------------------ a trial's epochs, ended trials kept
+def epoch_rows(res) -> tuple[list[dict], set]:
+    """Every epoch of one trial (a ``ray.tune.Result``), in epoch order: the checkpoint's history (epochs Tune's result files lost
+    when a driver was killed before they reached storage), then Tune's results, the later one kept for an
+    epoch seen twice (a trial resumed from an older checkpoint reported some epochs twice, with the same
+    numbers: training is deterministic given the checkpoint). Rows without an epoch are dropped.
+
+    Returns:
+        ``(rows, keys)``: the rows (dicts of reported metrics) and every metric name seen in either source
+        (a name some rows lack reads as NaN in those rows).
+    """
+    df = res.metrics_dataframe
+    tune_rows = df is not None and "epoch" in df.columns  # else: no epoch reached Tune's result files
+    records = df.to_dict("records") if tune_rows else []
+    keys = {"epoch"} | (set(df.columns) if tune_rows else set())
+    hist = history_rows(res.checkpoint)
+    by_epoch: dict = {}
+    for row in hist + records:
+        keys.update(row)
+        e = row.get("epoch")
+        if e is None or (isinstance(e, float) and math.isnan(e)):
+            continue
+        by_epoch[e] = row  # the later source wins
+    return sorted(by_epoch.values(), key=lambda row: row["epoch"]), keys
+
+
+#: Tune's statuses a trial reports at its own end (``gnp_study.trainable``): it ran every epoch, or diverged.
+_ENDED = ("completed", "diverged")
+#: File (in a stage's experiment folder) naming the trials of the stage that had ended when the stage had
+#: to start again as a new Tune experiment: ``{study trial id: trial folder name}``.
+KEPT_TRIALS_FILE = "kept-trials.json"
+
+
+def _folder_result(folder: Path):
+    """The ``ray.tune.Result`` of the Tune trial folder ``folder`` (``Result.from_path``: ``result.json``,
+    its checkpoints, ``error.pkl``) with the trial's config from ``params.json`` when its results hold none;
+    ``None`` when the folder does not read (no ``params.json``, a cut ``result.json``)."""
+    import dataclasses
+
+    from ray.tune import Result
+
+    try:
+        params = json.loads((folder / "params.json").read_text())
+        res = Result.from_path(str(folder))
+    except Exception:  # not a trial folder, or one a kill left unreadable: its trial is trained again
+        return None
+    if res.config is None:
+        res = dataclasses.replace(res, metrics={**(res.metrics or {}), "config": params})
+    return res
+
+
+def _ended(res) -> bool:
+    """Whether the trial of ``res`` ended through its own last report (``completed`` or ``diverged``) with
+    no error recorded by Tune."""
+    rows, _ = epoch_rows(res)
+    return res.error is None and bool(rows) and rows[-1].get("status") in _ENDED
+
+
+def keep_ended_trials(exp_dir: Path, candidates: set[str]) -> list[str]:
+    """Keep the ended trials of a stage that starts again as a new Tune experiment in ``exp_dir``.
+
+    :func:`set_aside_damaged_state` starts a stage again when no saved snapshot of it loads; its trials'
+    folders are still in ``exp_dir``. Each folder whose trial (a study trial id in ``candidates``) ended
+    through its own last report is written into :data:`KEPT_TRIALS_FILE`; the stage's runner then plans
+    only the other trials and takes the kept ones' results from their folders (:func:`kept_results`), so a
+    trial that had ended is neither lost nor trained again. A trial that had not ended, or whose folder a
+    kill left unreadable, is trained again from its first epoch (training is deterministic given the seed).
+    A trial that failed (Tune's ``error.pkl``) is trained again too: the folder does not say whether Tune
+    had retried it ``max_failures`` times.
+
+    Args:
+        exp_dir: the stage's experiment folder on local storage.
+        candidates: the study trial ids the stage may run (a grid stage's plan; every candidate and seed of
+            a racing stage).
+
+    Returns:
+        The study trial ids newly kept, sorted (trials kept by an earlier run are kept still).
+    """
+    kept = _read_kept(exp_dir)
+    new = []
+    for folder in sorted(p for p in exp_dir.iterdir() if p.is_dir() and (p / "params.json").exists()):
+        res = _folder_result(folder)
+        tid = ((res.config or {}).get("trial") or {}).get("trial_id") if res is not None else None
+        if tid in candidates and tid not in kept and _ended(res):
+            kept[tid] = folder.name
+            new.append(tid)
+    if new:
+        tmp = exp_dir / (KEPT_TRIALS_FILE + ".tmp")
+        tmp.write_text(json.dumps(kept, indent=1, sort_keys=True))
+        os.replace(tmp, exp_dir / KEPT_TRIALS_FILE)  # whole or not at all
+    return sorted(new)
+
+
+def kept_trial_ids(exp_dir: Path) -> list[str]:
+    """The study trial ids :func:`keep_ended_trials` kept in ``exp_dir``, sorted (``[]``: none)."""
+    return sorted(_read_kept(exp_dir))
+
+
+def _read_kept(exp_dir: Path) -> dict[str, str]:
+    try:
+        kept = json.loads((exp_dir / KEPT_TRIALS_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    return {str(k): str(v) for k, v in kept.items()}
+
+
+def kept_results(exp_dir: Path) -> dict:
+    """The results of the trials :func:`keep_ended_trials` kept in ``exp_dir``: study trial id ->
+    ``ray.tune.Result`` read from the trial's folder; ``{}`` when none was kept.
+
+    Raises:
+        RuntimeError: a kept trial's folder no longer reads as an ended trial (deleted or edited since):
+            the stage cannot be completed from what is on disk; the message names the folder.
+    """
+    out = {}
+    for tid, name in sorted(_read_kept(exp_dir).items()):
+        res = _folder_result(exp_dir / name)
+        if res is None or not _ended(res):
+            raise RuntimeError(f"trial {tid} was kept from {exp_dir / name} as ended, but that folder no longer "
+                               f"reads as an ended Tune trial; restore it, or remove {tid} from "
+                               f"{exp_dir / KEPT_TRIALS_FILE} to train it again")
+        out[tid] = res
+    return out

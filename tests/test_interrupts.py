@@ -293,3 +293,62 @@ def test_a_stage_whose_trials_failed_before_any_epoch_keeps_the_text_dtypes():
     assert list(got["status"]) == ["failed", "failed"] and len(epochs) == 0
     text = pd.Series(["x"]).dtype
     assert [epochs[c].dtype for c in ("trial_id", "stage", "config_key")] == [text] * 3
+
+
+def _trial_folder(exp, name: str, trial: dict, statuses: list[str], error: bool = False):
+    """A Tune trial folder as Tune writes it: ``params.json`` (the trial's config) and ``result.json`` (one
+    JSON line per report, each with the config), optionally Tune's ``error.pkl``."""
+    import pickle
+
+    folder = exp / name
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({"trial": trial}))
+    rows = _metrics(trial, statuses).to_dict("records")
+    (folder / "result.json").write_text("".join(json.dumps({**r, "config": {"trial": trial}}) + "\n" for r in rows))
+    if error:
+        (folder / "error.pkl").write_bytes(pickle.dumps(RuntimeError("worker died")))
+    return folder
+
+
+def test_a_stage_with_no_readable_snapshot_keeps_its_ended_trials(tmp_path):
+    """The failure the kill soak saw: SIGKILL during Tune's first snapshot copy of a stage left its only
+    experiment state empty, so the stage starts again as a new experiment. The trial that had ended is
+    kept from its folder (neither lost nor planned again); one still running, one Tune recorded an error
+    for and one of another stage are trained again; the next run keeps the same trial, and only the
+    other trials are the planned grid."""
+    storage, name = tmp_path / "ray", "gnp"
+    exp = storage / name
+    exp.mkdir(parents=True)
+    trials = {s: TrialConfig("gnp", {"alpha": 0.5, "r": 0.05}, s).to_dict() for s in (0, 1, 2)}
+    ended = _trial_folder(exp, "gnp_a_0", trials[0], ["running", "running", "completed"])
+    _trial_folder(exp, "gnp_a_1", trials[1], ["running"])
+    _trial_folder(exp, "gnp_a_2", trials[2], ["running", "completed"], error=True)
+    _trial_folder(exp, "other", TrialConfig("sam", {"alpha": 1.0, "r": 0.05}, 0).to_dict(), ["completed"])
+    state = _state_files(exp, "g1", ["experiment", "variant"], damaged=("experiment",))
+    candidates = {t["trial_id"] for t in trials.values()}
+    kept = runner._prepare_stage(name, str(storage), candidates=candidates)
+    assert list(kept) == [trials[0]["trial_id"]]
+    assert not any(p.exists() for p in state) and not (exp / "tuner.pkl").exists()  # a new experiment
+    assert json.loads((exp / tune_state.KEPT_TRIALS_FILE).read_text()) == {trials[0]["trial_id"]: ended.name}
+    got, epochs, unfinished, lost = runner.collect_trials(list(kept.values()), "gnp", SPEC)
+    assert (unfinished, lost) == (0, 0) and list(got["trial_id"]) == [trials[0]["trial_id"]]
+    assert got["status"].iloc[0] == "completed" and got["best_test_error"].iloc[0] == 18.0
+    assert list(epochs["epoch"]) == [1, 2, 3]
+    # the next run restores the new experiment (of the two other trials) and still holds the kept trial
+    _state_files(exp, "g2", ["experiment", "variant"], trial_ids=sorted(candidates - set(kept)))
+    again = runner._prepare_stage(name, str(storage), candidates=candidates)
+    assert list(again) == list(kept) and (exp / "tuner.pkl").exists()
+    assert tune_state.kept_trial_ids(exp) == [trials[0]["trial_id"]]
+
+
+def test_a_kept_trial_whose_folder_is_gone_is_a_clear_error(tmp_path):
+    storage = tmp_path / "ray"
+    exp = storage / "sam"
+    exp.mkdir(parents=True)
+    trial = TrialConfig("sam", {"alpha": 1.0, "r": 0.05}, 0).to_dict()
+    folder = _trial_folder(exp, "sam_0", trial, ["completed"])
+    _state_files(exp, "h1", ["experiment"], damaged=("experiment",))
+    assert list(runner._prepare_stage("sam", str(storage), candidates={trial["trial_id"]}))
+    (folder / "result.json").unlink()
+    with pytest.raises(runner.StudyError, match=f"{trial['trial_id']}.*no longer reads"):
+        runner._prepare_stage("sam", str(storage), candidates={trial["trial_id"]})

@@ -186,3 +186,20 @@ def test_a_trial_lost_before_its_first_report_is_suggested_again_then_failed():
     assert suggested(s, "t2") == ("A", 1)
     s.on_trial_complete("t2", {"epoch": 3, "status": "running"}, error=True)
     assert [r["status"] for r in s.rows] == ["failed", "failed"]
+
+
+def test_kept_trials_count_in_the_race_and_are_never_suggested_again():
+    """Trials kept from the folders of a stage that started again as a new Tune experiment
+    (gnp_study.tune_state.keep_ended_trials) are not Tune's: rebuild replays them with Tune's trials, so
+    the race is the one it would be had they ended in this experiment."""
+    from gnp_study.protocol import TrialConfig
+
+    s = searcher(lookahead=0)
+    kept = [(TrialConfig("sam", CFG[n], seed).to_dict(), {"status": "completed", "best_test_error": v})
+            for (n, seed), v in zip([("A", 0), ("A", 1), ("B", 0)], [1.0, 2.0, 2.0])]
+    s.keep(kept)
+    s.rebuild([])
+    assert sorted((NAME[r["config_key"]], r["seed"], r["value"]) for r in s.rows) == [
+        ("A", 0, 1.0), ("A", 1, 2.0), ("B", 0, 2.0)]
+    assert [suggested(s, f"t{i}") for i in range(3)] == [("B", 1), ("C", 0), ("C", 1)]
+    assert suggested(s, "x") is None  # the rest of the first block runs

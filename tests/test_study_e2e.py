@@ -217,6 +217,43 @@ def test_interrupted_driver_resumes_without_losing_or_repeating_trials(reference
     _compare_to_reference(ref_out, out)
 
 
+def test_stage_without_a_readable_snapshot_keeps_its_ended_trials(reference, tmp_path, ray_head):
+    """A driver SIGKILLed while Tune copied a stage's first snapshot left its experiment state empty (the
+    kill soak saw it): no snapshot loads, so the stage starts again as a new Tune experiment. Simulated
+    exactly: the driver is killed in stage 'sam' after some of its trials ended, then every experiment
+    state of the stage is cut to 0 bytes. The rerun keeps the ended trials from their folders (they train
+    no epoch again) and the study ends exactly as the uninterrupted one."""
+    study, ref_out, _, _ = reference
+    out = tmp_path / "cut"
+    proc = cli(["run", "greedy", str(study), "--output", str(out), "--address", ray_head])
+    exp = out / "ray" / "sam"
+    deadline = time.time() + RUN_TIMEOUT_S
+    finished_before = {}
+    while time.time() < deadline and proc.poll() is None and not finished_before:
+        for f in exp.rglob("result.json") if exp.is_dir() else []:
+            lines = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+            if lines and lines[-1].get("status") == "completed":
+                finished_before[lines[0]["gnp_trial_id"]] = (f, f.read_bytes())
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert finished_before, "no trial of stage 'sam' finished in time"
+    states = list(exp.glob("experiment_state-*.json"))
+    if not states:
+        pytest.skip("the driver was killed before Tune's first snapshot of stage 'sam'")
+    for f in states:
+        f.write_bytes(b"")
+    text = run_study(study, out, ray_head)
+    assert "Traceback" not in text, text[-3000:]
+    assert "no complete snapshot is left" in text and "kept from their folders" in text, text[-3000:]
+    kept = json.loads((exp / "kept-trials.json").read_text())
+    assert set(finished_before) <= set(kept)
+    for tid, (f, content) in finished_before.items():
+        assert f.read_bytes() == content, f"{tid} trained again"
+        assert sum(1 for g in exp.rglob("result.json") if f'"gnp_trial_id": "{tid}"' in g.read_text()) == 1, tid
+    _compare_to_reference(ref_out, out)
+
+
 def _progress_lines(proc: subprocess.Popen, deadline: float):
     """The driver's output lines as they come (the driver prints progress lines, one per trial end)."""
     while time.time() < deadline:
