@@ -442,22 +442,24 @@ def _prepare_stage(name: str, storage: str, candidates: set[str] | None = None, 
     if "://" in local:
         return {}
     exp_dir = Path(local)
-    if tune.Tuner.can_restore(str(exp_path)):
-        planned = None if race or not candidates else candidates - set(kept_trial_ids(exp_dir))
-        note = set_aside_damaged_state(exp_dir, searcher_rebuilt=race, planned=planned or None)
-        if note:
-            print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
-        if candidates and not tune.Tuner.can_restore(str(exp_path)):  # it starts again
+    try:
+        if tune.Tuner.can_restore(str(exp_path)):
+            planned = None if race or not candidates else candidates - set(kept_trial_ids(exp_dir))
+            note = set_aside_damaged_state(exp_dir, searcher_rebuilt=race, planned=planned or None)
+            if note:
+                print(f"[gnp-study] {note}", file=sys.stderr, flush=True)
+        if not candidates or not exp_dir.is_dir():
+            return {}
+        if not tune.Tuner.can_restore(str(exp_path)):
+            # a new experiment starts in a folder that holds trials (the state was set aside now, or by a
+            # run killed before it kept them): those that had ended are kept
             new = keep_ended_trials(exp_dir, candidates)
             if new:
                 print(f"[gnp-study] stage {name}: {len(new)} trial(s) that had ended are kept from their "
                       f"folders and not trained again ({', '.join(new)}); listed in "
                       f"{exp_dir / KEPT_TRIALS_FILE}", file=sys.stderr, flush=True)
-    if not candidates or not exp_dir.is_dir():
-        return {}
-    try:
         return kept_results(exp_dir)
-    except RuntimeError as e:
+    except RuntimeError as e:  # a kept trial's folder or the list of kept trials does not read
         raise StudyError(str(e)) from None
 
 
@@ -629,6 +631,22 @@ def run_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, sto
     return trials, epochs
 
 
+def _race_results(kept: dict, stage: str, spec: StudySpec, metric: str) -> list[tuple[dict, dict]]:
+    """What a racing stage's searcher needs of its kept trials (:meth:`RaceSearcher.keep`): for each,
+    ``(config["trial"], {"status": ..., <metric>: ...})`` with the status and value of the trial's row in
+    the trials table, as :func:`gnp_study.race_search.check_race` reads them. (A kept trial's last epoch
+    can come from its checkpoint's history, which lacks the running ``best_<name>`` Tune's reports carry.)
+
+    Args:
+        kept: study trial id -> ``ray.tune.Result`` (:func:`_prepare_stage`); metric: the race's column
+            (:func:`gnp_study.results.selection`'s ``race_metric``, a leading ``-`` when higher is better).
+    """
+    rows = collect_trials(list(kept.values()), stage, spec)[0].set_index("trial_id")
+    column = metric.lstrip("-")
+    return [(res.config["trial"], {"status": str(rows.at[tid, "status"]), column: float(rows.at[tid, column])})
+            for tid, res in kept.items()]
+
+
 def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpec, storage: str,
                     name: str | None, races: list) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`run_stage` for a racing stage: one Tune experiment whose trials a RaceSearcher suggests."""
@@ -639,7 +657,7 @@ def _run_race_stage(stage: str, trial_configs: list[TrialConfig], spec: StudySpe
     searcher = race_search.race_searcher(stage, races, trial_configs, metric, spec.max_failures)
     progress.searcher = searcher  # rebuilt from Tune's restored trials at the stage's first step
     kept = _prepare_stage(name or stage, storage, candidates={tc.trial_id for tc in trial_configs}, race=True)
-    searcher.keep([(res.config["trial"], epoch_rows(res)[0][-1]) for res in kept.values()])
+    searcher.keep(_race_results(kept, stage, spec, metric))
     for res in kept.values():  # ended before the stage started again (tune_state.keep_ended_trials)
         progress.finished(epoch_rows(res)[0][-1], failed=False)
     _INTERRUPT.check(f"before stage {stage!r} started")

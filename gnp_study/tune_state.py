@@ -201,7 +201,10 @@ def set_aside_damaged_state(exp_dir: Path, searcher_rebuilt: bool = False,
     dest = exp_dir / DAMAGED_STATE_DIR
     dest.mkdir(exist_ok=True)
     for path in move:
-        os.replace(path, dest / path.name)
+        target, n = dest / path.name, 1
+        while target.exists():  # set aside before (a stage that started again twice): both are kept
+            target, n = dest / f"{path.name}.{n}", n + 1
+        os.replace(path, target)
     names = ", ".join(sorted(p.name for p in move))
     where = (f"it resumes from Tune's snapshot of session {chosen}" if chosen is not None else
              "no complete snapshot is left, so the stage's trials start again")
@@ -358,7 +361,10 @@ def keep_ended_trials(exp_dir: Path, candidates: set[str]) -> list[str]:
             new.append(tid)
     if new:
         tmp = exp_dir / (KEPT_TRIALS_FILE + ".tmp")
-        tmp.write_text(json.dumps(kept, indent=1, sort_keys=True))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(kept, indent=1, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, exp_dir / KEPT_TRIALS_FILE)  # whole or not at all
     return sorted(new)
 
@@ -369,10 +375,19 @@ def kept_trial_ids(exp_dir: Path) -> list[str]:
 
 
 def _read_kept(exp_dir: Path) -> dict[str, str]:
+    """:data:`KEPT_TRIALS_FILE` of ``exp_dir`` (``{}`` when absent). Raises RuntimeError when it does not
+    read as a JSON object, naming the file."""
+    path = exp_dir / KEPT_TRIALS_FILE
     try:
-        kept = json.loads((exp_dir / KEPT_TRIALS_FILE).read_text())
+        kept = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+    except ValueError as e:
+        raise RuntimeError(f"{path} (the trials kept when the stage started again) does not read ({e}); "
+                           f"move {exp_dir} aside to run the whole stage again") from None
+    if not isinstance(kept, dict):
+        raise RuntimeError(f"{path} (the trials kept when the stage started again) is not a JSON object; "
+                           f"move {exp_dir} aside to run the whole stage again")
     return {str(k): str(v) for k, v in kept.items()}
 
 
@@ -381,15 +396,16 @@ def kept_results(exp_dir: Path) -> dict:
     ``ray.tune.Result`` read from the trial's folder; ``{}`` when none was kept.
 
     Raises:
-        RuntimeError: a kept trial's folder no longer reads as an ended trial (deleted or edited since):
-            the stage cannot be completed from what is on disk; the message names the folder.
+        RuntimeError: a kept trial's folder no longer reads as an ended trial (deleted or edited since), or
+            :data:`KEPT_TRIALS_FILE` does not read: the stage cannot be completed from what is on disk
+            (Tune's restored grid lacks the kept trials); the message names the file.
     """
     out = {}
     for tid, name in sorted(_read_kept(exp_dir).items()):
         res = _folder_result(exp_dir / name)
         if res is None or not _ended(res):
             raise RuntimeError(f"trial {tid} was kept from {exp_dir / name} as ended, but that folder no longer "
-                               f"reads as an ended Tune trial; restore it, or remove {tid} from "
-                               f"{exp_dir / KEPT_TRIALS_FILE} to train it again")
+                               f"reads as an ended Tune trial; restore the folder, or move {exp_dir} aside to "
+                               f"run the whole stage again")
         out[tid] = res
     return out

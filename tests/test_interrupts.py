@@ -352,3 +352,62 @@ def test_a_kept_trial_whose_folder_is_gone_is_a_clear_error(tmp_path):
     (folder / "result.json").unlink()
     with pytest.raises(runner.StudyError, match=f"{trial['trial_id']}.*no longer reads"):
         runner._prepare_stage("sam", str(storage), candidates={trial["trial_id"]})
+
+
+def test_a_run_killed_before_it_kept_the_ended_trials_keeps_them_next_time(tmp_path):
+    """The state set aside (tuner.pkl moved) but the driver killed before kept-trials.json was written:
+    the next run finds no experiment to restore and still keeps the trial that had ended."""
+    storage = tmp_path / "ray"
+    exp = storage / "sam"
+    exp.mkdir(parents=True)
+    trial = TrialConfig("sam", {"alpha": 1.0, "r": 0.05}, 0).to_dict()
+    _trial_folder(exp, "sam_0", trial, ["running", "completed"])
+    _state_files(exp, "k1", ["experiment"], damaged=("experiment",))
+    assert list(runner._prepare_stage("sam", str(storage), candidates={trial["trial_id"]}))
+    (exp / tune_state.KEPT_TRIALS_FILE).unlink()
+    assert list(runner._prepare_stage("sam", str(storage), candidates={trial["trial_id"]})) == [trial["trial_id"]]
+
+
+def test_a_cut_list_of_kept_trials_is_a_clear_error(tmp_path):
+    storage = tmp_path / "ray"
+    exp = storage / "sam"
+    exp.mkdir(parents=True)
+    (exp / tune_state.KEPT_TRIALS_FILE).write_text('{"sam-')
+    with pytest.raises(runner.StudyError, match="kept-trials.json .*does not read.*aside"):
+        runner._prepare_stage("sam", str(storage), candidates={"sam-x-s0"})
+
+
+def test_state_set_aside_twice_keeps_both_copies(tmp_path):
+    """A stage that started again twice: the second set of state files goes beside the first in
+    damaged-state/, never over it."""
+    _state_files(tmp_path, "m1", ["experiment"], damaged=("experiment",))
+    tune_state.set_aside_damaged_state(tmp_path)
+    (tmp_path / "tuner.pkl").write_bytes(b"second")
+    _state_files(tmp_path, "m2", ["experiment"], damaged=("experiment",))
+    tune_state.set_aside_damaged_state(tmp_path)
+    moved = sorted(p.name for p in (tmp_path / runner.DAMAGED_STATE_DIR).iterdir())
+    assert moved == ["experiment_state-m1.json", "experiment_state-m2.json", "tuner.pkl", "tuner.pkl.1"]
+    assert (tmp_path / runner.DAMAGED_STATE_DIR / "tuner.pkl.1").read_bytes() == b"second"
+
+
+def test_a_kept_race_trial_counts_with_its_trials_table_value(tmp_path):
+    """A kept trial whose last epochs reached storage only in its checkpoint's history (no best_<name>:
+    Tune's reports add it, the history does not): the race gets the trials table's best of the metric."""
+    from test_metric import _own_loop_spec
+
+    spec = _own_loop_spec(tmp_path, {"name": "accuracy", "mode": "max"})
+    storage = tmp_path / "ray"
+    exp = storage / "sam"
+    exp.mkdir(parents=True)
+    trial = TrialConfig("sam", {"alpha": 1.0, "r": 0.05}, 0).to_dict()
+    folder = _trial_folder(exp, "sam_0", trial, ["running"])  # result.json: epoch 1 only
+    lines = [dict(json.loads(x), checkpoint_dir_name=None) for x in (folder / "result.json").read_text().splitlines()]
+    (folder / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))  # as Tune writes it
+    history = _metrics(trial, ["running", "running", "completed"]).drop(columns=["gnp_trial_id"])
+    history["accuracy"] = [60.0, 80.0, 70.0]
+    (folder / "checkpoint_000000").mkdir()
+    (folder / "checkpoint_000000" / runner.HISTORY_FILE).write_text(json.dumps(history.to_dict("records")))
+    _state_files(exp, "n1", ["experiment"], damaged=("experiment",))
+    kept = runner._prepare_stage("sam", str(storage), candidates={trial["trial_id"]}, race=True)
+    assert runner._race_results(kept, "sam", spec, "-best_accuracy") == [
+        (trial, {"status": "completed", "best_accuracy": 80.0})]
