@@ -35,11 +35,11 @@ from ray.tune.search import Searcher
 from gnp_study import racing
 from gnp_study.protocol import TrialConfig
 from gnp_study.trainable import history_rows
+from gnp_study.tune_state import ENDED
 
 #: Environment variable naming an MLflow tracking URI (``file:///path/mlruns``, ``http://host:5000``); unset:
 #: no MLflow logging.
 MLFLOW_ENV = "GNP_STUDY_MLFLOW_URI"
-_TERMINAL = ("completed", "diverged")
 
 
 class RaceSearcher(Searcher):
@@ -120,7 +120,7 @@ class RaceSearcher(Searcher):
             status = "failed"
         elif error:
             status = "failed"
-        elif status not in _TERMINAL:
+        elif status not in ENDED:
             # stopped before its end (Ctrl-C): Tune restores and resumes it; it stays in flight
             return
         self.live.pop(trial_id, None)

@@ -36,13 +36,10 @@ from gnp_study.spec import StudySpec
 from gnp_study.study_folder import (DECISIONS_JSON, EPOCHS_PARQUET, LOCK_FILE, PAPER_REFERENCE_CSV, RAY_DIR,
                                     RUN_INFO_JSON, SEARCH_TRIALS_PARQUET, STUDY_YAML, TRIAL_COLUMNS, TRIALS_PARQUET,
                                     metric_columns, read_json, read_table, write_json, write_parquet)
-from gnp_study.tune_state import (DAMAGED_STATE_DIR, KEPT_TRIALS_FILE, epoch_rows,  # noqa: F401
+from gnp_study.tune_state import (DAMAGED_STATE_DIR, ENDED, KEPT_TRIALS_FILE, epoch_rows,  # noqa: F401
                                   keep_ended_trials, kept_results, kept_trial_ids, repair_restore_point,
                                   search_generator_class, set_aside_damaged_state)
 from gnp_study.trainable import HISTORY_FILE, history_rows, trainable, trial_of  # noqa: F401  (trial workers import only that module)
-
-#: A trial's result without which a stage is unfinished: its last report says the trial ended.
-_TERMINAL = ("completed", "diverged")
 
 
 class StudyError(RuntimeError):
@@ -515,7 +512,7 @@ def collect_trials(results, stage: str, spec: StudySpec, record_lost: bool = Tru
         error = reason if status == "diverged" and isinstance(reason, str) else ""
         if res.error is not None:
             status, error = "failed", f"{type(res.error).__name__}: {res.error}"[-2000:]
-        elif status not in _TERMINAL:  # pending, or running when the stage stopped
+        elif status not in ENDED:  # pending, or running when the stage stopped
             unfinished += 1
             continue
         n = len(rows)

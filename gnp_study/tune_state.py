@@ -21,6 +21,7 @@ import math
 import os
 from pathlib import Path
 
+from gnp_study.study_folder import atomic_write
 from gnp_study.trainable import HISTORY_FILE, history_rows
 
 
@@ -299,8 +300,8 @@ def epoch_rows(res) -> tuple[list[dict], set]:
     return sorted(by_epoch.values(), key=lambda row: row["epoch"]), keys
 
 
-#: Tune's statuses a trial reports at its own end (``gnp_study.trainable``): it ran every epoch, or diverged.
-_ENDED = ("completed", "diverged")
+#: The statuses a trial reports at its own end (``gnp_study.trainable``): it ran every epoch, or diverged.
+ENDED = ("completed", "diverged")
 #: File (in a stage's experiment folder) naming the trials of the stage that had ended when the stage had
 #: to start again as a new Tune experiment: ``{study trial id: trial folder name}``.
 KEPT_TRIALS_FILE = "kept-trials.json"
@@ -328,7 +329,7 @@ def _ended(res) -> bool:
     """Whether the trial of ``res`` ended through its own last report (``completed`` or ``diverged``) with
     no error recorded by Tune."""
     rows, _ = epoch_rows(res)
-    return res.error is None and bool(rows) and rows[-1].get("status") in _ENDED
+    return res.error is None and bool(rows) and rows[-1].get("status") in ENDED
 
 
 def keep_ended_trials(exp_dir: Path, candidates: set[str]) -> list[str]:
@@ -360,12 +361,13 @@ def keep_ended_trials(exp_dir: Path, candidates: set[str]) -> list[str]:
             kept[tid] = folder.name
             new.append(tid)
     if new:
-        tmp = exp_dir / (KEPT_TRIALS_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(kept, indent=1, sort_keys=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, exp_dir / KEPT_TRIALS_FILE)  # whole or not at all
+        def write(path: Path) -> None:  # on disk before it is renamed into place: whole or not at all
+            with open(path, "w") as f:
+                f.write(json.dumps(kept, indent=1, sort_keys=True))
+                f.flush()
+                os.fsync(f.fileno())
+
+        atomic_write(exp_dir / KEPT_TRIALS_FILE, write)
     return sorted(new)
 
 

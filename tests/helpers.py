@@ -155,3 +155,14 @@ def finish(proc: subprocess.Popen, timeout=RUN_TIMEOUT_S) -> str:
         out, _ = proc.communicate()
         pytest.fail(f"gnp-study did not finish within {timeout}s:\n{out[-3000:]}")
     return out
+
+
+def completed_results(experiment: Path) -> dict:
+    """{result.json path: its reported rows} of the trials of a Tune experiment folder that completed
+    (``{}`` while the folder does not exist)."""
+    done = {}
+    for path in experiment.rglob("result.json") if experiment.is_dir() else []:
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        if rows and rows[-1].get("status") == "completed":
+            done[path] = rows
+    return done

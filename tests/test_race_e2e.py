@@ -19,7 +19,7 @@ import yaml
 from gnp_study import protocol, racing
 from gnp_study.results import CONFIRMATION, load_study, study_results_table
 from gnp_study.spec import load_spec
-from helpers import cli, finish
+from helpers import cli, completed_results, finish
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -183,16 +183,6 @@ def test_tensorboard_has_every_trials_test_error_under_its_readable_name(race_ru
             assert len(logged("ray/tune/test_error")) == row.epochs_run
 
 
-def _completed_results(experiment) -> dict:
-    """{result.json path: its reported rows} of the trials of a Tune experiment folder that completed."""
-    done = {}
-    for path in experiment.rglob("result.json"):
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        if rows and rows[-1].get("status") == "completed":
-            done[path] = rows
-    return done
-
-
 @pytest.mark.timeout(3 * RUN_TIMEOUT_S)
 def test_killed_race_and_confirmation_resume_to_the_same_trials(race_run, ray_head, tmp_path):
     """SIGKILL the driver in the middle of stage 2's race, run again: the race is rebuilt (Tune's snapshot
@@ -244,7 +234,7 @@ def test_killed_race_and_confirmation_resume_to_the_same_trials(race_run, ray_he
     assert all((exp / "damaged-state" / p.name).exists() for p in cut)
     decided = json.loads((out / "decisions.json").read_text())
     assert {"standard", "sam", "gnp"} <= set(decided) and "confirm" not in decided
-    finished_before = _completed_results(out / "ray" / "confirm")
+    finished_before = completed_results(out / "ray" / "confirm")
     assert finished_before, "no confirmation trial had finished at the kill"
     third = cli(args)
     text = finish(third, timeout=RUN_TIMEOUT_S)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from gnp_study.protocol import plan
 from gnp_study.spec import load_spec
-from helpers import ROOT, RUN_TIMEOUT_S, TINY, cli, finish, write_study
+from helpers import ROOT, RUN_TIMEOUT_S, TINY, cli, completed_results, finish, write_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.e2e]
 
@@ -230,10 +230,8 @@ def test_stage_without_a_readable_snapshot_keeps_its_ended_trials(reference, tmp
     deadline = time.time() + RUN_TIMEOUT_S
     finished_before = {}
     while time.time() < deadline and proc.poll() is None and not finished_before:
-        for f in exp.rglob("result.json") if exp.is_dir() else []:
-            lines = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
-            if lines and lines[-1].get("status") == "completed":
-                finished_before[lines[0]["gnp_trial_id"]] = (f, f.read_bytes())
+        done = completed_results(exp)
+        finished_before = {rows[0]["gnp_trial_id"]: (f, f.read_bytes()) for f, rows in done.items()}
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
