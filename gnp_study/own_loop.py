@@ -270,7 +270,9 @@ def train_trial(spec: StudySpec, trial: dict, report: Callable[[dict, dict | Non
                                 or saved.get("metrics", {}).get("status") in ("completed", "diverged"))
     faults.log_event("start", trial, ctx.start_epoch, finished)
     if finished:  # it ended before the driver went down: report its end again, train nothing
-        report(dict(saved["metrics"]), None)
+        # with its checkpoint: a trial resumed in a new Tune trial folder (trainable.earlier_checkpoint)
+        # then holds its history there too
+        report(dict(saved["metrics"]), saved)
         return saved["metrics"]["status"]
     torch.manual_seed(ctx.seed)
     try:

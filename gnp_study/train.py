@@ -389,11 +389,13 @@ def _nan_inf(v: float) -> float:
 
 def _report_finished(trial: dict, state: dict, report) -> TrialResult:
     """A trial whose checkpoint is its last (it ended before the driver went down): report the last epoch
-    again, train nothing."""
+    again with that checkpoint, train nothing. The checkpoint goes with the report so that a trial resumed
+    in a new Tune trial folder (:func:`gnp_study.trainable.earlier_checkpoint`) holds its epochs' history
+    there too."""
     m = dict(state["metrics"])
     for k in ("val_loss", "val_error", "best_val_error", "test_error_at_best_val"):
         m.setdefault(k, math.nan)
-    report(m, None)
+    report(m, state)
     epoch = state["epoch"]
     faults.log_event("end", trial, epoch, True)
     diverged = m.get("status") == "diverged"

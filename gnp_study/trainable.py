@@ -86,7 +86,9 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
     Returns:
         None; the trial's results reach Tune through ``tune.report``: every ``spec.report_every`` epochs,
         with every checkpoint (``spec.checkpoint_every`` epochs, and the trial's last epoch) and when the
-        trial ends (diverged or completed). Each report carries ``train_trial``'s metrics plus
+        trial ends (diverged or completed). A planned trial that Tune starts without a checkpoint resumes
+        from the newest one it left in another folder of its stage (:func:`earlier_checkpoint`), if any.
+        Each report carries ``train_trial``'s metrics plus
         ``gnp_trial_id`` and ``node``; each checkpoint holds ``state.pt`` (``train_trial``'s state, with
         which a restarted trial resumes) and :data:`HISTORY_FILE` (the metrics of every epoch so far).
 
@@ -115,6 +117,10 @@ def trainable(config: dict, spec_dict: dict, digits: tuple | None = None) -> Non
     trial = trial_of(config, spec)
     state = None
     ckpt = tune.get_checkpoint()
+    if ckpt is None and "trial" in config:
+        # Tune starts this trial afresh, but it may have run in another Tune trial of the stage that Tune's
+        # snapshot does not hold (it was made, and possibly ended, after the snapshot a killed driver left)
+        ckpt = earlier_checkpoint(trial["trial_id"], tune.get_context())
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=True)
@@ -190,6 +196,78 @@ class RunningBest:
 # keeping that name lets a stage interrupted under an older version resume. Pickling (how Ray ships the
 # function to workers) looks it up by ``__qualname__``, which stays ``trainable``.
 trainable.__name__ = "_trainable"
+
+
+def checkpoint_epoch(fs, path: str) -> int | None:
+    """The epoch of the trial checkpoint directory ``path`` on the pyarrow filesystem ``fs``, or ``None``
+    when it is missing or incomplete (no readable :data:`HISTORY_FILE`, or a ``state.pt`` that is not a
+    complete zip archive as ``torch.save`` writes it). Raises nothing."""
+    import zipfile
+
+    try:
+        with fs.open_input_stream(f"{path}/{HISTORY_FILE}") as f:
+            history = json.loads(f.readall().decode("utf-8"))
+        with fs.open_input_file(f"{path}/state.pt") as f:
+            zipfile.ZipFile(f).namelist()
+        return int(history[-1]["epoch"])
+    except Exception:  # missing, truncated, or unreadable: not a checkpoint to restore from
+        return None
+
+
+def earlier_checkpoint(trial_id: str, context):
+    """The newest complete checkpoint that study trial ``trial_id`` left in another Tune trial folder of
+    its stage, for a trial Tune starts without one.
+
+    Tune saves its experiment snapshot at most every 10 s (``TUNE_GLOBAL_CHECKPOINT_S``) and its grid
+    generator makes trials as resources free up: a driver killed between two snapshots leaves trials
+    that were made, and may have ended, after the last one. On resume Tune makes them again as new Tune
+    trials, in new folders, without their checkpoints. Training is deterministic given a checkpoint (bit
+    for bit on CPU), so resuming from the newest complete one gives the same result as training again, and
+    a trial that had ended trains nothing.
+
+    Args:
+        trial_id: the study trial id (``config["trial"]["trial_id"]``).
+        context: ``ray.tune.get_context()`` of the trial: its ``get_storage()`` (Ray's ``StorageContext``)
+            names the stage's experiment folder and this trial's folder on any storage filesystem.
+
+    Returns:
+        A ``ray.tune.Checkpoint`` in another folder of the stage whose ``params.json`` names ``trial_id``,
+        the one of the highest epoch (:func:`checkpoint_epoch`); ``None`` when there is none or the
+        folders cannot be listed. Raises nothing.
+
+    Folders are those Tune names with ``gnp_study.race_search.trial_dirname``: ``<fields>_<tune id>``;
+    only those with this trial's ``<fields>`` are read.
+    """
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    try:
+        storage = context.get_storage()
+        fs, exp_dir, own = storage.storage_filesystem, storage.experiment_fs_path, storage.trial_fs_path
+        name, tune_id = Path(own).name, context.get_trial_id()
+        fields = name[:-len(tune_id) - 1] if name.endswith(f"_{tune_id}") else None
+        infos = fs.get_file_info(pafs.FileSelector(exp_dir, allow_not_found=True))
+    except Exception:  # no storage context (outside Tune), or storage that does not list
+        return None
+    best = None
+    for info in infos:
+        if (info.type != pafs.FileType.Directory or info.path.rstrip("/") == own.rstrip("/")
+                or (fields is not None and not info.base_name.startswith(f"{fields}_"))):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/params.json") as f:
+                params = json.loads(f.readall().decode("utf-8"))
+            if (params.get("trial") or {}).get("trial_id") != trial_id:
+                continue
+            found = fs.get_file_info(pafs.FileSelector(info.path))
+        except Exception:  # not a trial folder, or one a kill left unreadable
+            continue
+        for ck in found:
+            if ck.type == pafs.FileType.Directory and ck.base_name.startswith("checkpoint_"):
+                epoch = checkpoint_epoch(fs, ck.path)
+                if epoch is not None and (best is None or epoch > best[0]):
+                    best = (epoch, ck.path)
+    return tune.Checkpoint(best[1], filesystem=fs) if best is not None else None
 
 
 def history_rows(checkpoint) -> list[dict]:

@@ -22,26 +22,10 @@ import os
 from pathlib import Path
 
 from gnp_study.study_folder import atomic_write
-from gnp_study.trainable import HISTORY_FILE, history_rows
+from gnp_study.trainable import checkpoint_epoch, history_rows
 
 
 # ------------------------------------------------------------------------------- checkpoints on restore
-def _checkpoint_epoch(fs, path: str) -> int | None:
-    """The epoch of the trial checkpoint directory ``path`` on the pyarrow filesystem ``fs``, or ``None``
-    when it is missing or incomplete (no readable ``history.json``, or a ``state.pt`` that is not a
-    complete zip archive as ``torch.save`` writes it)."""
-    import zipfile
-
-    try:
-        with fs.open_input_stream(f"{path}/{HISTORY_FILE}") as f:
-            history = json.loads(f.readall().decode("utf-8"))
-        with fs.open_input_file(f"{path}/state.pt") as f:
-            zipfile.ZipFile(f).namelist()
-        return int(history[-1]["epoch"])
-    except Exception:  # missing, truncated, or unreadable: not a checkpoint to restore from
-        return None
-
-
 def repair_restore_point(trial) -> str | None:
     """Point a trial that Tune is about to restore at its newest complete checkpoint on storage.
 
@@ -73,14 +57,14 @@ def repair_restore_point(trial) -> str | None:
                 last_index = max(last_index, int(info.base_name.split("_")[-1]))
             except ValueError:
                 pass
-            epoch = _checkpoint_epoch(fs, info.path)
+            epoch = checkpoint_epoch(fs, info.path)
             if epoch is not None:
                 found.append((epoch, info.path))
     # The trial's next checkpoint goes to a folder index past every folder on storage: written into a
     # folder of an earlier run (one the snapshot never saw), it would be deleted with that run's checkpoint.
     storage.current_checkpoint_index = max(storage.current_checkpoint_index, last_index)
     current = trial.checkpoint
-    current_epoch = _checkpoint_epoch(current.filesystem, current.path) if current is not None else None
+    current_epoch = checkpoint_epoch(current.filesystem, current.path) if current is not None else None
     newest = max(found) if found else None
     if current_epoch is not None and (newest is None or newest[0] <= current_epoch):
         return None
@@ -340,9 +324,11 @@ def keep_ended_trials(exp_dir: Path, candidates: set[str]) -> list[str]:
     through its own last report is written into :data:`KEPT_TRIALS_FILE`; the stage's runner then plans
     only the other trials and takes the kept ones' results from their folders (:func:`kept_results`), so a
     trial that had ended is neither lost nor trained again. A trial that had not ended, or whose folder a
-    kill left unreadable, is trained again from its first epoch (training is deterministic given the seed).
-    A trial that failed (Tune's ``error.pkl``) is trained again too: the folder does not say whether Tune
-    had retried it ``max_failures`` times.
+    kill left unreadable (empty result files: Tune copies them to storage only with its snapshots), is run
+    again and resumes from its newest complete checkpoint in its old folder
+    (:func:`gnp_study.trainable.earlier_checkpoint`; from its first epoch when it has none). A trial that
+    failed (Tune's ``error.pkl``) is run again too: the folder does not say whether Tune had retried it
+    ``max_failures`` times.
 
     Args:
         exp_dir: the stage's experiment folder on local storage.

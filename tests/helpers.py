@@ -107,6 +107,32 @@ def run_trial(spec, trial: dict, resume=None):
     return res, reports
 
 
+_STAGE_SCRIPT = """
+import json, sys
+import ray
+from gnp_study import runner
+from gnp_study.protocol import TrialConfig
+from gnp_study.spec import parse_spec
+spec_dict, plan, address, storage, out = json.loads(sys.argv[1])
+s = parse_spec(spec_dict)
+runner.connect(address)
+trials, epochs = runner.run_stage("gnp", [TrialConfig.from_dict(t) for t in plan], s, storage)[:2]
+ray.shutdown()
+trials.to_parquet(out + "/trials.parquet")
+epochs.to_parquet(out + "/epochs.parquet")
+"""
+
+
+def run_stage_process(spec, plan, address: str, storage: Path, out: Path, timeout: float = 540):
+    """Run the trials ``plan`` (``TrialConfig``s) of ``spec`` as stage "gnp" (``runner.run_stage``) in a
+    driver process connected to the Ray head at ``address``, with Tune's ``storage_path`` ``storage``;
+    the tables go to ``out/trials.parquet`` and ``out/epochs.parquet``. Returns the finished
+    ``subprocess.CompletedProcess`` (text output)."""
+    arg = json.dumps([spec.resolved(), [tc.to_dict() for tc in plan], address, str(storage), str(out)])
+    return subprocess.run([sys.executable, "-c", _STAGE_SCRIPT, arg], capture_output=True, text=True,
+                          timeout=timeout)
+
+
 # ------------------------------------------------------------------------------- the CLI end to end
 TINY = {
     "name": "tiny",

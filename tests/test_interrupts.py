@@ -164,6 +164,52 @@ def test_a_valid_newest_restore_point_is_kept(tmp_path):
     assert tune_state.repair_restore_point(trial) is None
 
 
+def _stage_trial_folder(exp, name: str, trial_id: str, epochs=(), cut=()):
+    folder = exp / name
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps({"trial": {"trial_id": trial_id}}))
+    for i, e in enumerate(epochs):
+        _checkpoint(folder / f"checkpoint_{i:06d}", e, complete=e not in cut)
+    return folder
+
+
+def _context(exp, own: str, tune_id: str):
+    import pyarrow.fs as pafs
+
+    storage = SimpleNamespace(storage_filesystem=pafs.LocalFileSystem(), experiment_fs_path=str(exp),
+                              trial_fs_path=str(exp / own))
+    return SimpleNamespace(get_storage=lambda: storage, get_trial_id=lambda: tune_id)
+
+
+def test_a_trial_started_afresh_resumes_from_its_checkpoint_in_another_folder_of_the_stage(tmp_path):
+    """Tune makes again a trial its snapshot did not hold (made after the last snapshot of a killed
+    driver): the trial resumes from the newest complete checkpoint it left in its earlier folder."""
+    from gnp_study.trainable import checkpoint_epoch, earlier_checkpoint
+
+    exp = tmp_path / "gnp"
+    fields = "gnp_alpha=0.5_r=0.05_seed=1"
+    _stage_trial_folder(exp, f"{fields}_aaaaa_00001", "gnp-x-s1", epochs=(2, 3), cut=(3,))  # epoch 3 cut
+    _stage_trial_folder(exp, f"{fields}_bbbbb_00004", "gnp-x-s1", epochs=(1,))
+    # same fields, another trial (a stage-1 grid over lr gives several trials the same fields)
+    _stage_trial_folder(exp, f"{fields}_aaaaa_00002", "gnp-y-s1", epochs=(3,))
+    _stage_trial_folder(exp, "gnp_alpha=0.5_r=0.05_seed=10_aaaaa_00003", "gnp-x-s1", epochs=(3,))  # read only by name
+    own = _stage_trial_folder(exp, f"{fields}_ccccc_00000", "gnp-x-s1")
+    found = earlier_checkpoint("gnp-x-s1", _context(exp, own.name, "ccccc_00000"))
+    assert found.path == str(exp / f"{fields}_aaaaa_00001" / "checkpoint_000000")
+    assert checkpoint_epoch(found.filesystem, found.path) == 2
+    assert earlier_checkpoint("gnp-z-s1", _context(exp, own.name, "ccccc_00000")) is None
+    # its own folder is never a source (Tune restores from it itself)
+    _checkpoint(own / "checkpoint_000000", 3)
+    assert earlier_checkpoint("gnp-x-s1", _context(exp, own.name, "ccccc_00000")).path.startswith(
+        str(exp / f"{fields}_aaaaa_00001"))
+    # a folder name that does not end in the Tune id: every folder's params.json is read
+    assert checkpoint_epoch(found.filesystem, earlier_checkpoint(
+        "gnp-x-s1", _context(exp, own.name, "other")).path) == 3
+    # no storage to list (outside Tune): nothing
+    broken = SimpleNamespace(get_storage=lambda: (_ for _ in ()).throw(RuntimeError("no session")))
+    assert earlier_checkpoint("gnp-x-s1", broken) is None
+
+
 def test_trial_lost_before_its_first_report_is_run_again_before_it_is_recorded(tmp_path):
     """Tune fails a trial without a retry when its (reused) worker dies while the trial is handed over;
     such a result has an error and no config. It is counted as lost (the runner runs it again); only
@@ -411,3 +457,44 @@ def test_a_kept_race_trial_counts_with_its_trials_table_value(tmp_path):
     kept = runner._prepare_stage("sam", str(storage), candidates={trial["trial_id"]}, race=True)
     assert runner._race_results(kept, "sam", spec, "-best_accuracy") == [
         (trial, {"status": "completed", "best_accuracy": 80.0})]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_a_trial_tune_makes_again_in_a_new_folder_trains_nothing_it_had_trained(ray_head, tmp_path):
+    """Through Ray Tune: Tune writes a trial's result files in the driver's local staging folder and copies
+    them to storage with its snapshot, while the worker writes checkpoints to storage itself; a driver
+    killed between two copies leaves an ended trial with its last checkpoint but empty result files (the
+    kill soak's failure). Simulated exactly after a stage ended: every experiment state cut to 0 bytes (no
+    snapshot loads) and one trial's result files emptied, so it is not kept: Tune makes it again in a new
+    folder, where it resumes from its last checkpoint in the old one and trains nothing; both tables equal
+    the first run's bit for bit."""
+    from helpers import digits_trial_spec, run_stage_process
+
+    s = digits_trial_spec(resources={"cpus_per_trial": 1, "gpus_per_trial": 0})
+    plan = [TrialConfig("gnp", {"alpha": a, "r": 0.05}, 0) for a in (0.0, 0.5)]
+    storage, first, again = tmp_path / "ray", tmp_path / "first", tmp_path / "again"
+    first.mkdir(), again.mkdir()
+    proc = run_stage_process(s, plan, ray_head, storage, first)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = storage / "gnp"
+    for f in exp.glob("experiment_state-*.json"):
+        f.write_bytes(b"")
+    folders = {json.loads((f / "params.json").read_text())["trial"]["trial_id"]: f
+               for f in exp.iterdir() if (f / "params.json").exists()}
+    made_again, kept = plan[0].trial_id, plan[1].trial_id
+    for name in ("result.json", "progress.csv"):  # Result.from_path reads either
+        (folders[made_again] / name).write_bytes(b"")
+    proc = run_stage_process(s, plan, ray_head, storage, again)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((exp / tune_state.KEPT_TRIALS_FILE).read_text()) == {kept: folders[kept].name}
+    new = [f for f in exp.iterdir() if (f / "params.json").exists() and f not in folders.values()]
+    assert len(new) == 1 and json.loads((new[0] / "params.json").read_text())["trial"]["trial_id"] == made_again
+    rows = [json.loads(line) for line in (new[0] / "result.json").read_text().splitlines() if line.strip()]
+    assert [r["epoch"] for r in rows] == [3], "the trial made again trained epochs again"
+    for name, ignore in (("trials.parquet", ["wall_time_s", "node"]), ("epochs.parquet", ["epoch_time_s"])):
+        a = pd.read_parquet(first / name).drop(columns=ignore)
+        b = pd.read_parquet(again / name).drop(columns=ignore)
+        pd.testing.assert_frame_equal(a, b)

@@ -14,7 +14,7 @@ from gnp_study import train
 from gnp_study.protocol import TrialConfig
 from gnp_study.spec import parse_spec
 from gnp_study.train import train_trial
-from helpers import digits_trial_spec
+from helpers import digits_trial_spec, run_stage_process
 
 COLS = ["train_loss", "train_error", "test_loss", "test_error", "best_test_error", "grad_norm", "lr"]
 
@@ -66,22 +66,6 @@ def test_cached_data_trains_exactly_as_a_fresh_build(monkeypatch):
     assert [[m[c] for c in COLS] for m in cached] == [[m[c] for c in COLS] for m in fresh]  # bit for bit
 
 
-_STAGE_SCRIPT = """
-import json, sys
-import ray
-from gnp_study import runner
-from gnp_study.protocol import TrialConfig
-from gnp_study.spec import parse_spec
-spec_dict, plan, address, storage, out = json.loads(sys.argv[1])
-s = parse_spec(spec_dict)
-runner.connect(address)
-trials, epochs = runner.run_stage("gnp", [TrialConfig.from_dict(t) for t in plan], s, storage)[:2]
-ray.shutdown()
-trials.to_parquet(out + "/trials.parquet")
-epochs.to_parquet(out + "/epochs.parquet")
-"""
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.e2e
@@ -91,13 +75,9 @@ def test_one_checkpoint_per_trial_keeps_every_epoch(ray_head, tmp_path, report_e
     """With one checkpoint per trial (checkpoint_every = epochs) every epoch still reaches the epochs table,
     equal bit for bit to the trial run in-process, and the TensorBoard file; Tune's result files hold the
     epochs the trial reported: every epoch, or with report_every = 2 epoch 2 and the last (its checkpoint)."""
-    import subprocess
-    import sys
-
     s = spec(checkpoint_every=3, report_every=report_every, resources={"cpus_per_trial": 1, "gpus_per_trial": 0})
     plan = [TrialConfig("gnp", {"alpha": a, "r": 0.05}, seed) for a in (0.0, 0.5) for seed in (0, 1)]
-    arg = json.dumps([s.resolved(), [tc.to_dict() for tc in plan], ray_head, str(tmp_path / "ray"), str(tmp_path)])
-    proc = subprocess.run([sys.executable, "-c", _STAGE_SCRIPT, arg], capture_output=True, text=True, timeout=540)
+    proc = run_stage_process(s, plan, ray_head, tmp_path / "ray", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "trials.parquet")
     epochs = pd.read_parquet(tmp_path / "epochs.parquet")

@@ -58,6 +58,8 @@ def test_resume_after_last_epoch_trains_nothing_and_repeats_the_final_report():
     res, again = run_trial(s, gnp_trial(), resume=full[-1][1])
     assert len(again) == 1 and again[0][0]["epoch"] == 3 and again[0][0]["test_error"] == full[-1][0]["test_error"]
     assert res.status == "completed"
+    # with its checkpoint: resumed in a new Tune trial folder, the trial holds its history there too
+    assert again[0][1] is full[-1][1] and [h["epoch"] for h in again[0][1]["history"]] == [1, 2, 3]
 
 
 def test_non_finite_loss_ends_the_trial_as_diverged():
