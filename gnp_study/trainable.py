@@ -214,6 +214,27 @@ def checkpoint_epoch(fs, path: str) -> int | None:
         return None
 
 
+def trial_checkpoints(fs, trial_dir: str) -> list[tuple[int, int | None, str]]:
+    """The checkpoint folders (``checkpoint_<index>``, as Tune names them) of the trial folder
+    ``trial_dir`` on the pyarrow filesystem ``fs``: ``(index, epoch, path)`` each, ``epoch`` from
+    :func:`checkpoint_epoch` (``None``: incomplete), in index order; ``[]`` when the folder is missing.
+
+    Raises:
+        OSError: the folder cannot be listed (pyarrow's errors are ``OSError``s).
+    """
+    import pyarrow.fs as pafs
+
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                index = int(info.base_name.split("_")[-1])
+            except ValueError:
+                continue
+            out.append((index, checkpoint_epoch(fs, info.path), info.path))
+    return sorted(out)
+
+
 def earlier_checkpoint(trial_id: str, context):
     """The newest complete checkpoint that study trial ``trial_id`` left in another Tune trial folder of
     its stage, for a trial Tune starts without one.
@@ -259,14 +280,12 @@ def earlier_checkpoint(trial_id: str, context):
                 params = json.loads(f.readall().decode("utf-8"))
             if (params.get("trial") or {}).get("trial_id") != trial_id:
                 continue
-            found = fs.get_file_info(pafs.FileSelector(info.path))
+            found = trial_checkpoints(fs, info.path)
         except Exception:  # not a trial folder, or one a kill left unreadable
             continue
-        for ck in found:
-            if ck.type == pafs.FileType.Directory and ck.base_name.startswith("checkpoint_"):
-                epoch = checkpoint_epoch(fs, ck.path)
-                if epoch is not None and (best is None or epoch > best[0]):
-                    best = (epoch, ck.path)
+        for _, epoch, path in found:
+            if epoch is not None and (best is None or epoch > best[0]):
+                best = (epoch, path)
     return tune.Checkpoint(best[1], filesystem=fs) if best is not None else None
 
 

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from gnp_study.study_folder import atomic_write
-from gnp_study.trainable import checkpoint_epoch, history_rows
+from gnp_study.trainable import checkpoint_epoch, history_rows, trial_checkpoints
 
 
 # ------------------------------------------------------------------------------- checkpoints on restore
@@ -42,24 +42,16 @@ def repair_restore_point(trial) -> str | None:
     Returns:
         A one-line note when the restore point was changed, else ``None``.
     """
-    import pyarrow.fs as pafs
     from ray.train import Checkpoint
     from ray.train._internal.session import _TrainingResult
 
     if trial.status not in ("PENDING", "PAUSED"):
         return None
     storage = trial.storage
-    fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
-    found, last_index = [], -1
-    for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            try:
-                last_index = max(last_index, int(info.base_name.split("_")[-1]))
-            except ValueError:
-                pass
-            epoch = checkpoint_epoch(fs, info.path)
-            if epoch is not None:
-                found.append((epoch, info.path))
+    fs = storage.storage_filesystem
+    on_storage = trial_checkpoints(fs, storage.trial_fs_path)
+    found = [(epoch, path) for _, epoch, path in on_storage if epoch is not None]
+    last_index = max((index for index, _, _ in on_storage), default=-1)
     # The trial's next checkpoint goes to a folder index past every folder on storage: written into a
     # folder of an earlier run (one the snapshot never saw), it would be deleted with that run's checkpoint.
     storage.current_checkpoint_index = max(storage.current_checkpoint_index, last_index)
